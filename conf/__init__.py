@@ -1,0 +1,1 @@
+"""Hydra configuration tree of pneumo (packaged as ``pneumo.conf``)."""

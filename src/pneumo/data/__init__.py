@@ -1,0 +1,1 @@
+"""Reading chest X-ray folders: preprocessing, datasets, patient-level splits, the DataModule."""

@@ -1,0 +1,128 @@
+"""The one definition of how an X-ray file becomes model input.
+
+Training, evaluation, prediction and export all call these functions, so a deployed
+model sees exactly the pixels the trained one saw:
+
+1. decode the file (JPEG, PNG, optionally DICOM) to one 8-bit grey channel;
+2. resize to ``image_size`` x ``image_size`` (bilinear, antialiased, aspect ratio not
+   kept, like the redistributed Kaggle train split);
+3. at batch time, scale to [0, 1], repeat the grey channel into R, G and B and normalise
+   with the ImageNet mean and std, in channels-last memory order.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from pneumo.errors import PneumoError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"})
+# Chest films are at most ~4000 px a side; anything past this many pixels is a
+# malformed or hostile file (a "decompression bomb"), not an X-ray.
+MAX_PIXELS = 64_000_000
+
+
+class BadImageError(PneumoError):
+    """An image file that cannot be decoded; the message names the file and the reason."""
+
+
+def _to_grey_uint8(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode (L, RGB, RGBA, P, 16-bit, float) to 8-bit grey."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and float data: stretch the used range onto 0..255 instead of clipping.
+        array = np.asarray(image, dtype=np.float32)
+        low, high = float(array.min()), float(array.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        return Image.fromarray(((array - low) * scale).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "P", "PA"):
+        image = image.convert("RGBA").convert("RGB")
+    return image.convert("L")
+
+
+def _read_dicom(path: Path) -> Image.Image:
+    """Read a DICOM file as grey PIL image: windowed, MONOCHROME1 inverted."""
+    try:
+        import pydicom
+        from pydicom.pixels import apply_voi_lut
+    except ImportError as err:
+        raise BadImageError(
+            f"{path}: reading DICOM needs pydicom; install it with `pip install 'pneumo[dicom]'`"
+        ) from err
+    dataset = pydicom.dcmread(str(path))
+    pixels = apply_voi_lut(dataset.pixel_array, dataset).astype(np.float32)
+    if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
+        pixels = pixels.max() - pixels
+    if pixels.ndim == 3:  # colour DICOM: average the channels
+        pixels = pixels.mean(axis=-1)
+    return Image.fromarray(pixels, mode="F")
+
+
+def load_image(path: str | Path, image_size: int) -> torch.Tensor:
+    """Decode ``path`` into a ``1 x image_size x image_size`` uint8 tensor.
+
+    Raises ``BadImageError`` naming the file for anything that is not a readable image:
+    truncated or zero-byte files, text with an image extension, absurd dimensions.
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".dcm":
+            image = _read_dicom(path)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(path)
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise BadImageError(
+                        f"{path}: declared size {width}x{height} is too large for an X-ray "
+                        f"(over {MAX_PIXELS:,} pixels); refusing to decode it"
+                    )
+                # JPEG can decode at 1/2, 1/4 or 1/8 scale: far faster for full-size films.
+                image.draft("L", (image_size, image_size))
+                image.load()
+        grey = _to_grey_uint8(image).resize(
+            (image_size, image_size), Image.Resampling.BILINEAR
+        )
+    except BadImageError:
+        raise
+    except FileNotFoundError as err:
+        raise BadImageError(f"{path}: file not found") from err
+    except (UnidentifiedImageError, Image.DecompressionBombError) as err:
+        raise BadImageError(f"{path}: not a readable image ({err})") from err
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as err:
+        raise BadImageError(f"{path}: corrupt or truncated image ({err})") from err
+    except Exception as err:  # any decoder failure is a bad file, never a crash
+        raise BadImageError(f"{path}: cannot decode ({type(err).__name__}: {err})") from err
+    return torch.from_numpy(np.asarray(grey, dtype=np.uint8).copy()).unsqueeze(0)
+
+
+def to_model_input(
+    batch: torch.Tensor,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Turn a ``N x 1 x H x W`` uint8 batch into normalised ``N x 3 x H x W`` float input."""
+    x = batch.to(torch.float32).div_(255.0).expand(-1, len(mean), -1, -1)
+    mean_t = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
+
+
+def preprocessing_spec(image_size: int) -> dict:
+    """Describe the preprocessing as plain data, for checkpoints and deployments."""
+    return {
+        "image_size": image_size,
+        "resize": "bilinear, antialiased, to image_size x image_size (aspect ratio not kept)",
+        "color": "decode to 8-bit grey, scale to [0, 1], repeat into 3 channels (R=G=B)",
+        "channel_order": "RGB",
+        "layout": "NCHW",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }

@@ -1,0 +1,28 @@
+"""The one exception type for problems a user can fix (bad paths, keys, files)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class PneumoError(Exception):
+    """A problem with the user's input, described in a message meant for a person."""
+
+
+def exit_on_user_error(func: Callable[..., T]) -> Callable[..., T]:
+    """Turn a ``PneumoError`` raised by an entry point into one line on stderr and exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except PneumoError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper

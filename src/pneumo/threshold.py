@@ -1,0 +1,34 @@
+"""Choosing the operating point: the probability above which an X-ray is called PNEUMONIA."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional.classification import binary_roc
+
+THRESHOLD_METHODS = ("youden", "sensitivity", "fixed")
+
+
+def choose_threshold(
+    probs: torch.Tensor, targets: torch.Tensor, method: str = "youden", target_sensitivity: float = 0.95
+) -> float:
+    """Pick a decision threshold on validation predictions.
+
+    - ``youden``: maximise sensitivity + specificity - 1 (Youden's J);
+    - ``sensitivity``: the highest threshold whose sensitivity still reaches
+      ``target_sensitivity``, i.e. the best specificity at that sensitivity;
+    - ``fixed``: 0.5.
+    With only one class present there is no curve to read, and 0.5 is returned.
+    """
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got {method!r}")
+    targets = targets.long()
+    if method == "fixed" or targets.unique().numel() < 2:
+        return 0.5
+    fpr, tpr, thresholds = binary_roc(probs.float(), targets)
+    if method == "youden":
+        # Index 0 is torchmetrics' sentinel (nothing called positive), not a real cut-off.
+        best = 1 + int(torch.argmax((tpr - fpr)[1:]))
+    else:
+        reaching = torch.nonzero(tpr >= target_sensitivity - 1e-12).flatten()
+        best = int(reaching[0])  # thresholds descend, so the first is the highest
+    return float(thresholds[best])

@@ -1,0 +1,103 @@
+"""pneumo-train: the Hydra entry point that trains the classifier.
+
+    pneumo-train experiment=quickstart
+    pneumo-train data.root=DATA data.batch_size=32 trainer.max_epochs=35
+    pneumo-train -m data.batch_size=8,16,32 trainer.max_epochs=5,10
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from pneumo.data.datamodule import XrayDataModule
+from pneumo.data.preprocess import preprocessing_spec
+from pneumo.errors import PneumoError, exit_on_user_error
+from pneumo.model import XrayClassifier
+
+log = logging.getLogger(__name__)
+
+DISCLAIMER = "pneumo is a research tool, not a medical device: do not use it to diagnose patients."
+
+
+def _instantiate_dict(group: DictConfig | None) -> list[Any]:
+    """Instantiate every non-null entry of a config group such as ``callbacks``."""
+    return [instantiate(c) for c in (group or {}).values() if c is not None]
+
+
+def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The swept knobs (data, model, trainer, seed) flattened for TensorBoard's HPARAMS tab."""
+    flat: dict[str, Any] = {"seed": cfg.seed}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key not in ("_target_", "_partial_"):
+                    walk(f"{prefix}.{key}" if prefix else key, value)
+        else:
+            flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    for group in ("data", "model", "trainer"):
+        walk(group, OmegaConf.to_container(cfg[group], resolve=True))
+    return flat
+
+
+def build(cfg: DictConfig) -> tuple[XrayDataModule, XrayClassifier, L.Trainer]:
+    """Create the DataModule, the LightningModule and the Trainer from a composed config."""
+    datamodule: XrayDataModule = instantiate(cfg.data)
+    datamodule.check_root()
+    model: XrayClassifier = instantiate(cfg.model, _recursive_=False, _convert_="all")
+    model.pneumo_meta = {
+        "classes": list(datamodule.classes),
+        "preprocessing": preprocessing_spec(datamodule.image_size),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=_instantiate_dict(cfg.get("callbacks")),
+        logger=_instantiate_dict(cfg.get("logger")) or False,
+    )
+    return datamodule, model, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the model described by ``cfg``; return the best validation figures."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, model, trainer = build(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise PneumoError(f"ckpt_path not found: {ckpt_path}")
+    log.info(DISCLAIMER)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    results = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        results["best/val_loss"] = float(checkpoint.best_model_score)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(
+            _flat_hparams(cfg),
+            {f"hp/{k.replace('/', '_')}": v for k, v in results.items() if k.startswith(("val/", "best/"))},
+        )
+    output_dir = Path(cfg.paths.output_dir)
+    log.info("run directory: %s", output_dir)
+    if checkpoint is not None and checkpoint.best_model_path:
+        log.info("best checkpoint: %s (val/loss %.4f)", checkpoint.best_model_path, results.get("best/val_loss", float("nan")))
+    log.info("TensorBoard: tensorboard --logdir %s", output_dir)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="pkg://pneumo.conf", config_name="train")
+@exit_on_user_error
+def main(cfg: DictConfig) -> float | None:
+    """Train; return the best validation loss for Hydra sweepers to optimise."""
+    return train(cfg).get("best/val_loss")
+
+
+if __name__ == "__main__":
+    main()
