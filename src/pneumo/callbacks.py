@@ -48,8 +48,15 @@ class EpochReport(L.Callback):
         log.info(
             "epoch %d/%d  train loss %s acc %s  |  val loss %s acc %s auroc %s sens %s spec %s  "
             "|  train time %.1fs  val time %.1fs",
-            trainer.current_epoch + 1, trainer.max_epochs,
-            show("train/loss"), show("train/acc"), show("val/loss"), show("val/acc"),
-            show("val/auroc"), show("val/sensitivity"), show("val/specificity"),
-            train_seconds, self._val_seconds,
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            show("train/loss"),
+            show("train/acc"),
+            show("val/loss"),
+            show("val/acc"),
+            show("val/auroc"),
+            show("val/sensitivity"),
+            show("val/specificity"),
+            train_seconds,
+            self._val_seconds,
         )

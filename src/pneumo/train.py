@@ -1,8 +1,8 @@
 """pneumo-train: the Hydra entry point that trains the classifier.
 
-    pneumo-train experiment=quickstart
-    pneumo-train data.root=DATA data.batch_size=32 trainer.max_epochs=35
-    pneumo-train -m data.batch_size=8,16,32 trainer.max_epochs=5,10
+pneumo-train experiment=quickstart
+pneumo-train data.root=DATA data.batch_size=32 trainer.max_epochs=35
+pneumo-train -m data.batch_size=8,16,32 trainer.max_epochs=5,10
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def build(cfg: DictConfig) -> tuple[XrayDataModule, XrayClassifier, L.Trainer]:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=_instantiate_dict(cfg.get("callbacks")),
+        cfg.trainer,
+        callbacks=_instantiate_dict(cfg.get("callbacks")),
         logger=_instantiate_dict(cfg.get("logger")) or False,
     )
     return datamodule, model, trainer
@@ -87,7 +88,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     log.info("run directory: %s", output_dir)
     if checkpoint is not None and checkpoint.best_model_path:
-        log.info("best checkpoint: %s (val/loss %.4f)", checkpoint.best_model_path, results.get("best/val_loss", float("nan")))
+        log.info(
+            "best checkpoint: %s (val/loss %.4f)",
+            checkpoint.best_model_path,
+            results.get("best/val_loss", float("nan")),
+        )
     log.info("TensorBoard: tensorboard --logdir %s", output_dir)
     return results
 

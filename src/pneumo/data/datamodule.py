@@ -93,7 +93,10 @@ class XrayDataModule(L.LightningDataModule):
                 return train, val
             log.info(
                 "%s has %d images (< data.min_val_images=%d): validating on a patient-level "
-                "split of train instead", val_dir, len(val), self.min_val_images,
+                "split of train instead",
+                val_dir,
+                len(val),
+                self.min_val_images,
             )
         train_idx, val_idx = patient_split(
             [s.path for s in train], [s.label for s in train], self.val_fraction, self.seed
@@ -116,7 +119,11 @@ class XrayDataModule(L.LightningDataModule):
     def _dataset(self, samples: list[Sample], train: bool) -> XrayDataset:
         transform = train_augmentation(self.image_size, **self.augment) if train else None
         return XrayDataset(
-            samples, self.image_size, transform, self.cache, self.on_bad_image,
+            samples,
+            self.image_size,
+            transform,
+            self.cache,
+            self.on_bad_image,
             threads=max(2, self.num_workers),
         )
 

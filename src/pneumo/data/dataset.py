@@ -103,7 +103,11 @@ class XrayDataset(Dataset):
             kept = [(s, d) for s, d in zip(self.samples, decoded) if not isinstance(d, BadImageError)]
             self.samples = [s for s, _ in kept]
             decoded = [d for _, d in kept]
-        self.images = torch.stack(decoded) if decoded else torch.empty(0, 1, self.image_size, self.image_size, dtype=torch.uint8)
+        self.images = (
+            torch.stack(decoded)
+            if decoded
+            else torch.empty(0, 1, self.image_size, self.image_size, dtype=torch.uint8)
+        )
         self.images.share_memory_()  # workers read it without a copy each
 
     def _report_bad(self, messages: list[str]) -> None:

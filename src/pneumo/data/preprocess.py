@@ -64,32 +64,31 @@ def _read_dicom(path: Path) -> Image.Image:
     return Image.fromarray(pixels, mode="F")
 
 
-def load_image(path: str | Path, image_size: int) -> torch.Tensor:
-    """Decode ``path`` into a ``1 x image_size x image_size`` uint8 tensor.
+def read_grey(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Decode ``path`` to an 8-bit grey PIL image at (about) its own size.
 
-    Raises ``BadImageError`` naming the file for anything that is not a readable image:
-    truncated or zero-byte files, text with an image extension, absurd dimensions.
+    ``draft_size`` lets JPEG decode at 1/2, 1/4 or 1/8 scale while staying at least that
+    large: far faster for full-size films. Raises ``BadImageError`` naming the file for
+    anything that is not a readable image: truncated or zero-byte files, text with an
+    image extension, absurd dimensions.
     """
     path = Path(path)
     try:
         if path.suffix.lower() == ".dcm":
-            image = _read_dicom(path)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(path)
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise BadImageError(
-                        f"{path}: declared size {width}x{height} is too large for an X-ray "
-                        f"(over {MAX_PIXELS:,} pixels); refusing to decode it"
-                    )
-                # JPEG can decode at 1/2, 1/4 or 1/8 scale: far faster for full-size films.
-                image.draft("L", (image_size, image_size))
-                image.load()
-        grey = _to_grey_uint8(image).resize(
-            (image_size, image_size), Image.Resampling.BILINEAR
-        )
+            return _to_grey_uint8(_read_dicom(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise BadImageError(
+                    f"{path}: declared size {width}x{height} is too large for an X-ray "
+                    f"(over {MAX_PIXELS:,} pixels); refusing to decode it"
+                )
+            if draft_size:
+                image.draft("L", (draft_size, draft_size))
+            image.load()
+        return _to_grey_uint8(image)
     except BadImageError:
         raise
     except FileNotFoundError as err:
@@ -100,6 +99,11 @@ def load_image(path: str | Path, image_size: int) -> torch.Tensor:
         raise BadImageError(f"{path}: corrupt or truncated image ({err})") from err
     except Exception as err:  # any decoder failure is a bad file, never a crash
         raise BadImageError(f"{path}: cannot decode ({type(err).__name__}: {err})") from err
+
+
+def load_image(path: str | Path, image_size: int) -> torch.Tensor:
+    """Decode ``path`` into a ``1 x image_size x image_size`` uint8 tensor (see ``read_grey``)."""
+    grey = read_grey(path, draft_size=image_size).resize((image_size, image_size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(grey, dtype=np.uint8).copy()).unsqueeze(0)
 
 

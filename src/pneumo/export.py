@@ -1,0 +1,169 @@
+"""pneumo-export: a checkpoint to ONNX or TorchScript, checked against PyTorch.
+
+    pneumo-export --ckpt RUN/checkpoints/best.ckpt --format onnx --out exported/
+
+The exported model takes ``input_0`` (N x 3 x H x W float, ImageNet-normalised, see
+preprocessing.json) and returns ``output_0`` (N x 2 class probabilities, softmax
+included): the layout jetson-inference's imagenet tools load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pneumo.checkpoint import LoadedModel, load_model
+from pneumo.data.preprocess import load_image, to_model_input
+from pneumo.errors import PneumoError, exit_on_user_error
+from pneumo.predict import collect_images
+
+TOLERANCE = 1e-4
+INPUT_NAME, OUTPUT_NAME = "input_0", "output_0"
+DEFAULT_CHECK_IMAGES = Path("data/sample")
+
+
+class ProbabilityModel(nn.Module):
+    """The classifier followed by a softmax, so deployments get probabilities."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(x), dim=1)
+
+
+def export_onnx(model: LoadedModel, path: Path) -> Path:
+    """Write an ONNX model with a dynamic batch axis (needs the ``export`` extra)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise PneumoError(
+            f"ONNX export needs onnx, onnxscript and onnxruntime: pip install 'pneumo[export]' ({err})"
+        ) from err
+    example = torch.zeros(2, 3, model.image_size, model.image_size)
+    for name in ("onnxscript", "onnx_ir"):  # their INFO lines drown the user's output
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            ProbabilityModel(model.net).eval(),
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            dynamo=True,
+            verbose=False,
+            external_data=False,
+        )
+    return path
+
+
+def export_torchscript(model: LoadedModel, path: Path) -> Path:
+    """Write a scripted module with the same contract as the ONNX model."""
+    with warnings.catch_warnings():  # TorchScript is deprecated upstream but still what many runtimes load
+        warnings.simplefilter("ignore")
+        torch.jit.script(ProbabilityModel(model.net).eval()).save(str(path))
+    return path
+
+
+def _run_onnx(path: Path, batch: torch.Tensor) -> np.ndarray:
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise PneumoError("checking the ONNX model needs onnxruntime: pip install 'pneumo[export]'") from err
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: batch.contiguous().numpy()})[0]
+
+
+def _run_torchscript(path: Path, batch: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.jit.load(str(path)).eval()(batch).numpy()
+
+
+RUNNERS = {"onnx": _run_onnx, "torchscript": _run_torchscript}
+WRITERS = {"onnx": (export_onnx, "resnet18.onnx"), "torchscript": (export_torchscript, "resnet18.pt")}
+
+
+def check_batch(model: LoadedModel, images: Sequence[Path]) -> torch.Tensor:
+    """Normalised model input from real images, or seeded noise when none are at hand."""
+    if images:
+        raw = torch.stack([load_image(p, model.image_size) for p in images])
+        return to_model_input(raw, model.mean, model.std).contiguous()
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(4, 3, model.image_size, model.image_size, generator=generator)
+
+
+def max_difference(model: LoadedModel, fmt: str, path: Path, batch: torch.Tensor) -> float:
+    """Largest absolute difference between exported and PyTorch probabilities."""
+    with torch.inference_mode():
+        expected = ProbabilityModel(model.net).eval()(batch).numpy()
+    return float(np.abs(RUNNERS[fmt](path, batch) - expected).max())
+
+
+def export(
+    ckpt: str | Path, fmt: str, out_dir: str | Path, check_images: Sequence[Path] = ()
+) -> tuple[Path, float]:
+    """Export ``ckpt`` to ``out_dir`` with labels.txt and preprocessing.json; verify it.
+
+    Returns the model path and the largest probability difference; raises if it is
+    above ``TOLERANCE``.
+    """
+    if fmt not in WRITERS:
+        raise PneumoError(f"--format must be one of {', '.join(WRITERS)}, got {fmt!r}")
+    model = load_model(ckpt)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer, file_name = WRITERS[fmt]
+    path = writer(model, out_dir / file_name)
+    (out_dir / "labels.txt").write_text("".join(f"{c}\n" for c in model.classes))
+    spec = {**model.preprocessing, "input": INPUT_NAME, "output": OUTPUT_NAME, "classes": model.classes}
+    (out_dir / "preprocessing.json").write_text(json.dumps(spec, indent=2) + "\n")
+    difference = max_difference(model, fmt, path, check_batch(model, check_images))
+    if difference > TOLERANCE:
+        raise PneumoError(
+            f"exported {fmt} model {path} disagrees with PyTorch: max |dp| = {difference:.2e} "
+            f"> {TOLERANCE:.0e}; do not deploy it"
+        )
+    return path, difference
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line of pneumo-export."""
+    parser = argparse.ArgumentParser(
+        prog="pneumo-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by pneumo-train")
+    parser.add_argument("--format", choices=sorted(WRITERS), default="onnx")
+    parser.add_argument("--out", default="exported", help="output folder (default: exported/)")
+    parser.add_argument(
+        "--images",
+        nargs="*",
+        default=None,
+        help=f"images to compare the export on (default: {DEFAULT_CHECK_IMAGES}/ when present)",
+    )
+    args = parser.parse_args(argv)
+    sources = args.images
+    if sources is None:
+        sources = [DEFAULT_CHECK_IMAGES] if DEFAULT_CHECK_IMAGES.is_dir() else []
+    images = collect_images(sources)[:16]
+    path, difference = export(args.ckpt, args.format, args.out, images)
+    on = f"{len(images)} images" if images else "4 random inputs (no images found)"
+    print(f"wrote {path}, labels.txt, preprocessing.json in {Path(args.out)}")
+    print(f"max |p_{args.format} - p_pytorch| on {on}: {difference:.2e} (limit {TOLERANCE:.0e})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
