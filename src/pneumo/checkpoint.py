@@ -41,10 +41,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "GLOBAL" not in str(err):  # damaged bytes, not a forbidden object
+            raise PneumoError(f"{path} is not a readable PyTorch checkpoint (corrupt: {err})") from err
         raise PneumoError(
-            f"{path} holds pickled Python objects that pneumo refuses to load (loading them "
-            "could run arbitrary code); pneumo checkpoints contain only plain data. "
-            f"Detail: {str(err).splitlines()[0]}"
+            f"{path} holds pickled Python objects that pneumo refuses to load (unpickling them "
+            "could run arbitrary code); pneumo checkpoints contain only plain data. Use a "
+            "checkpoint written by pneumo-train, or re-save this one's state_dict alone"
         ) from err
     except Exception as err:
         raise PneumoError(

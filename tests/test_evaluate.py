@@ -1,0 +1,68 @@
+import json
+
+import pytest
+import torch
+from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
+
+from pneumo.evaluate import evaluate, evaluate_probs
+from tests.conftest import SAMPLE, run_cli
+
+PROBS = torch.tensor([0.05, 0.10, 0.20, 0.30, 0.60, 0.40, 0.55, 0.70, 0.80, 0.90, 0.45, 0.35])
+TARGETS = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 1])
+
+
+def test_metrics_agree_with_scikit_learn():
+    metrics = evaluate_probs(PROBS, TARGETS, threshold=0.42)
+    predicted = (PROBS >= 0.42).long()
+    assert metrics["confusion_matrix"] == confusion_matrix(TARGETS, predicted).tolist()
+    # hand count at 0.42: NORMAL 0.45 and 0.60 called pneumonia; PNEUMONIA 0.40 and 0.35 missed
+    assert metrics["confusion_matrix"] == [[4, 2], [2, 4]]
+    assert metrics["sensitivity"] == pytest.approx(4 / 6)
+    assert metrics["specificity"] == pytest.approx(4 / 6)
+    assert metrics["f1"] == pytest.approx(f1_score(TARGETS, predicted))
+    assert metrics["auroc"] == pytest.approx(roc_auc_score(TARGETS, PROBS))
+    assert metrics["at_0.5"]["confusion_matrix"] == confusion_matrix(TARGETS, PROBS >= 0.5).tolist()
+    assert metrics["n"] == 12 and metrics["n_normal"] == 6
+
+
+def test_eval_writes_metrics_and_pictures(tmp_path, tiny_root, trained_ckpt):
+    metrics = evaluate(str(trained_ckpt), str(tiny_root), "test", tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["n"] == 16 and saved["split"] == "test"
+    for key in ("acc", "auroc", "sensitivity", "specificity", "f1", "threshold", "confusion_matrix"):
+        assert key in saved
+    assert sum(map(sum, saved["confusion_matrix"])) == 16
+    assert saved["threshold"] == pytest.approx(
+        torch.load(trained_ckpt, weights_only=True)["pneumo"]["threshold"]
+    )
+    assert saved["checkpoint"] == str(trained_ckpt.resolve())
+    assert metrics["auroc"] == saved["auroc"]
+    for name in ("confusion_matrix.png", "roc.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert list((tmp_path / "tensorboard").glob("events.*"))
+
+
+def test_eval_on_the_validation_split_rebuilds_the_training_split(tmp_path, tiny_root, trained_ckpt):
+    # trained_ckpt was trained on data/sample with val_fraction 0.25: 4 validation images
+
+    metrics = evaluate(str(trained_ckpt), str(SAMPLE), "val", tmp_path)
+    assert metrics["n"] == 4 and metrics["n_normal"] == 2
+
+
+def test_eval_command_line(tmp_path, tiny_root, trained_ckpt):
+    result = run_cli(
+        "-m",
+        "pneumo.evaluate",
+        f"ckpt_path={trained_ckpt}",
+        f"data.root={tiny_root}",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "metrics.json").is_file() and "sensitivity" in result.stdout
+
+
+def test_eval_missing_split_is_named(tmp_path, trained_ckpt):
+    from pneumo.errors import PneumoError
+
+    with pytest.raises(PneumoError, match="split folder not found"):
+        evaluate(str(trained_ckpt), str(tmp_path), "test", tmp_path / "out")
