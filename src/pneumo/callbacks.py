@@ -60,3 +60,19 @@ class EpochReport(L.Callback):
             train_seconds,
             self._val_seconds,
         )
+
+
+class SaveOnInterrupt(L.Callback):
+    """On Ctrl-C (or SIGTERM), save ``interrupted.ckpt`` beside the other checkpoints."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, KeyboardInterrupt) and type(exception).__name__ != "SIGTERMException":
+            return
+        path = f"{self.dirpath}/interrupted.ckpt"
+        trainer.save_checkpoint(path)
+        log.warning("interrupted: saved %s; resume with ckpt_path=%s", path, path)

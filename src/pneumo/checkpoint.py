@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from pneumo.errors import PneumoError
@@ -87,3 +89,16 @@ def load_model(path: str | Path) -> LoadedModel:
         path=Path(path),
         meta=meta,
     )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary file, then rename: a run killed mid-save keeps the old one."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        torch.save(checkpoint, partial)
+        os.replace(partial, path)

@@ -9,9 +9,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, Sampler
 
-from pneumo.data.dataset import Sample, XrayDataset, collate_skipping_bad, scan_split
+from pneumo.data.dataset import EpochSampler, Sample, XrayDataset, collate_skipping_bad, scan_split
 from pneumo.data.preprocess import to_model_input
 from pneumo.data.split import patient_split
 from pneumo.data.transforms import train_augmentation
@@ -138,11 +138,10 @@ class XrayDataModule(L.LightningDataModule):
             split_dir = self.root / self.split
             self.eval_set = self._dataset(scan_split(split_dir, self.classes), train=False)
 
-    def _loader(self, dataset: XrayDataset, shuffle: bool, sampler=None) -> DataLoader:
+    def _loader(self, dataset: XrayDataset, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle and sampler is None,
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -150,18 +149,17 @@ class XrayDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        sampler = None
+        weights = None
         if self.balance == "sampler":
             counts = self.class_counts()
             weights = [1.0 / max(counts[label], 1) for label in self.train_set.labels]
-            sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
-        return self._loader(self.train_set, shuffle=True, sampler=sampler)
+        return self._loader(self.train_set, EpochSampler(len(self.train_set), self.seed, weights))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_set, shuffle=False)
+        return self._loader(self.eval_set)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Normalising on the device after transfer: 4x less to copy than float input.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from pneumo.data.preprocess import IMAGE_EXTENSIONS, BadImageError, load_image
 from pneumo.errors import PneumoError
@@ -128,7 +128,9 @@ class XrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | None:
+        """Sample ``key``, or ``(index, seed)`` from ``EpochSampler`` for seeded augmentation."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         sample = self.samples[index]
         if self.images is not None:
             image = self.images[index]
@@ -139,7 +141,12 @@ class XrayDataset(Dataset):
                 self._report_bad([str(err)])
                 return None  # dropped by collate_skipping_bad
         if self.transform is not None:
-            image = self.transform(image)
+            if seed is None:
+                image = self.transform(image)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    image = self.transform(image)
         return image, sample.label
 
 
@@ -150,3 +157,34 @@ def collate_skipping_bad(batch: list[tuple[torch.Tensor, int] | None]) -> tuple[
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
     images, labels = zip(*kept)
     return torch.stack(images), torch.tensor(labels, dtype=torch.long)
+
+
+class EpochSampler(Sampler):
+    """Shuffled (or class-weighted) order that depends only on ``seed`` and the epoch.
+
+    Yields ``(index, augmentation_seed)`` pairs, so both the order of epoch k and the
+    augmentation of every image in it are fixed by (seed, k): a run resumed from a
+    checkpoint continues exactly as the uninterrupted run, whatever the worker count.
+    Lightning calls ``set_epoch`` before every epoch.
+    """
+
+    def __init__(self, num_samples: int, seed: int, weights: Sequence[float] | None = None) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.weights = torch.as_tensor(weights, dtype=torch.float64) if weights is not None else None
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is None:
+            order = torch.randperm(self.num_samples, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator)
+        seeds = torch.randint(0, 2**62, (self.num_samples,), generator=generator)
+        return iter(zip(order.tolist(), seeds.tolist()))

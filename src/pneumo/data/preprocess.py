@@ -93,9 +93,13 @@ def read_grey(path: str | Path, draft_size: int | None = None) -> Image.Image:
         raise
     except FileNotFoundError as err:
         raise BadImageError(f"{path}: file not found") from err
-    except (UnidentifiedImageError, Image.DecompressionBombError) as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise BadImageError(
+            f"{path}: declared size is too large for an X-ray, refusing to decode it ({err})"
+        ) from err
+    except UnidentifiedImageError as err:
         raise BadImageError(f"{path}: not a readable image ({err})") from err
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as err:
+    except (OSError, ValueError, SyntaxError) as err:
         raise BadImageError(f"{path}: corrupt or truncated image ({err})") from err
     except Exception as err:  # any decoder failure is a bad file, never a crash
         raise BadImageError(f"{path}: cannot decode ({type(err).__name__}: {err})") from err
