@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+from pneumo.train import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -54,16 +53,7 @@ def tiny_root(tmp_path: Path) -> Path:
 
 def make_cfg(output_dir: Path, overrides: list[str], config_name: str = "train") -> DictConfig:
     """Compose a config as the entry point would, with its run directory at ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="pneumo.conf", version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra  # the task function never sees it either
-    return cfg
+    return compose_config(overrides, output_dir, config_name)
 
 
 def run_cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -4,9 +4,10 @@ import torch
 from PIL import Image
 
 from pneumo.data.datamodule import XrayDataModule
-from pneumo.data.dataset import XrayDataset, scan_split
+from pneumo.data.dataset import EpochSampler, XrayDataset, scan_split
 from pneumo.data.preprocess import BadImageError, load_image, to_model_input
 from pneumo.data.split import patient_id
+from pneumo.data.transforms import BatchAugment
 from pneumo.errors import PneumoError
 from tests.conftest import sample_files
 
@@ -35,14 +36,38 @@ def test_validation_is_carved_by_patient_and_stratified(tiny_root):
 def test_batches_are_normalised_three_channel_float(tiny_root):
     dm = _datamodule(tiny_root)
     dm.setup("fit")
-    images, labels = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.val_dataloader()))
+    images, labels, _ = batch
     assert images.dtype == torch.uint8 and images.shape == (4, 1, 32, 32)
-    x, y = dm.on_after_batch_transfer((images, labels), 0)
+    x, y = dm.on_after_batch_transfer(batch, 0)  # no trainer: not training, no augmentation
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
     grey = images.float() / 255
     for c, (mean, std) in enumerate(zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))):
         assert torch.allclose(x[:, c : c + 1] * std + mean, grey, atol=1e-5)  # R = G = B = grey
-    assert y.dtype == torch.long
+    assert torch.equal(y, labels)
+
+
+def test_batch_augmentation_is_seeded_and_identity_when_off():
+    images = torch.rand(6, 1, 32, 32)
+    off = BatchAugment(scale=(1, 1), degrees=0, translate=0, brightness=0, contrast=0)
+    assert torch.allclose(off(images, torch.Generator().manual_seed(0)), images, atol=1e-5)
+    on = BatchAugment()
+    first = on(images, torch.Generator().manual_seed(1))
+    assert torch.equal(first, on(images, torch.Generator().manual_seed(1)))
+    assert not torch.allclose(first, on(images, torch.Generator().manual_seed(2)))
+    assert not torch.allclose(first[0], first[1] * 0 + first[0].mean())  # still an image
+    assert first.min() >= 0 and first.max() <= 1
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    sampler = EpochSampler(20, seed=3)
+    sampler.set_epoch(1)
+    first = list(sampler)
+    sampler.set_epoch(2)
+    assert list(sampler) != first
+    again = EpochSampler(20, seed=3)
+    again.set_epoch(1)
+    assert list(again) == first and sorted(i for i, _ in first) == list(range(20))
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "I;16"])

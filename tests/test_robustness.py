@@ -202,7 +202,9 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
         f"ckpt_path={killed}/checkpoints/last.ckpt",
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4, resumed.stderr[-3000:]
+    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4, resumed.stderr[
+        -3000:
+    ]
     straight = tmp_path / "straight"
     assert _start_training(straight).wait() == 0
     assert _final_val_loss(killed) == pytest.approx(_final_val_loss(straight), abs=1e-6)

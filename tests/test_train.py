@@ -66,10 +66,33 @@ def test_resume_continues_from_last_checkpoint(tmp_path, tiny_root):
     assert resumed["epoch"] == 1 and len(_scalars(second)["val/loss"]) == 1
 
 
-@pytest.mark.parametrize("name", ["quickstart"])
-def test_experiment_presets_compose(tmp_path, name):
-    cfg = make_cfg(tmp_path, [f"experiment={name}"])
-    assert cfg.model.weights is None and cfg.data.root == "data/sample"
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("quickstart", {"data.root": "data/sample", "model.weights": None}),
+        ("kermany_cpu", {"data.image_size": 128, "model.weights": None, "trainer.max_time": "00:00:55:00"}),
+        (
+            "kermany",
+            {"data.image_size": 224, "model.weights": "IMAGENET1K_V1", "trainer.precision": "bf16-mixed"},
+        ),
+    ],
+)
+def test_experiment_presets_compose_and_run_a_step(tmp_path, name, expected):
+    from omegaconf import OmegaConf
+
+    preset = make_cfg(tmp_path / "preset", [f"experiment={name}"])
+    for key, value in expected.items():
+        assert OmegaConf.select(preset, key) == value
+    tiny = [
+        f"experiment={name}",
+        *FAST,
+        f"data.root={SAMPLE}",
+        "data.num_workers=0",
+        "debug=fast_dev_run",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+    ]
+    train(make_cfg(tmp_path / "run", tiny))
 
 
 def test_multirun_gives_each_job_its_own_named_directory(tmp_path):

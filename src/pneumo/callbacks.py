@@ -13,22 +13,27 @@ log = logging.getLogger(__name__)
 class EpochReport(L.Callback):
     """Time each epoch's training and validation and report them with the key metrics.
 
-    Logs ``time/train_epoch_s`` and ``time/val_epoch_s`` to the loggers and prints one line
-    per epoch, the successor of the original trainer's "val loss / val time / val accuracy".
-    Validation runs inside the training epoch, so its time is subtracted from training's.
+    Logs ``time/train_epoch_s`` (the training batches, up to validation) and
+    ``time/val_epoch_s`` to the loggers and prints one line per epoch, the successor of the
+    original trainer's "val loss / val time / val accuracy". Checkpoint writing, which
+    follows validation, counts in neither.
     """
 
     def __init__(self) -> None:
         self._epoch_start = 0.0
+        self._train_seconds: float | None = None
         self._val_start = 0.0
         self._val_seconds = 0.0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
+        self._train_seconds = None
         self._val_seconds = 0.0
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_start = time.perf_counter()
+        if not trainer.sanity_checking and self._train_seconds is None:
+            self._train_seconds = self._val_start - self._epoch_start
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -38,7 +43,9 @@ class EpochReport(L.Callback):
         pl_module.log("time/val_epoch_s", seconds)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        train_seconds = time.perf_counter() - self._epoch_start - self._val_seconds
+        train_seconds = self._train_seconds
+        if train_seconds is None:  # no validation this epoch
+            train_seconds = time.perf_counter() - self._epoch_start
         pl_module.log("time/train_epoch_s", train_seconds)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 

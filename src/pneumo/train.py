@@ -13,8 +13,11 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.preprocess import preprocessing_spec
@@ -24,6 +27,22 @@ from pneumo.model import XrayClassifier
 log = logging.getLogger(__name__)
 
 DISCLAIMER = "pneumo is a research tool, not a medical device: do not use it to diagnose patients."
+
+
+def compose_config(overrides: list[str], output_dir: str | Path, config_name: str = "train") -> DictConfig:
+    """Compose a config in code exactly as ``pneumo-train`` would, writing into ``output_dir``.
+
+    For notebooks, tests and benchmarks: ``train(compose_config(["experiment=quickstart"], "runs/a"))``.
+    """
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="pneumo.conf", version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra  # the task function never sees it either
+    return cfg
 
 
 def _instantiate_dict(group: DictConfig | None) -> list[Any]:

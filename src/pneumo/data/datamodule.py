@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Sampler
 from pneumo.data.dataset import EpochSampler, Sample, XrayDataset, collate_skipping_bad, scan_split
 from pneumo.data.preprocess import to_model_input
 from pneumo.data.split import patient_split
-from pneumo.data.transforms import train_augmentation
+from pneumo.data.transforms import BatchAugment
 from pneumo.errors import PneumoError
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class XrayDataModule(L.LightningDataModule):
         self.balance = balance
         self.cache = cache
         self.on_bad_image = on_bad_image
-        self.augment = dict(augment or {})
+        self.augment = BatchAugment(**(augment or {}))
         self.seed = seed
         self.split = split
         self.train_set: XrayDataset | None = None
@@ -116,12 +116,10 @@ class XrayDataModule(L.LightningDataModule):
         return counts.sum() / (len(counts) * counts)
 
     # -- Lightning hooks -----------------------------------------------------------------
-    def _dataset(self, samples: list[Sample], train: bool) -> XrayDataset:
-        transform = train_augmentation(self.image_size, **self.augment) if train else None
+    def _dataset(self, samples: list[Sample]) -> XrayDataset:
         return XrayDataset(
             samples,
             self.image_size,
-            transform,
             self.cache,
             self.on_bad_image,
             threads=max(2, self.num_workers),
@@ -131,12 +129,12 @@ class XrayDataModule(L.LightningDataModule):
         if stage in ("fit", "validate", None) and self.train_set is None:
             train, val = self.split_samples()
             log.info("train: %d images, validation: %d images", len(train), len(val))
-            self.train_set = self._dataset(train, train=True)
-            self.val_set = self._dataset(val, train=False)
+            self.train_set = self._dataset(train)
+            self.val_set = self._dataset(val)
         if stage in ("test", "predict") and self.eval_set is None:
             self.check_root()
             split_dir = self.root / self.split
-            self.eval_set = self._dataset(scan_split(split_dir, self.classes), train=False)
+            self.eval_set = self._dataset(scan_split(split_dir, self.classes))
 
     def _loader(self, dataset: XrayDataset, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
@@ -162,8 +160,13 @@ class XrayDataModule(L.LightningDataModule):
         return self._loader(self.eval_set)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # Normalising on the device after transfer: 4x less to copy than float input.
-        images, labels = batch
+        # Augmenting and normalising on the device after transfer: one batched resampling
+        # instead of one per image, and 4x less to copy than float input.
+        images, labels, seeds = batch
         if images.numel() == 0:  # every file of the batch was bad and skipped
-            return batch
-        return to_model_input(images), labels
+            return images, labels
+        x = images.to(torch.float32).div_(255.0)
+        if self.trainer is not None and self.trainer.training:
+            generator = torch.Generator().manual_seed(int(seeds[0]))
+            x = self.augment(x, generator)
+        return to_model_input(x), labels

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +70,6 @@ class XrayDataset(Dataset):
         self,
         samples: Sequence[Sample],
         image_size: int,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         cache: bool = True,
         on_bad_image: str = "fail",
         threads: int = 2,
@@ -79,7 +78,6 @@ class XrayDataset(Dataset):
             raise PneumoError(f"data.on_bad_image must be 'skip' or 'fail', got {on_bad_image!r}")
         self.samples = list(samples)
         self.image_size = image_size
-        self.transform = transform
         self.on_bad_image = on_bad_image
         self.bad_files: list[str] = []
         self.images: torch.Tensor | None = None
@@ -128,42 +126,39 @@ class XrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | None:
-        """Sample ``key``, or ``(index, seed)`` from ``EpochSampler`` for seeded augmentation."""
-        index, seed = key if isinstance(key, tuple) else (key, None)
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int] | None:
+        """``(image, label, seed)`` for ``index`` or ``(index, seed)`` (seed -1 when none)."""
+        index, seed = key if isinstance(key, tuple) else (key, -1)
         sample = self.samples[index]
         if self.images is not None:
-            image = self.images[index]
-        else:
-            try:
-                image = load_image(sample.path, self.image_size)
-            except BadImageError as err:
-                self._report_bad([str(err)])
-                return None  # dropped by collate_skipping_bad
-        if self.transform is not None:
-            if seed is None:
-                image = self.transform(image)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    image = self.transform(image)
-        return image, sample.label
+            return self.images[index], sample.label, seed
+        try:
+            return load_image(sample.path, self.image_size), sample.label, seed
+        except BadImageError as err:
+            self._report_bad([str(err)])
+            return None  # dropped by collate_skipping_bad
 
 
-def collate_skipping_bad(batch: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack a batch, leaving out samples that failed to decode (returned as ``None``)."""
+def collate_skipping_bad(
+    batch: list[tuple[torch.Tensor, int, int] | None],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack ``(images, labels, seeds)``, leaving out samples that failed to decode (``None``)."""
     kept = [item for item in batch if item is not None]
     if not kept:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
-    images, labels = zip(*kept)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.long)
+        return (
+            torch.empty(0, dtype=torch.uint8),
+            torch.empty(0, dtype=torch.long),
+            torch.empty(0, dtype=torch.long),
+        )
+    images, labels, seeds = zip(*kept)
+    return torch.stack(images), torch.tensor(labels), torch.tensor(seeds)
 
 
 class EpochSampler(Sampler):
     """Shuffled (or class-weighted) order that depends only on ``seed`` and the epoch.
 
     Yields ``(index, augmentation_seed)`` pairs, so both the order of epoch k and the
-    augmentation of every image in it are fixed by (seed, k): a run resumed from a
+    augmentation of every batch in it are fixed by (seed, k): a run resumed from a
     checkpoint continues exactly as the uninterrupted run, whatever the worker count.
     Lightning calls ``set_epoch`` before every epoch.
     """

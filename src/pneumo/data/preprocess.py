@@ -116,8 +116,9 @@ def to_model_input(
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
 ) -> torch.Tensor:
-    """Turn a ``N x 1 x H x W`` uint8 batch into normalised ``N x 3 x H x W`` float input."""
-    x = batch.to(torch.float32).div_(255.0).expand(-1, len(mean), -1, -1)
+    """Turn a ``N x 1 x H x W`` batch (uint8, or float in [0, 1]) into normalised ``N x 3 x H x W``."""
+    x = batch.to(torch.float32).div_(255.0) if batch.dtype == torch.uint8 else batch
+    x = x.expand(-1, len(mean), -1, -1)
     mean_t = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     return ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
@@ -127,7 +128,10 @@ def preprocessing_spec(image_size: int) -> dict:
     """Describe the preprocessing as plain data, for checkpoints and deployments."""
     return {
         "image_size": image_size,
-        "resize": "bilinear, antialiased, to image_size x image_size (aspect ratio not kept)",
+        "resize": (
+            "JPEG decoded at the smallest DCT scale >= image_size (PIL Image.draft), then "
+            "bilinear to image_size x image_size (aspect ratio not kept)"
+        ),
         "color": "decode to 8-bit grey, scale to [0, 1], repeat into 3 channels (R=G=B)",
         "channel_order": "RGB",
         "layout": "NCHW",

@@ -1,31 +1,67 @@
-"""Training-time augmentation on decoded uint8 tensors (torchvision transforms v2)."""
+"""Training-time augmentation of whole batches on the device, one random draw per image.
+
+One affine resampling (zoom, rotation, shift, optional flip) and one brightness/contrast
+change per image, for the whole batch in a single ``grid_sample`` call: at 128 px on a
+2-core CPU this costs ~0.3 ms an image where a per-image torchvision v2 pipeline cost ~2 ms
+(7 % of a training step), and on a GPU it runs there instead of in loader processes.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-from torchvision.transforms import v2
+import torch
+import torch.nn.functional as F
 
 
-def train_augmentation(
-    image_size: int,
-    scale: Sequence[float] = (0.8, 1.0),
-    degrees: float = 10.0,
-    translate: float = 0.05,
-    brightness: float = 0.2,
-    contrast: float = 0.2,
-    hflip: bool = False,
-) -> v2.Compose:
-    """Mild geometric and exposure changes that keep a chest film plausible.
+class BatchAugment:
+    """Random zoom, rotation, shift, exposure (and optionally flip) of ``N x 1 x H x W`` batches.
 
-    Horizontal flips are off by default: they put the heart on the wrong side, which a
-    real radiograph never shows.
+    ``scale`` is the area fraction kept, as in RandomResizedCrop (0.8 = zoom in up to 1.12x).
+    Horizontal flips are off by default: they put the heart on the wrong side, which a real
+    radiograph never shows.
     """
-    steps: list = [
-        v2.RandomResizedCrop(image_size, scale=tuple(scale), ratio=(0.9, 1.1), antialias=True),
-        v2.RandomAffine(degrees=degrees, translate=(translate, translate)),
-        v2.ColorJitter(brightness=brightness, contrast=contrast),
-    ]
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps)
+
+    def __init__(
+        self,
+        scale: Sequence[float] = (0.8, 1.0),
+        degrees: float = 10.0,
+        translate: float = 0.05,
+        brightness: float = 0.2,
+        contrast: float = 0.2,
+        hflip: bool = False,
+    ) -> None:
+        self.scale = tuple(scale)
+        self.degrees = degrees
+        self.translate = translate
+        self.brightness = brightness
+        self.contrast = contrast
+        self.hflip = hflip
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Augment a float batch in [0, 1]; random draws come from ``generator`` (on the CPU)."""
+        n = images.shape[0]
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return low + (high - low) * torch.rand(n, generator=generator)
+
+        zoom = uniform(*self.scale).rsqrt()  # keep `scale` of the area: magnify by 1/sqrt(scale)
+        angle = uniform(-self.degrees, self.degrees) * (math.pi / 180)
+        shift_x, shift_y = (uniform(-self.translate, self.translate) * 2 for _ in range(2))
+        flip = (
+            torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if self.hflip else torch.ones(n)
+        )
+        bright = uniform(1 - self.brightness, 1 + self.brightness)
+        contrast = uniform(1 - self.contrast, 1 + self.contrast)
+
+        cos, sin = angle.cos() / zoom, angle.sin() / zoom
+        theta = torch.stack(
+            [torch.stack([cos * flip, -sin, shift_x], 1), torch.stack([sin * flip, cos, shift_y], 1)], 1
+        ).to(images.device, images.dtype)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        contrast = contrast.to(images.device, images.dtype).view(-1, 1, 1, 1)
+        bright = bright.to(images.device, images.dtype).view(-1, 1, 1, 1)
+        return (((out - mean) * contrast + mean) * bright).clamp_(0.0, 1.0)
