@@ -41,11 +41,13 @@ def peak_rss_mb() -> float:
 
 
 def pick_images(data: Path, n: int, seed: int = 0) -> list[Path]:
-    """A seeded sample of ``n`` images from ``data/CLASS/*``, keeping the class mix."""
+    """A seeded sample of ``n`` images from ``data/CLASS/*``: one of each class first, then any."""
     files = sorted(p for p in data.glob("*/*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     if not files:
         raise SystemExit(f"error: no images in {data}/CLASS/ (use --data)")
     random.Random(seed).shuffle(files)
+    firsts = list({p.parent.name: p for p in reversed(files)}.values())
+    files = firsts + [p for p in files if p not in firsts]
     return (files * (n // len(files) + 1))[:n]
 
 
@@ -142,9 +144,8 @@ def pneumo_epoch(args: argparse.Namespace, n_images: int) -> dict:
     from pneumo.train import compose_config, train
 
     with tempfile.TemporaryDirectory() as tmp:
-        files = pick_images(args.data, n_images + args.batch_size)
-        root = link_tree(files[:n_images], Path(tmp) / "data")
-        link_tree(files[n_images:], Path(tmp) / "data", split="val")
+        root = link_tree(pick_images(args.data, n_images), Path(tmp) / "data")
+        link_tree(pick_images(args.data, args.batch_size, seed=1), root, split="val")
         overrides = [
             f"data.root={root}",
             f"data.image_size={args.image_size}",
