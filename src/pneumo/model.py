@@ -115,7 +115,6 @@ class XrayClassifier(L.LightningModule):
         self.net = self.net.to(memory_format=torch.channels_last)
         self.train_metrics = _metrics("train/")
         self.val_metrics = _metrics("val/")
-        self.test_metrics = _metrics("test/")
         self.register_buffer("class_weights", torch.ones(num_classes), persistent=False)
         self.threshold = 0.5
         self._val_probs: list[torch.Tensor] = []
@@ -175,11 +174,6 @@ class XrayClassifier(L.LightningModule):
             self.log("val/threshold", self.threshold)
         self._val_probs.clear()
         self._val_targets.clear()
-
-    def test_step(self, batch, batch_idx):
-        loss, _ = self._step(batch, self.test_metrics)
-        self.log("test/loss", loss, batch_size=len(batch[1]))
-        self.log_dict(self.test_metrics)
 
     def configure_optimizers(self):
         if not self.hparams.optimizer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,6 @@ class XrayDataModule(L.LightningDataModule):
         on_bad_image: str = "fail",
         augment: dict[str, Any] | None = None,
         seed: int = 42,
-        split: str = "test",
     ) -> None:
         super().__init__()
         if balance not in BALANCE_MODES:
@@ -63,10 +63,8 @@ class XrayDataModule(L.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.augment = BatchAugment(**(augment or {}))
         self.seed = seed
-        self.split = split
         self.train_set: XrayDataset | None = None
         self.val_set: XrayDataset | None = None
-        self.eval_set: XrayDataset | None = None
 
     # -- discovering files -------------------------------------------------------------
     def check_root(self) -> None:
@@ -129,12 +127,10 @@ class XrayDataModule(L.LightningDataModule):
         if stage in ("fit", "validate", None) and self.train_set is None:
             train, val = self.split_samples()
             log.info("train: %d images, validation: %d images", len(train), len(val))
+            # mixed classes in every validation batch, so the sanity check sees both
+            random.Random(self.seed).shuffle(val)
             self.train_set = self._dataset(train)
             self.val_set = self._dataset(val)
-        if stage in ("test", "predict") and self.eval_set is None:
-            self.check_root()
-            split_dir = self.root / self.split
-            self.eval_set = self._dataset(scan_split(split_dir, self.classes))
 
     def _loader(self, dataset: XrayDataset, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
@@ -155,9 +151,6 @@ class XrayDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_set)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Augmenting and normalising on the device after transfer: one batched resampling
