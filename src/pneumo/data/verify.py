@@ -71,7 +71,7 @@ class Report:
 
     def as_dict(self) -> dict:
         return {
-            **{k: v for k, v in self.__dict__.items()},
+            **self.__dict__,
             "errors": self.errors,
             "warnings": self.warnings,
             "ok": not self.errors,
@@ -129,9 +129,8 @@ def verify(root: str | Path, threads: int = 4) -> Report:
         counts[info.split][info.label] += 1
         by_hash[info.sha1].append(info)
         patient_splits[patient_id(info.path)].add(info.split)
-        report.sizes[f"{info.size[0]}x{info.size[1]}"] = (
-            report.sizes.get(f"{info.size[0]}x{info.size[1]}", 0) + 1
-        )
+        size = f"{info.size[0]}x{info.size[1]}"
+        report.sizes[size] = report.sizes.get(size, 0) + 1
         report.modes[info.mode] = report.modes.get(info.mode, 0) + 1
         if min(info.size) < MIN_SIDE:
             report.tiny_images.append(str(info.path))
