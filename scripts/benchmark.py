@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training and prediction throughput: pneumo beside a plain PyTorch loop and the model's limit.
 
-    python scripts/benchmark.py --data ../shared/data/chest_xray/train --images 1024 --image-size 128
+    python scripts/benchmark.py --data data/chest_xray/train --images 1024 --image-size 128
 
 Modes, each in its own process so peak memory is its own:
   model_bound  training steps on real images already decoded and normalised in memory: the ceiling
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "chest_xray" / "train"
+DEFAULT_DATA = Path("data/chest_xray/train")
 DEFAULT_PREDICT = REPO / "data" / "sample"
 
 

@@ -61,7 +61,7 @@ class XrayDataset(Dataset):
     """Images as ``1 x S x S`` uint8 tensors with their labels.
 
     With ``cache=True`` every image is decoded and resized once, in parallel threads, into
-    one shared uint8 tensor (224 px: 50 KB an image, 260 MB for the 5216-image train split);
+    one shared uint8 tensor (224 px: 50 KB an image, 250 MB for the 5216-image train split);
     epochs then cost only augmentation and the model. Files that fail to decode are
     skipped with a warning (``on_bad_image="skip"``) or stop with their path (``"fail"``).
     """
