@@ -7,7 +7,7 @@ from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.dataset import EpochSampler, XrayDataset, scan_split
 from pneumo.data.preprocess import BadImageError, load_image, to_model_input
 from pneumo.data.split import patient_id
-from pneumo.data.transforms import BatchAugment
+from pneumo.data.transforms import TTA_VIEWS, BatchAugment, tta_views
 from pneumo.errors import PneumoError
 from tests.conftest import sample_files
 
@@ -57,6 +57,15 @@ def test_batch_augmentation_is_seeded_and_identity_when_off():
     assert not torch.allclose(first, on(images, torch.Generator().manual_seed(2)))
     assert not torch.allclose(first[0], first[1] * 0 + first[0].mean())  # still an image
     assert first.min() >= 0 and first.max() <= 1
+
+
+def test_tta_views_start_with_the_untouched_batch():
+    images = torch.rand(3, 1, 32, 32)
+    views = tta_views(images)
+    assert views.shape == (len(TTA_VIEWS) * 3, 1, 32, 32)
+    assert torch.allclose(views[:3], images, atol=1e-5)
+    for v in range(1, len(TTA_VIEWS)):
+        assert not torch.allclose(views[3 * v : 3 * v + 3], images, atol=1e-2)
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch():

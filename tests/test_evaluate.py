@@ -56,9 +56,11 @@ def test_eval_command_line(tmp_path, tiny_root, trained_ckpt):
         f"ckpt_path={trained_ckpt}",
         f"data.root={tiny_root}",
         f"hydra.run.dir={tmp_path}",
+        "tta=true",
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / "metrics.json").is_file() and "sensitivity" in result.stdout
+    assert "sensitivity" in result.stdout
+    assert json.loads((tmp_path / "metrics.json").read_text())["tta"] is True
 
 
 def test_eval_missing_split_is_named(tmp_path, trained_ckpt):

@@ -54,6 +54,18 @@ def test_in_process_prediction_respects_threshold_override(trained_ckpt):
     assert {r.label for r in predict(model, files, threshold=1.01)} == {"NORMAL"}
 
 
+def test_test_time_augmentation_averages_views_of_each_image_alone(trained_ckpt):
+    model = load_model(trained_ckpt)
+    files = sample_files("NORMAL")[:3] + sample_files("PNEUMONIA")[:2]
+    plain = [r.p_pneumonia for r in predict(model, files, batch_size=5)]
+    batched = [r.p_pneumonia for r in predict(model, files, batch_size=5, tta=True)]
+    # batch composition must not matter: each image's views are averaged with its own only
+    alone = [r.p_pneumonia for r in predict(model, files, batch_size=1, tta=True)]
+    assert batched == pytest.approx(alone, abs=1e-5)
+    assert batched != pytest.approx(plain, abs=1e-4)
+    assert all(0.0 <= p <= 1.0 for p in batched)
+
+
 def test_grad_cam_overlays_have_the_image_size(tmp_path, trained_ckpt):
     from pneumo.cam import write_cams
 

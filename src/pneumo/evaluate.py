@@ -128,11 +128,13 @@ def print_table(metrics: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def evaluate(ckpt_path: str, root: str, split: str, output_dir: Path, batch_size: int = 32) -> dict[str, Any]:
+def evaluate(
+    ckpt_path: str, root: str, split: str, output_dir: Path, batch_size: int = 32, tta: bool = False
+) -> dict[str, Any]:
     """Evaluate a checkpoint on a split and write metrics.json and the pictures."""
     model = load_model(ckpt_path)
     samples = split_samples(model, Path(root), split)
-    rows = predict(model, [s.path for s in samples], batch_size, progress=len(samples) > batch_size)
+    rows = predict(model, [s.path for s in samples], batch_size, progress=len(samples) > batch_size, tta=tta)
     failed = [r for r in rows if r.error]
     for row in failed:
         log.warning("left out %s: %s", row.path, row.error)
@@ -145,6 +147,7 @@ def evaluate(ckpt_path: str, root: str, split: str, output_dir: Path, batch_size
         "checkpoint": str(Path(ckpt_path).resolve()),
         "data_root": str(Path(root).resolve()),
         "split": split,
+        "tta": tta,
         "classes": model.classes,
         "unreadable_files": [r.path for r in failed],
     }
@@ -170,7 +173,7 @@ def evaluate(ckpt_path: str, root: str, split: str, output_dir: Path, batch_size
 def main(cfg: DictConfig) -> float:
     """Evaluate; return the AUROC."""
     metrics = evaluate(
-        cfg.ckpt_path, cfg.data.root, cfg.data.split, Path(cfg.paths.output_dir), cfg.data.batch_size
+        cfg.ckpt_path, cfg.data.root, cfg.data.split, Path(cfg.paths.output_dir), cfg.data.batch_size, cfg.tta
     )
     return metrics["auroc"]
 

@@ -55,13 +55,55 @@ class BatchAugment:
         bright = uniform(1 - self.brightness, 1 + self.brightness)
         contrast = uniform(1 - self.contrast, 1 + self.contrast)
 
-        cos, sin = angle.cos() / zoom, angle.sin() / zoom
-        theta = torch.stack(
-            [torch.stack([cos * flip, -sin, shift_x], 1), torch.stack([sin * flip, cos, shift_y], 1)], 1
-        ).to(images.device, images.dtype)
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out = affine(images, zoom, angle, shift_x, shift_y, flip)
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
         contrast = contrast.to(images.device, images.dtype).view(-1, 1, 1, 1)
         bright = bright.to(images.device, images.dtype).view(-1, 1, 1, 1)
         return (((out - mean) * contrast + mean) * bright).clamp_(0.0, 1.0)
+
+
+def affine(
+    images: torch.Tensor,
+    zoom: torch.Tensor,
+    angle: torch.Tensor,
+    shift_x: torch.Tensor,
+    shift_y: torch.Tensor,
+    flip: torch.Tensor,
+) -> torch.Tensor:
+    """Resample each image of an ``N x C x H x W`` batch: magnify by ``zoom``, rotate by ``angle``
+    (radians), shift by ``shift_x``/``shift_y`` (in affine_grid units: 2 is the whole width),
+    mirror where ``flip`` is -1. One ``grid_sample`` call; pixels from outside become 0 (black)."""
+    cos, sin = angle.cos() / zoom, angle.sin() / zoom
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, shift_x], 1), torch.stack([sin * flip, cos, shift_y], 1)], 1
+    ).to(images.device, images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+# Fixed views for test-time augmentation, (zoom, degrees, shift_x, shift_y): the original and
+# mild zooms, rotations and shifts well inside the training augmentation's range; no flips.
+TTA_VIEWS: tuple[tuple[float, float, float, float], ...] = (
+    (1.0, 0.0, 0.0, 0.0),
+    (1.08, 0.0, 0.0, 0.0),
+    (1.0, 5.0, 0.0, 0.0),
+    (1.0, -5.0, 0.0, 0.0),
+    (1.04, 0.0, 0.06, 0.0),
+    (1.04, 0.0, -0.06, 0.0),
+)
+
+
+def tta_views(images: torch.Tensor) -> torch.Tensor:
+    """Stack the ``TTA_VIEWS`` of a float ``N x C x H x W`` batch into ``len(TTA_VIEWS) * N`` images,
+    view-major (rows ``v * N`` to ``v * N + N - 1`` are view ``v``)."""
+    n = images.shape[0]
+    params = torch.tensor(TTA_VIEWS, dtype=torch.float32).repeat_interleave(n, dim=0)
+    zoom, degrees, shift_x, shift_y = params.unbind(1)
+    return affine(
+        images.repeat(len(TTA_VIEWS), 1, 1, 1),
+        zoom,
+        degrees * (math.pi / 180),
+        shift_x,
+        shift_y,
+        torch.ones_like(zoom),
+    )

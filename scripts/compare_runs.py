@@ -1,0 +1,127 @@
+"""Summarise pneumo-train runs from their TensorBoard files: one row a run, as a Markdown table.
+
+    python scripts/compare_runs.py outputs/ablation/kermany_cpu          # a sweep: one row a job
+    python scripts/compare_runs.py outputs/train/runs --json             # every run, as JSON lines
+
+A run is any folder holding a ``tensorboard/`` folder of event files. Figures are the last
+epoch's (``val/*`` at the decision threshold 0.5, as logged during training), the best
+validation AUROC over all epochs and the median training time an epoch. AUROC is the column
+to compare across runs: val/loss is not comparable when label smoothing or class weights differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+COLUMNS = {
+    "epochs": "epochs",
+    "val/auroc": "AUROC",
+    "best val/auroc": "best AUROC",
+    "val/acc": "acc",
+    "val/sensitivity": "sens",
+    "val/specificity": "spec",
+    "train/acc": "train acc",
+    "time/train_epoch_s": "s/epoch",
+}
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run folders under ``root`` (or ``root`` itself): those holding ``tensorboard/`` event files."""
+    runs = {p.parent.parent for p in root.rglob("tensorboard/events.out.tfevents.*")}
+
+    def job_order(run: Path) -> tuple[int, str]:  # sweep jobs 0, 1, ..., 10 in number order
+        number = run.name.partition("_")[0]
+        return (int(number) if number.isdigit() else -1, str(run))
+
+    return sorted(runs, key=job_order)
+
+
+def run_names(runs: list[Path], root: Path) -> tuple[list[str], list[str]]:
+    """Short names for ``runs``, and the overrides all of them share.
+
+    A sweep job's folder is ``NUM_KEY=VALUE,KEY=VALUE``: it is named by the overrides that set it
+    apart from the other jobs. Any other run is named by its path below ``root``.
+    """
+    names = [str(run.relative_to(root)) if run != root else run.name for run in runs]
+    jobs = [name.partition("_") for name in names]
+    if not all(number.isdigit() and "=" in overrides for number, _, overrides in jobs):
+        return names, []
+    items = [overrides.split(",") for _, _, overrides in jobs]
+    common = [item for item in items[0] if all(item in other for other in items)] if len(items) > 1 else []
+    short = [",".join(i for i in job if i not in common) or "(no overrides)" for job in items]
+    return short, common
+
+
+def summarise(run: Path) -> dict[str, float]:
+    """The last epoch's figures, the best validation AUROC and the median epoch time of one run."""
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+
+    def values(tag: str) -> list[float]:
+        return [e.value for e in events.Scalars(tag)] if tag in tags else []
+
+    row: dict[str, float] = {"epochs": len(values("val/auroc"))}
+    for tag in ("val/auroc", "val/acc", "val/sensitivity", "val/specificity", "train/acc"):
+        if values(tag):
+            row[tag] = values(tag)[-1]
+    if values("val/auroc"):
+        row["best val/auroc"] = max(values("val/auroc"))
+    if values("time/train_epoch_s"):
+        row["time/train_epoch_s"] = statistics.median(values("time/train_epoch_s"))
+    return row
+
+
+def markdown(rows: dict[str, dict[str, float]]) -> str:
+    """A Markdown table, one row a run, in ``COLUMNS`` order."""
+
+    def cell(key: str, value: float | None) -> str:
+        if value is None:
+            return ""
+        if key == "epochs":
+            return str(int(value))
+        return f"{value:.0f}" if key.startswith("time/") else f"{value:.3f}"
+
+    lines = [
+        "| run | " + " | ".join(COLUMNS.values()) + " |",
+        "| --- |" + " ---: |" * len(COLUMNS),
+    ]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(cell(k, row.get(k)) for k in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("root", type=Path, help="a run folder, a sweep folder or any folder above runs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object a run instead")
+    args = parser.parse_args(argv)
+    if not args.root.is_dir():
+        print(f"error: {args.root} is not a folder", file=sys.stderr)
+        return 2
+    runs = find_runs(args.root)
+    if not runs:
+        print(f"error: no TensorBoard event files (RUN/tensorboard/) under {args.root}", file=sys.stderr)
+        return 2
+    names, common = run_names(runs, args.root)
+    rows = {name: summarise(run) for name, run in zip(names, runs)}
+    if args.json:
+        for name, row in rows.items():
+            print(json.dumps({"run": name, **row}))
+        return 0
+    if common:
+        print("all runs: " + " ".join(common) + "\n")
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
