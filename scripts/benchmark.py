@@ -271,7 +271,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--predict-count", type=int, default=64)
     parser.add_argument("--modes", default="model_bound,baseline,pneumo,predict,scaling,cache_full")
     parser.add_argument("--only", choices=sorted(MODES), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: PyTorch sees no CUDA GPU on this machine; use --device cpu")
+    if not args.data.is_dir():
+        parser.error(f"--data {args.data}: no such folder (it needs CLASS/ image folders)")
+    return args
 
 
 def main(argv: list[str]) -> None:

@@ -1,5 +1,8 @@
 import json
 
+import pytest
+import torch
+
 from tests.conftest import REPO, SAMPLE, run_cli
 
 
@@ -29,3 +32,14 @@ def test_benchmark_runs_every_mode_on_a_few_tiny_images():
     assert results["cache_full"]["images"] == 16
     assert set(report["ratios"]) == {"pneumo/baseline", "pneumo/model_bound"}
     assert "pneumo/model_bound:" in result.stdout
+
+
+def test_missing_data_folder_is_named(tmp_path):
+    result = run_cli(str(REPO / "scripts" / "benchmark.py"), "--data", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and "nowhere: no such folder" in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_is_one_clear_line():
+    result = run_cli(str(REPO / "scripts" / "benchmark.py"), "--device", "cuda", "--data", str(SAMPLE))
+    assert result.returncode == 2 and "sees no CUDA GPU" in result.stderr
