@@ -3,7 +3,8 @@
     python scripts/compare_runs.py outputs/ablation/kermany_cpu          # a sweep: one row a job
     python scripts/compare_runs.py outputs/train/runs --json             # every run, as JSON lines
 
-A run is any folder holding a ``tensorboard/`` folder of event files. Figures are the last
+A run is any folder holding a ``tensorboard/`` folder of event files with validation scalars
+(pneumo-eval's folders, which hold only figures, are left out). Figures are the last
 epoch's (``val/*`` at the decision threshold 0.5, as logged during training), the best
 validation AUROC over all epochs and the median training time an epoch. AUROC is the column
 to compare across runs: val/loss is not comparable when label smoothing or class weights differ.
@@ -111,8 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print(f"error: no TensorBoard event files (RUN/tensorboard/) under {args.root}", file=sys.stderr)
         return 2
+    summaries = {run: summarise(run) for run in runs}
+    runs = [run for run in runs if summaries[run]["epochs"]]
+    if not runs:
+        print(f"error: no training runs (val/auroc in TensorBoard) under {args.root}", file=sys.stderr)
+        return 2
     names, common = run_names(runs, args.root)
-    rows = {name: summarise(run) for name, run in zip(names, runs)}
+    rows = {name: summaries[run] for name, run in zip(names, runs)}
     if args.json:
         for name, row in rows.items():
             print(json.dumps({"run": name, **row}))

@@ -52,3 +52,12 @@ def test_ablation_sweep_is_summarised_one_row_a_job(tmp_path):
 def test_a_folder_without_runs_is_named(tmp_path):
     result = run_cli(str(REPO / "scripts" / "compare_runs.py"), str(tmp_path))
     assert result.returncode == 2 and str(tmp_path) in result.stderr
+
+
+def test_evaluation_folders_are_not_runs(tmp_path, trained_ckpt):
+    from pneumo.evaluate import evaluate
+
+    evaluate(str(trained_ckpt), str(REPO / "data"), "sample", tmp_path / "eval")
+    assert list((tmp_path / "eval" / "tensorboard").glob("events.out.tfevents.*"))
+    result = run_cli(str(REPO / "scripts" / "compare_runs.py"), str(tmp_path))
+    assert result.returncode == 2 and "no training runs" in result.stderr
