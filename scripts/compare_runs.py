@@ -108,14 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.root.is_dir():
         print(f"error: {args.root} is not a folder", file=sys.stderr)
         return 2
-    runs = find_runs(args.root)
+    summaries = {run: summarise(run) for run in find_runs(args.root)}
+    runs = [run for run, row in summaries.items() if row["epochs"]]
     if not runs:
-        print(f"error: no TensorBoard event files (RUN/tensorboard/) under {args.root}", file=sys.stderr)
-        return 2
-    summaries = {run: summarise(run) for run in runs}
-    runs = [run for run in runs if summaries[run]["epochs"]]
-    if not runs:
-        print(f"error: no training runs (val/auroc in TensorBoard) under {args.root}", file=sys.stderr)
+        print(f"error: no training runs (RUN/tensorboard/ with val/auroc) under {args.root}", file=sys.stderr)
         return 2
     names, common = run_names(runs, args.root)
     rows = {name: summaries[run] for name, run in zip(names, runs)}
