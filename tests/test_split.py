@@ -1,8 +1,10 @@
-from collections import Counter
+import hashlib
+import re
+from collections import Counter, defaultdict
 
 import pytest
 
-from pneumo.data.split import patient_id, patient_split
+from pneumo.data.split import known_patient_name, patient_id, patient_split
 from tests.conftest import SHARED_TRAIN, needs_shared
 
 
@@ -14,6 +16,9 @@ from tests.conftest import SHARED_TRAIN, needs_shared
         ("IM-0115-0001.jpeg", "im-0115"),
         ("NORMAL2-IM-1427-0001.jpeg", "normal2-im-1427"),
         ("NORMAL2-IM-1427-0002.jpeg", "normal2-im-1427"),
+        ("IM-0429-0001-0002.jpeg", "im-0429"),
+        ("NORMAL2-IM-0587-0001-0001.jpeg", "normal2-im-0587"),
+        ("person1_virus_6_2.jpeg", "person1"),
         ("scan.png", "scan"),
     ],
 )
@@ -50,3 +55,30 @@ def test_split_of_the_real_train_set_is_stratified_by_patient():
     assert 0.08 < share < 0.12
     val_pneumonia = sum(labels[i] for i in val) / len(val)
     assert abs(val_pneumonia - sum(labels) / len(labels)) < 0.03
+
+
+def _independent_patient(stem: str) -> str:
+    """The patient by a rule written apart from ``patient_id``: split the name on its separators."""
+    if stem.startswith("person"):
+        return stem.split("_")[0].lower()
+    parts = stem.split("-")  # [NORMAL2,] IM, patient, film[, further film]
+    return "-".join(parts[: parts.index("IM") + 2]).lower()
+
+
+@needs_shared
+@pytest.mark.parametrize("seed", [1, 42])
+def test_real_split_shares_no_patient_prefix_or_bytes_across_sides(seed):
+    paths = sorted(SHARED_TRAIN.glob("*/*.jpeg"))
+    assert all(known_patient_name(p) for p in paths)
+    labels = [int(p.parent.name == "PNEUMONIA") for p in paths]
+    train, val = patient_split(paths, labels, 0.1, seed)
+    side = {i: "val" for i in val} | {i: "train" for i in train}
+    sides_by_prefix: dict[str, set[str]] = defaultdict(set)
+    sides_by_bytes: dict[str, set[str]] = defaultdict(set)
+    for i, path in enumerate(paths):
+        sides_by_prefix[_independent_patient(path.stem)].add(side[i])
+        sides_by_bytes[hashlib.sha1(path.read_bytes()).hexdigest()].add(side[i])
+    assert [p for p, s in sides_by_prefix.items() if len(s) > 1] == []
+    assert [h for h, s in sides_by_bytes.items() if len(s) > 1] == []
+    # the -0001-0002 names join their patient instead of standing alone
+    assert patient_id(SHARED_TRAIN / "NORMAL" / "IM-0429-0001-0002.jpeg") == "im-0429"

@@ -34,6 +34,9 @@ def print_report(report: Report) -> None:
     sizes = ", ".join(f"{size} ({n})" for size, n in list(report.sizes.items())[:5])
     console.print(f"sizes: {sizes}{' ...' if len(report.sizes) > 5 else ''}")
     console.print(f"modes: {', '.join(f'{m} ({n})' for m, n in report.modes.items())}")
+    console.print(f"patients (from file names): {report.patients}", highlight=False)
+    for name in report.unknown_patient_names[:10]:
+        console.print(f"[yellow]no patient ID in name[/yellow] {name}", highlight=False)
     for bad in report.bad_files:
         console.print(f"[red]unreadable[/red] {bad['path']}: {bad['reason']}", markup=True, highlight=False)
     for group in report.duplicates_across:

@@ -12,12 +12,20 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-# personNNN_bacteria_MMM / personNNN_virus_MMM   -> personNNN
-# IM-NNNN-0001 / NORMAL2-IM-NNNN-0002           -> IM-NNNN / NORMAL2-IM-NNNN
+# Every file name in the Kermany/Kaggle chest_xray archive (train, val and test splits):
+#   personNNN_bacteria_MMM, personNNN_virus_MMM, personNNN_virus_MMM_K   -> personNNN
+#   IM-NNNN-0001, IM-NNNN-0001-0002 (a further film of the same visit)   -> IM-NNNN
+#   NORMAL2-IM-NNNN-0001, NORMAL2-IM-NNNN-0001-0002                      -> NORMAL2-IM-NNNN
 _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_", re.IGNORECASE),
-    re.compile(r"^((?:[A-Z0-9]+-)?IM-\d+)-\d+$", re.IGNORECASE),
+    re.compile(r"^((?:[A-Z0-9]+-)?IM-\d+)(?:-\d+)+$", re.IGNORECASE),
 )
+
+
+def known_patient_name(path: str | Path) -> bool:
+    """Whether the file name follows one of the archive's naming patterns above."""
+    stem = Path(path).stem
+    return any(pattern.match(stem) for pattern in _PATIENT_PATTERNS)
 
 
 def patient_id(path: str | Path) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from pneumo.data.preprocess import BadImageError, read_grey
-from pneumo.data.split import patient_id
+from pneumo.data.split import known_patient_name, patient_id
 from pneumo.errors import PneumoError
 
 SPLITS = ("train", "val", "test")
@@ -42,6 +42,9 @@ class Report:
     duplicates_within: list[list[str]] = field(default_factory=list)
     duplicates_across: list[list[str]] = field(default_factory=list)
     patients_across: dict[str, list[str]] = field(default_factory=dict)
+    patients: int = 0
+    # Files whose names follow no known patient pattern: each counts as its own patient.
+    unknown_patient_names: list[str] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
     modes: dict[str, int] = field(default_factory=dict)
     tiny_images: list[str] = field(default_factory=list)
@@ -63,6 +66,11 @@ class Report:
         found = []
         if self.duplicates_within:
             found.append(f"{len(self.duplicates_within)} groups of identical files within a split")
+        if self.unknown_patient_names:
+            found.append(
+                f"{len(self.unknown_patient_names)} file names carry no known patient ID "
+                "(each is treated as its own patient)"
+            )
         if self.tiny_images:
             found.append(f"{len(self.tiny_images)} images smaller than {MIN_SIDE} px a side")
         if self.ignored_files:
@@ -129,6 +137,8 @@ def verify(root: str | Path, threads: int = 4) -> Report:
         counts[info.split][info.label] += 1
         by_hash[info.sha1].append(info)
         patient_splits[patient_id(info.path)].add(info.split)
+        if not known_patient_name(info.path):
+            report.unknown_patient_names.append(str(info.path))
         size = f"{info.size[0]}x{info.size[1]}"
         report.sizes[size] = report.sizes.get(size, 0) + 1
         report.modes[info.mode] = report.modes.get(info.mode, 0) + 1
@@ -142,6 +152,7 @@ def verify(root: str | Path, threads: int = 4) -> Report:
                 report.duplicates_across if len({i.split for i in group}) > 1 else report.duplicates_within
             )
             target.append(paths)
+    report.patients = len(patient_splits)
     report.patients_across = {p: sorted(s) for p, s in sorted(patient_splits.items()) if len(s) > 1}
     report.sizes = dict(sorted(report.sizes.items(), key=lambda kv: -kv[1]))
     return report
