@@ -1,5 +1,4 @@
 import hashlib
-import re
 from collections import Counter, defaultdict
 
 import pytest
