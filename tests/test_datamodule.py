@@ -204,3 +204,21 @@ def test_dicom_is_windowed_and_monochrome1_inverted(tmp_path, photometric, left_
     image = load_image(_dicom(tmp_path / "film.dcm", ramp, photometric), 32)[0].float()
     left, right = image[:, :4].mean(), image[:, -4:].mean()
     assert (left > right + 150) if left_is_bright else (right > left + 150)
+
+
+def test_acquisition_augmentation_is_seeded_and_leaves_old_draws_alone():
+    images = torch.rand(8, 1, 32, 32)
+    plain = BatchAugment()
+    acquisition = BatchAugment(gamma=0.3, blur=0.5, noise=0.02, erase_border=1.0)
+    first = acquisition(images, torch.Generator().manual_seed(3))
+    assert torch.equal(first, acquisition(images, torch.Generator().manual_seed(3)))
+    assert first.min() >= 0 and first.max() <= 1
+    assert not torch.allclose(first, plain(images, torch.Generator().manual_seed(3)))
+    # erase_border=1: every image has one constant band along an edge
+    edges = [first[:, 0, 0, :], first[:, 0, -1, :], first[:, 0, :, 0], first[:, 0, :, -1]]
+    constant = torch.stack([(e - e[:, :1]).abs().amax(dim=1) < 1e-6 for e in edges]).any(dim=0)
+    assert constant.all()
+    # switched off, the new terms draw nothing: a seeded run without them is unchanged
+    off = BatchAugment(gamma=0.0, blur=0.0, noise=0.0, erase_border=0.0)
+    seeded = torch.Generator().manual_seed
+    assert torch.equal(off(images, seeded(4)), plain(images, seeded(4)))

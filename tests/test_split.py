@@ -25,8 +25,8 @@ def test_patient_id_from_kermany_names(name, patient):
     assert patient_id(name) == patient
 
 
-def _check_split(paths, labels, val_fraction, seed):
-    train, val = patient_split(paths, labels, val_fraction, seed)
+def _check_split(paths, labels, val_fraction, seed, holdout="random"):
+    train, val = patient_split(paths, labels, val_fraction, seed, holdout)
     assert sorted(train + val) == list(range(len(paths)))
     train_patients = {patient_id(paths[i]) for i in train}
     val_patients = {patient_id(paths[i]) for i in val}
@@ -81,3 +81,18 @@ def test_real_split_shares_no_patient_prefix_or_bytes_across_sides(seed):
     assert [h for h, s in sides_by_bytes.items() if len(s) > 1] == []
     # the -0001-0002 names join their patient instead of standing alone
     assert patient_id(SHARED_TRAIN / "NORMAL" / "IM-0429-0001-0002.jpeg") == "im-0429"
+
+
+def test_earliest_holdout_takes_the_first_patients_of_every_family():
+    paths = [f"person{p}_bacteria_{p}.jpeg" for p in range(1, 41)]
+    paths += [f"IM-{p:04d}-0001.jpeg" for p in range(100, 120)]
+    paths += [f"NORMAL2-IM-{p:04d}-0001.jpeg" for p in range(500, 520)]
+    labels = [int(p.startswith("person")) for p in paths]
+    train, val = _check_split(paths, labels, 0.2, seed=1, holdout="earliest")
+    assert (train, val) == patient_split(paths, labels, 0.2, seed=2, holdout="earliest")  # no chance
+    val_names = sorted(paths[i] for i in val)
+    assert val_names == sorted(
+        [f"person{p}_bacteria_{p}.jpeg" for p in range(1, 9)]
+        + [f"IM-{p:04d}-0001.jpeg" for p in range(100, 104)]
+        + [f"NORMAL2-IM-{p:04d}-0001.jpeg" for p in range(500, 504)]
+    )

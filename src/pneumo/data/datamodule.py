@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from pneumo.data.dataset import EpochSampler, Sample, XrayDataset, collate_skipping_bad, scan_split
 from pneumo.data.preprocess import to_model_input
-from pneumo.data.split import patient_split
+from pneumo.data.split import HOLDOUTS, patient_split
 from pneumo.data.transforms import BatchAugment
 from pneumo.errors import PneumoError
 
@@ -41,6 +41,7 @@ class XrayDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         val_fraction: float = 0.1,
+        val_holdout: str = "random",
         min_val_images: int = 100,
         balance: str = "loss",
         cache: bool = True,
@@ -51,12 +52,15 @@ class XrayDataModule(L.LightningDataModule):
         super().__init__()
         if balance not in BALANCE_MODES:
             raise PneumoError(f"data.balance must be one of {', '.join(BALANCE_MODES)}, got {balance!r}")
+        if val_holdout not in HOLDOUTS:
+            raise PneumoError(f"data.val_holdout must be one of {', '.join(HOLDOUTS)}, got {val_holdout!r}")
         self.root = Path(root)
         self.classes = list(classes)
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.val_fraction = val_fraction
+        self.val_holdout = val_holdout
         self.min_val_images = min_val_images
         self.balance = balance
         self.cache = cache
@@ -97,7 +101,7 @@ class XrayDataModule(L.LightningDataModule):
                 self.min_val_images,
             )
         train_idx, val_idx = patient_split(
-            [s.path for s in train], [s.label for s in train], self.val_fraction, self.seed
+            [s.path for s in train], [s.label for s in train], self.val_fraction, self.seed, self.val_holdout
         )
         return [train[i] for i in train_idx], [train[i] for i in val_idx]
 

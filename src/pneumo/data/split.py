@@ -38,20 +38,51 @@ def patient_id(path: str | Path) -> str:
     return stem.lower()
 
 
+HOLDOUTS = ("random", "earliest")
+
+
+def _patient_number(patient: str) -> tuple[str, int]:
+    """(naming family, number): ``normal2-im-0587`` -> (``normal2-im-``, 587)."""
+    match = re.match(r"^(.*?)(\d+)$", patient)
+    return (match.group(1), int(match.group(2))) if match else (patient, 0)
+
+
+def _earliest_first(patients: list[str]) -> list[str]:
+    """Patients ordered by how early they come in their naming family.
+
+    Kermany's patient numbers grow with acquisition, and each family (``person``, ``IM-``,
+    ``NORMAL2-IM-``) comes from another source: sorting by the relative position within the
+    family takes the earliest share of every family, the way a held-out cohort would.
+    """
+    families: dict[str, list[str]] = defaultdict(list)
+    for patient in patients:
+        families[_patient_number(patient)[0]].append(patient)
+    position: dict[str, float] = {}
+    for members in families.values():
+        members.sort(key=lambda p: _patient_number(p)[1])
+        position.update({p: rank / len(members) for rank, p in enumerate(members)})
+    return sorted(patients, key=lambda p: (position[p], p))
+
+
 def patient_split(
     paths: Sequence[str | Path],
     labels: Sequence[int],
     val_fraction: float,
     seed: int,
+    holdout: str = "random",
 ) -> tuple[list[int], list[int]]:
     """Split sample indices into (train, val) by patient, stratified by class.
 
     Each patient takes the class of most of their images; within each class, patients are
-    shuffled with ``seed`` and moved to validation until it holds ``val_fraction`` of that
-    class's images (at least one patient per class when the class has two or more).
+    ordered (``holdout="random"``: shuffled with ``seed``; ``"earliest"``: the earliest
+    patients of each naming family first, a shifted cohort like a later test set) and moved
+    to validation until it holds ``val_fraction`` of that class's images (at least one
+    patient per class when the class has two or more).
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    if holdout not in HOLDOUTS:
+        raise ValueError(f"holdout must be one of {HOLDOUTS}, got {holdout!r}")
     by_patient: dict[str, list[int]] = defaultdict(list)
     for index, path in enumerate(paths):
         by_patient[patient_id(path)].append(index)
@@ -65,7 +96,10 @@ def patient_split(
     val: list[int] = []
     for label in sorted(patients_by_class):
         patients = patients_by_class[label]
-        rng.shuffle(patients)
+        if holdout == "earliest":
+            patients = _earliest_first(patients)
+        else:
+            rng.shuffle(patients)
         class_size = sum(len(by_patient[p]) for p in patients)
         target = val_fraction * class_size
         taken = 0
