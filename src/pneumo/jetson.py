@@ -1,0 +1,128 @@
+"""pneumo-jetson-train: training with NVIDIA jetson-inference's classification command line.
+
+    pneumo-jetson-train --model-dir=models/NAME DATA_DIR --epochs=35 --batch-size=8 --workers=2
+    python scripts/train.py ...      (the same, under the original script's name)
+
+The flags become pneumo-train overrides; the run lands in the model directory, which then
+also holds what jetson-inference's tools expect: model_best.pth.tar (torchvision ResNet18
+weights with arch, resolution and num_classes), labels.txt (one class per line, in the
+model's order) and resnet18.onnx. Extra ``key=value`` arguments are passed to Hydra as-is,
+e.g. ``model.weights=/path/resnet18-f37072fd.pth``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from pneumo.checkpoint import network_state_dict, read_checkpoint
+from pneumo.errors import exit_on_user_error
+from pneumo.export import export
+
+
+def write_model_dir(ckpt: Path, model_dir: Path) -> list[Path]:
+    """Write model_best.pth.tar, labels.txt and resnet18.onnx (with its checks) into ``model_dir``.
+
+    model_best.pth.tar follows jetson-inference's train.py: torchvision ResNet18 weights
+    under ``state_dict`` with ``arch``, ``resolution``, ``num_classes`` and ``epoch``.
+    """
+    checkpoint = read_checkpoint(ckpt)
+    meta = checkpoint["pneumo"]
+    best = model_dir / "model_best.pth.tar"
+    torch.save(
+        {
+            "epoch": checkpoint.get("epoch", 0),
+            "arch": "resnet18",
+            "resolution": meta["preprocessing"]["image_size"],
+            "num_classes": len(meta["classes"]),
+            "classes": list(meta["classes"]),
+            "state_dict": network_state_dict(checkpoint),
+        },
+        best,
+    )
+    onnx_path, _ = export(ckpt, "onnx", model_dir)
+    return [best, model_dir / "labels.txt", onnx_path]
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Parse jetson-inference style flags; return them and any Hydra overrides."""
+    parser = argparse.ArgumentParser(
+        prog="pneumo-jetson-train",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "data", metavar="DATA_DIR", help="dataset root: DATA_DIR/train/NORMAL, DATA_DIR/train/PNEUMONIA, ..."
+    )
+    parser.add_argument(
+        "--model-dir", default="models", help="where the run, weights, labels.txt and ONNX go"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=35, help="maximum number of epochs (early stopping may end sooner)"
+    )
+    parser.add_argument("-b", "--batch-size", type=int, default=8)
+    parser.add_argument("-j", "--workers", type=int, default=2, help="data loader worker processes")
+    parser.add_argument(
+        "--lr", "--learning-rate", type=float, default=None, help="AdamW learning rate (default: conf/model)"
+    )
+    parser.add_argument(
+        "--resolution", type=int, default=224, help="input images are resized to this square size"
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="CKPT",
+        help="resume from a pneumo checkpoint (e.g. MODEL_DIR/checkpoints/last.ckpt)",
+    )
+    parser.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start from ImageNet weights (--no-pretrained: scratch)",
+    )
+    parser.add_argument(
+        "--arch", "-a", default="resnet18", choices=["resnet18"], help="network (only resnet18)"
+    )
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if "=" not in a or a.startswith("-")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    return args, extra
+
+
+def overrides_for(args: argparse.Namespace) -> list[str]:
+    """The pneumo-train overrides equivalent to the jetson-inference flags."""
+    overrides = [
+        f"data.root={args.data}",
+        f"data.batch_size={args.batch_size}",
+        f"data.num_workers={args.workers}",
+        f"data.image_size={args.resolution}",
+        f"trainer.max_epochs={args.epochs}",
+        f"hydra.run.dir={args.model_dir}",
+    ]
+    if args.lr is not None:
+        overrides.append(f"model.optimizer.lr={args.lr}")
+    if not args.pretrained:
+        overrides.append("model.weights=null")
+    if args.resume:
+        overrides.append(f"ckpt_path={args.resume}")
+    return overrides
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    """Train through pneumo-train, then lay out the model directory jetson-inference expects."""
+    from pneumo.train import main as train_main
+
+    args, extra = parse_args(sys.argv[1:] if argv is None else argv)
+    sys.argv = ["pneumo-train", *overrides_for(args), *extra]
+    train_main()
+    model_dir = Path(args.model_dir)
+    for path in write_model_dir(model_dir / "checkpoints" / "best.ckpt", model_dir):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
