@@ -1,7 +1,18 @@
+import json
+from pathlib import Path
+
+import lightning as L
 import pytest
 import torch
 
-from pneumo.threshold import choose_threshold
+from pneumo.checkpoint import load_model
+from pneumo.data.datamodule import XrayDataModule
+from pneumo.data.preprocess import load_image
+from pneumo.evaluate import evaluate
+from pneumo.export import export
+from pneumo.model import XrayClassifier
+from pneumo.predict import collect_images, p_pneumonia, predict
+from pneumo.threshold import POSITIVE_IF, choose_threshold, is_positive
 
 # Ten validation cases: five NORMAL (0) and five PNEUMONIA (1), ranked by P(pneumonia).
 PROBS = torch.tensor([0.05, 0.10, 0.20, 0.30, 0.60, 0.40, 0.55, 0.70, 0.80, 0.90])
@@ -27,3 +38,69 @@ def test_fixed_and_one_class_fall_back_to_one_half():
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="youden"):
         choose_threshold(PROBS, TARGETS, "magic")
+
+
+# -- one rule at the threshold: P(pneumonia) >= threshold, everywhere ----------------------
+
+
+def _tie_checkpoint(trained_ckpt: Path, out: Path) -> Path:
+    """A real checkpoint whose head is zeroed: equal logits, so P(pneumonia) is exactly 0.5
+    for every film, and its threshold is 0.5: every film sits on the threshold."""
+    checkpoint = torch.load(trained_ckpt, weights_only=True)
+    for key in ("net.fc.weight", "net.fc.bias"):
+        checkpoint["state_dict"][key].zero_()
+    checkpoint["pneumo"]["threshold"] = 0.5
+    torch.save(checkpoint, out)
+    return out
+
+
+def test_is_positive_counts_the_threshold_itself_in_double_precision():
+    assert is_positive(torch.tensor([0.25, 0.5, 0.75]), 0.5).tolist() == [False, True, True]
+    # float32(0.3) lies above 0.3: still positive at 0.3 exactly as typed
+    assert bool(is_positive(torch.tensor(0.3, dtype=torch.float32), 0.3))
+    assert not bool(is_positive(torch.tensor(0.3, dtype=torch.float32), 0.30000002))
+
+
+def test_films_on_the_threshold_are_pneumonia_for_predict_eval_export_and_training(
+    tmp_path, trained_ckpt, tiny_root
+):
+    ckpt = _tie_checkpoint(trained_ckpt, tmp_path / "tie.ckpt")
+    model = load_model(ckpt)
+    rows = predict(model, collect_images([tiny_root / "test"]))
+    assert {r.p_pneumonia for r in rows} == {0.5} and {r.label for r in rows} == {"PNEUMONIA"}
+
+    metrics = evaluate(str(ckpt), str(tiny_root), "test", tmp_path / "eval")
+    assert metrics["confusion_matrix"] == [[0, 8], [0, 8]] and metrics["sensitivity"] == 1.0
+    assert metrics["at_0.5"]["confusion_matrix"] == [[0, 8], [0, 8]]
+
+    export(ckpt, "torchscript", tmp_path / "exported")
+    spec = json.loads((tmp_path / "exported" / "preprocessing.json").read_text())
+    assert spec["positive_if"] == "p >= threshold" == POSITIVE_IF and spec["threshold"] == 0.5
+
+    # the model's own validation figures, logged at 0.5 by a real Trainer
+    classifier = XrayClassifier(weights=None)
+    with torch.no_grad():
+        classifier.net.fc.weight.zero_()
+        classifier.net.fc.bias.zero_()
+    datamodule = XrayDataModule(str(tiny_root), image_size=32, batch_size=4, val_fraction=0.25)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    logged = trainer.validate(classifier, datamodule=datamodule, verbose=False)[0]
+    assert logged["val/sensitivity"] == 1.0 and logged["val/specificity"] == 0.0
+
+
+def test_eval_counts_a_film_at_the_threshold_as_predict_labels_it(tmp_path, trained_ckpt, tiny_root):
+    model = load_model(trained_ckpt)
+    files = collect_images([tiny_root / "test"])
+    exact = p_pneumonia(model, torch.stack([load_image(f, model.image_size) for f in files])).tolist()
+    # a film whose probability printed to 6 places reads lower than it is
+    on_threshold = next(p for p in exact if round(p, 6) < p)
+    checkpoint = torch.load(trained_ckpt, weights_only=True)
+    checkpoint["pneumo"]["threshold"] = on_threshold
+    torch.save(checkpoint, tmp_path / "at.ckpt")
+    rows = predict(load_model(tmp_path / "at.ckpt"), files)
+    truth = {str(f): int(f.parent.name == "PNEUMONIA") for f in files}
+    expected = [[0, 0], [0, 0]]
+    for row in rows:
+        expected[truth[row.path]][int(row.label == "PNEUMONIA")] += 1
+    metrics = evaluate(str(tmp_path / "at.ckpt"), str(tiny_root), "test", tmp_path / "eval")
+    assert metrics["confusion_matrix"] == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -12,8 +13,10 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
+from pneumo.data.preprocess import preprocessing_spec
 from pneumo.errors import PneumoError
 from pneumo.model import build_resnet18
+from pneumo.threshold import POSITIVE_IF
 
 
 @dataclass
@@ -31,8 +34,18 @@ class LoadedModel:
 
     @property
     def preprocessing(self) -> dict[str, Any]:
-        """The preprocessing the model was trained with, plus its decision threshold."""
-        return {**self.meta["preprocessing"], "threshold": self.threshold}
+        """Every step from file to input tensor, as pneumo applies it, plus the decision rule.
+
+        Described by the current code (``preprocessing_spec``), which is what prediction
+        applies to any checkpoint, with the checkpoint's own size and normalisation.
+        """
+        return {
+            **preprocessing_spec(self.image_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "threshold": self.threshold,
+            "positive_if": POSITIVE_IF,
+        }
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -67,14 +80,32 @@ def network_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
 
 
+def refuse_diverged(path: str | Path, state: dict[str, torch.Tensor], threshold: float) -> None:
+    """Refuse a checkpoint whose weights or threshold hold NaN or inf: a diverged run's."""
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise PneumoError(
+            f"{path} holds non-finite weights (NaN or inf, e.g. {broken[0]}): its training run "
+            "diverged; use an earlier checkpoint, or retrain with a lower model.optimizer.lr"
+        )
+    if not math.isfinite(threshold):
+        raise PneumoError(
+            f"{path} holds a non-finite decision threshold ({threshold}): its training run "
+            "diverged; use an earlier checkpoint, or retrain with a lower model.optimizer.lr"
+        )
+
+
 def load_model(path: str | Path) -> LoadedModel:
     """Rebuild the trained network from a checkpoint, in eval mode on the CPU."""
     checkpoint = read_checkpoint(path)
     meta = checkpoint["pneumo"]
     classes = list(meta["classes"])
+    state = network_state_dict(checkpoint)
+    threshold = float(meta.get("threshold", 0.5))
+    refuse_diverged(path, state, threshold)
     net = build_resnet18(len(classes))
     try:
-        net.load_state_dict(network_state_dict(checkpoint))
+        net.load_state_dict(state)
     except RuntimeError as err:
         raise PneumoError(f"{path}: weights do not fit a {len(classes)}-class ResNet18 ({err})") from err
     net.eval()
@@ -85,7 +116,7 @@ def load_model(path: str | Path) -> LoadedModel:
         image_size=int(prep["image_size"]),
         mean=tuple(prep["mean"]),
         std=tuple(prep["std"]),
-        threshold=float(meta.get("threshold", 0.5)),
+        threshold=threshold,
         path=Path(path),
         meta=meta,
     )

@@ -27,6 +27,7 @@ from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.dataset import Sample, scan_split
 from pneumo.errors import PneumoError, exit_on_user_error
 from pneumo.predict import predict
+from pneumo.threshold import is_positive
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -50,7 +51,8 @@ def split_samples(model: LoadedModel, root: Path, split: str) -> list[Sample]:
 
 def binary_metrics(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> dict[str, Any]:
     """Accuracy, sensitivity, specificity, F1 and confusion matrix at ``threshold``."""
-    cm = F.binary_confusion_matrix(probs, targets, threshold=threshold)
+    # labels, not probabilities: torchmetrics would apply its own rule (p > threshold)
+    cm = F.binary_confusion_matrix(is_positive(probs, threshold).long(), targets.long())
     (tn, fp), (fn, tp) = cm.tolist()
 
     def ratio(a: int, b: int) -> float:

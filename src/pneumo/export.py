@@ -106,10 +106,21 @@ def check_batch(model: LoadedModel, images: Sequence[Path]) -> torch.Tensor:
 
 
 def max_difference(model: LoadedModel, fmt: str, path: Path, batch: torch.Tensor) -> float:
-    """Largest absolute difference between exported and PyTorch probabilities."""
+    """Largest absolute difference between exported and PyTorch probabilities (NaN if any is NaN)."""
     with torch.inference_mode():
         expected = ProbabilityModel(model.net).eval()(batch).numpy()
     return float(np.abs(RUNNERS[fmt](path, batch) - expected).max())
+
+
+def check_parity(model: LoadedModel, fmt: str, path: Path, batch: torch.Tensor) -> float:
+    """Run the export and PyTorch on ``batch``; raise unless they agree within ``TOLERANCE``."""
+    difference = max_difference(model, fmt, path, batch)
+    if not difference <= TOLERANCE:  # written so that NaN fails too
+        raise PneumoError(
+            f"exported {fmt} model {path} disagrees with PyTorch: max |dp| = {difference:.2e} "
+            f"(limit {TOLERANCE:.0e}); do not deploy it"
+        )
+    return difference
 
 
 def export(
@@ -128,15 +139,18 @@ def export(
     writer, file_name = WRITERS[fmt]
     path = writer(model, out_dir / file_name)
     (out_dir / "labels.txt").write_text("".join(f"{c}\n" for c in model.classes))
-    spec = {**model.preprocessing, "input": INPUT_NAME, "output": OUTPUT_NAME, "classes": model.classes}
-    (out_dir / "preprocessing.json").write_text(json.dumps(spec, indent=2) + "\n")
-    difference = max_difference(model, fmt, path, check_batch(model, check_images))
-    if difference > TOLERANCE:
-        raise PneumoError(
-            f"exported {fmt} model {path} disagrees with PyTorch: max |dp| = {difference:.2e} "
-            f"> {TOLERANCE:.0e}; do not deploy it"
-        )
-    return path, difference
+    spec = {
+        **model.preprocessing,
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        "output_meaning": (
+            f"N x {len(model.classes)} softmax probabilities, column i for classes[i]; "
+            "p = the PNEUMONIA column"
+        ),
+        "classes": model.classes,
+    }
+    (out_dir / "preprocessing.json").write_text(json.dumps(spec, indent=2, allow_nan=False) + "\n")
+    return path, check_parity(model, fmt, path, check_batch(model, check_images))
 
 
 @exit_on_user_error

@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from pneumo.errors import PneumoError
-from pneumo.threshold import choose_threshold
+from pneumo.threshold import choose_threshold, is_positive
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,10 @@ def load_backbone_weights(net: nn.Module, weights: str) -> None:
         )
 
 
+# Training and validation figures other than AUROC are logged at this threshold.
+METRICS_THRESHOLD = 0.5
+
+
 def _metrics(prefix: str) -> torchmetrics.MetricCollection:
     """Accuracy, AUROC, sensitivity (pneumonia recall), specificity and F1 on P(pneumonia)."""
     from torchmetrics import classification as C
@@ -85,7 +89,21 @@ def _metrics(prefix: str) -> torchmetrics.MetricCollection:
             "f1": C.BinaryF1Score(),
         },
         prefix=prefix,
+        compute_groups=False,  # members are updated one by one in update_metrics
     )
+
+
+def update_metrics(
+    metrics: torchmetrics.MetricCollection, probs: torch.Tensor, targets: torch.Tensor
+) -> None:
+    """AUROC ranks the probabilities; the others count labels decided by ``is_positive``.
+
+    torchmetrics would threshold with ``p > 0.5``; handing it labels keeps training figures
+    on the same rule as pneumo-eval and pneumo-predict.
+    """
+    labels = is_positive(probs, METRICS_THRESHOLD).long()
+    for name, metric in metrics.items(keep_base=True):
+        metric.update(probs if name == "auroc" else labels, targets)
 
 
 class XrayClassifier(L.LightningModule):
@@ -119,6 +137,7 @@ class XrayClassifier(L.LightningModule):
         self.threshold = 0.5
         self._val_probs: list[torch.Tensor] = []
         self._val_targets: list[torch.Tensor] = []
+        self._val_losses: list[torch.Tensor] = []
         self.pneumo_meta: dict[str, Any] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +158,7 @@ class XrayClassifier(L.LightningModule):
             logits, targets, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing
         )
         probs = logits.detach().softmax(dim=1)[:, 1]
-        metrics.update(probs, targets)
+        update_metrics(metrics, probs, targets)
         return loss, probs
 
     def training_step(self, batch, batch_idx):
@@ -162,18 +181,34 @@ class XrayClassifier(L.LightningModule):
         loss, probs = self._step(batch, self.val_metrics)
         self._val_probs.append(probs)
         self._val_targets.append(batch[1])
+        self._val_losses.append(loss.detach())
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch[1]))
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=False)
 
     def on_validation_epoch_end(self) -> None:
         if self._val_probs and not self.trainer.sanity_checking:
+            # Checked before anything is saved: a diverged epoch must not become best.ckpt.
+            self._stop_if_diverged("validation loss", torch.stack(self._val_losses))
+            self._stop_if_diverged("weights", *self.net.state_dict().values())
             probs, targets = torch.cat(self._val_probs), torch.cat(self._val_targets)
             self.threshold = choose_threshold(
                 probs, targets, self.hparams.threshold_method, self.hparams.target_sensitivity
             )
+            self._stop_if_diverged("decision threshold", torch.tensor(self.threshold))
             self.log("val/threshold", self.threshold)
         self._val_probs.clear()
         self._val_targets.clear()
+        self._val_losses.clear()
+
+    def _stop_if_diverged(self, what: str, *tensors: torch.Tensor) -> None:
+        """Stop the run, in one line, when ``tensors`` hold NaN or inf."""
+        if all(bool(torch.isfinite(t).all()) for t in tensors):
+            return
+        raise PneumoError(
+            f"the {what} became non-finite (NaN or inf) at epoch {self.current_epoch}: training "
+            "diverged; lower the learning rate (model.optimizer.lr). This epoch was not saved; "
+            "checkpoints of earlier epochs stay in the run's checkpoints/ folder"
+        )
 
     def configure_optimizers(self):
         if not self.hparams.optimizer:

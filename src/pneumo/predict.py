@@ -25,6 +25,7 @@ from pneumo.data.dataset import is_image_file
 from pneumo.data.preprocess import BadImageError, load_image, to_model_input
 from pneumo.data.transforms import TTA_VIEWS, tta_views
 from pneumo.errors import PneumoError, exit_on_user_error
+from pneumo.threshold import is_positive
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Prediction:
 
     path: str
     label: str = ""
-    p_pneumonia: float | None = None
+    p_pneumonia: float | None = None  # exact, unrounded: pneumo-eval counts from it
     threshold: float | None = None
     error: str = ""
 
@@ -93,8 +94,9 @@ def predict(
                 rows.append(Prediction(str(path), error=str(err).removeprefix(f"{path}: ")))
         if not images:
             continue
-        for path, p in zip(good, p_pneumonia(model, torch.stack(images), tta).tolist()):
-            rows.append(Prediction(str(path), model.classes[int(p >= cut)], round(p, 6), cut))
+        probs = p_pneumonia(model, torch.stack(images), tta)
+        for path, p, positive in zip(good, probs.tolist(), is_positive(probs, cut).tolist()):
+            rows.append(Prediction(str(path), model.classes[int(positive)], p, cut))
     order = {str(p): i for i, p in enumerate(files)}
     return sorted(rows, key=lambda r: order[r.path])
 

@@ -1,4 +1,9 @@
-"""Choosing the operating point: the probability above which an X-ray is called PNEUMONIA."""
+"""The operating point: choosing the threshold, and the one rule that applies it.
+
+Every decision in pneumo (validation metrics, pneumo-eval, pneumo-predict, the exported
+metadata) goes through ``is_positive``, so a film whose probability sits exactly on the
+threshold gets the same label everywhere.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,21 @@ import torch
 from torchmetrics.functional.classification import binary_roc
 
 THRESHOLD_METHODS = ("youden", "sensitivity", "fixed")
+# The rule as written into exported metadata; ``is_positive`` is its implementation.
+POSITIVE_IF = "p >= threshold"
+
+
+def is_positive(probs: torch.Tensor | float, threshold: float) -> torch.Tensor:
+    """PNEUMONIA where ``P(pneumonia) >= threshold``, on exact (unrounded) probabilities.
+
+    ``>=`` because the thresholds ``choose_threshold`` picks are ROC cut-offs, which count
+    a prediction equal to the cut-off as positive. Compared in double precision, so a
+    threshold given as a Python float (``--threshold 0.3``) is never rounded to float32 first.
+    """
+    probs = torch.as_tensor(probs)
+    if probs.device.type != "mps":  # MPS has no float64; training uses 0.5 there, exact in float32
+        probs = probs.to(torch.float64)
+    return probs >= threshold
 
 
 def choose_threshold(

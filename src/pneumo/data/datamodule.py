@@ -135,6 +135,8 @@ class XrayDataModule(L.LightningDataModule):
             random.Random(self.seed).shuffle(val)
             self.train_set = self._dataset(train)
             self.val_set = self._dataset(val)
+            self.train_set.check_classes_left(self.classes, "training")
+            self.val_set.check_classes_left(self.classes, "validation")
 
     def _loader(self, dataset: XrayDataset, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(

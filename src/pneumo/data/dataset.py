@@ -80,6 +80,7 @@ class XrayDataset(Dataset):
         self.image_size = image_size
         self.on_bad_image = on_bad_image
         self.bad_files: list[str] = []
+        self.skipped: list[Sample] = []
         self.images: torch.Tensor | None = None
         if cache:
             self._fill_cache(max(1, threads))
@@ -98,6 +99,7 @@ class XrayDataset(Dataset):
         errors = [d for d in decoded if isinstance(d, BadImageError)]
         if errors:
             self._report_bad([str(e) for e in errors])
+            self.skipped = [s for s, d in zip(self.samples, decoded) if isinstance(d, BadImageError)]
             kept = [(s, d) for s, d in zip(self.samples, decoded) if not isinstance(d, BadImageError)]
             self.samples = [s for s, _ in kept]
             decoded = [d for _, d in kept]
@@ -117,6 +119,18 @@ class XrayDataset(Dataset):
         self.bad_files.extend(messages)
         for message in messages:
             log.warning("skipping bad image %s", message)
+
+    def check_classes_left(self, classes: Sequence[str], split: str) -> None:
+        """Stop when skipping bad files has emptied a class: a one-class model would look perfect."""
+        left = set(self.labels)
+        for label, name in enumerate(classes):
+            skipped = sum(s.label == label for s in self.skipped)
+            if skipped and label not in left:
+                raise PneumoError(
+                    f"no {name} images left in the {split} split: data.on_bad_image=skip left out "
+                    f"all {skipped} of its files as unreadable (listed in the warnings above); replace "
+                    "them (pneumo-data verify DATA_ROOT lists every bad file)"
+                )
 
     @property
     def labels(self) -> list[int]:

@@ -125,16 +125,63 @@ def to_model_input(
 
 
 def preprocessing_spec(image_size: int) -> dict:
-    """Describe the preprocessing as plain data, for checkpoints and deployments."""
+    """Every step from file to model input, as plain data, for checkpoints and deployments.
+
+    Precise enough to reimplement with numpy and PIL alone, pixel for pixel (as
+    scripts/onnx_client.py does): it must change whenever ``read_grey``, ``load_image`` or
+    ``to_model_input`` do.
+    """
+    size = [image_size, image_size]
     return {
         "image_size": image_size,
-        "resize": (
-            "JPEG decoded at the smallest DCT scale >= image_size (PIL Image.draft), then "
-            "bilinear to image_size x image_size (aspect ratio not kept)"
-        ),
-        "color": "decode to 8-bit grey, scale to [0, 1], repeat into 3 channels (R=G=B)",
+        "decode": {
+            "library": "PIL (Pillow)",
+            "jpeg_draft": {
+                "mode": "L",
+                "size": size,
+                "how": (
+                    "Image.draft(mode, size) before loading: libjpeg decodes at 1/s scale, s the "
+                    "largest of 8, 4, 2, 1 with s <= min(width // image_size, height // image_size), "
+                    "and a colour JPEG straight to its luma (Y) channel; other formats ignore it"
+                ),
+            },
+            "dicom": (
+                "pydicom: pixel_array through apply_voi_lut (the file's VOI LUT or window centre "
+                "and width) as float32; MONOCHROME1 inverted as max - value; colour averaged over "
+                "its channels; then the 16-bit stretch below"
+            ),
+        },
+        "grey": {
+            "8_bit": (
+                "Image.convert('L'): L = R * 299/1000 + G * 587/1000 + B * 114/1000; RGBA and LA "
+                "drop alpha (no compositing), palette images are expanded first"
+            ),
+            "16_bit": {
+                "modes": ["I;16", "I;16B", "I;16L", "I", "F"],
+                "how": (
+                    "v = (x - min) * (255 / (max - min)) in float32, min and max over the whole "
+                    "image, truncated towards zero to uint8; 0 everywhere when max == min"
+                ),
+            },
+        },
+        "resize": {
+            "library": "PIL (Pillow)",
+            "call": "Image.resize(size, filter) on the 8-bit grey image",
+            "filter": "BILINEAR",
+            "antialias": True,
+            "size": size,
+            "keep_aspect_ratio": False,
+            "how": (
+                "PIL's convolution resampling: a triangle kernel widened by the reduction factor "
+                "(antialiased), result rounded to uint8"
+            ),
+        },
+        "scale": {"divide_by": 255.0, "dtype": "float32"},
+        "channels": "repeat the grey channel into 3 (R = G = B)",
         "channel_order": "RGB",
-        "layout": "NCHW",
+        "normalize": "(x - mean[c]) / std[c] per channel c, in float32",
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
+        "layout": "NCHW",
+        "dtype": "float32",
     }
