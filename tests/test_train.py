@@ -56,16 +56,6 @@ def test_early_stopping_ends_a_run_that_stops_improving(tmp_path, tiny_root):
     assert len(_scalars(tmp_path)["val/loss"]) == 2  # epoch 1 sets the best, epoch 2 fails: stop
 
 
-def test_resume_continues_from_last_checkpoint(tmp_path, tiny_root):
-    first = tmp_path / "first"
-    train(make_cfg(first, [*FAST, f"data.root={tiny_root}", "trainer.max_epochs=1"]))
-    last = first / "checkpoints" / "last.ckpt"
-    second = tmp_path / "second"
-    train(make_cfg(second, [*FAST, f"data.root={tiny_root}", "trainer.max_epochs=2", f"ckpt_path={last}"]))
-    resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)
-    assert resumed["epoch"] == 1 and len(_scalars(second)["val/loss"]) == 1
-
-
 @pytest.mark.parametrize(
     ("name", "expected"),
     [

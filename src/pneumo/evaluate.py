@@ -27,6 +27,7 @@ from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.dataset import Sample, scan_split
 from pneumo.errors import PneumoError, exit_on_user_error
 from pneumo.predict import predict
+from pneumo.provenance import recorded_validation
 from pneumo.threshold import is_positive
 
 matplotlib.use("Agg")  # files only, no display needed
@@ -36,10 +37,17 @@ log = logging.getLogger(__name__)
 
 
 def split_samples(model: LoadedModel, root: Path, split: str) -> list[Sample]:
-    """The labelled images of ``split``; ``val`` is rebuilt exactly as in training."""
+    """The labelled images of ``split``; ``val`` is exactly the files the run validated on.
+
+    Checkpoints record their validation files; for older ones without that list, the split
+    is rebuilt from the training settings.
+    """
     if split == "val":
+        recorded = recorded_validation(model.meta, root, model.path)
+        if recorded is not None:
+            return recorded
         data_cfg = model.meta.get("config", {}).get("data", {})
-        keys = ("val_fraction", "min_val_images", "seed")
+        keys = ("val_fraction", "val_holdout", "min_val_images", "seed")
         datamodule = XrayDataModule(
             str(root), model.classes, **{k: data_cfg[k] for k in keys if k in data_cfg}
         )

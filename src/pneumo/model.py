@@ -219,6 +219,30 @@ class XrayClassifier(L.LightningModule):
         scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
 
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        # Lightning would step the schedule after the epoch's checkpoints are written, so
+        # last.ckpt would hold the previous epoch's schedule; on_train_epoch_end steps it instead.
+        return None
+
+    def on_train_epoch_end(self) -> None:
+        """Step the learning-rate schedule once per epoch, before the epoch's checkpoints.
+
+        Checkpoint callbacks save at train-epoch end after this hook, so ``last.ckpt`` holds
+        the learning rate of the next epoch and a resumed run continues exactly.
+        """
+        for config in self.trainer.lr_scheduler_configs:
+            if not isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                config.scheduler.step()
+                continue
+            metric = self.trainer.callback_metrics.get(config.monitor)
+            if metric is None:
+                raise PneumoError(
+                    f"model.scheduler ReduceLROnPlateau follows {config.monitor}, which no validation "
+                    "logged this epoch; keep validation on (trainer.limit_val_batches, "
+                    "trainer.check_val_every_n_epoch) or use model/scheduler=cosine"
+                )
+            config.scheduler.step(metric)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Everything needed to use the file alone later, as plain data.
         checkpoint["pneumo"] = {**self.pneumo_meta, "threshold": float(self.threshold)}

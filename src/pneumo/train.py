@@ -8,6 +8,8 @@ pneumo-train -m data.batch_size=8,16,32 trainer.max_epochs=5,10
 from __future__ import annotations
 
 import logging
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from pneumo.checkpoint import read_checkpoint
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.preprocess import preprocessing_spec
 from pneumo.errors import PneumoError, exit_on_user_error
 from pneumo.model import XrayClassifier
+from pneumo.provenance import check_resume, record_files
+from pneumo.rundir import checkpoint_run_dir, claim_run_dir, prepare_launch
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,8 @@ def build(cfg: DictConfig) -> tuple[XrayDataModule, XrayClassifier, L.Trainer]:
         "classes": list(datamodule.classes),
         "preprocessing": preprocessing_spec(datamodule.image_size),
         "config": OmegaConf.to_container(cfg, resolve=True),
+        # file by file, so pneumo-eval data.split=val and a resume use exactly this split
+        "val_files": record_files(datamodule.split_samples()[1], datamodule.root, datamodule.classes),
     }
     trainer: L.Trainer = instantiate(
         cfg.trainer,
@@ -86,14 +93,37 @@ def build(cfg: DictConfig) -> tuple[XrayDataModule, XrayClassifier, L.Trainer]:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the model described by ``cfg``; return the best validation figures."""
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule, model, trainer = build(cfg)
+    """Fit the model described by ``cfg``; return the best validation figures.
+
+    The run directory is held for the length of the run (``claim_run_dir``): a directory
+    holding another run, or being written by one, is refused.
+    """
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise PneumoError(f"ckpt_path not found: {ckpt_path}")
+    with claim_run_dir(cfg.paths.output_dir, ckpt_path):
+        return _fit(cfg, ckpt_path)
+
+
+def _fit(cfg: DictConfig, ckpt_path: str | None) -> dict[str, float]:
+    """Build, check a resume against its checkpoint, train and report."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, model, trainer = build(cfg)
+    if ckpt_path:
+        check_resume(read_checkpoint(ckpt_path)["pneumo"], model.pneumo_meta, ckpt_path)
+        log.info("resuming from %s; the run continues in %s", ckpt_path, cfg.paths.output_dir)
+        own = checkpoint_run_dir(ckpt_path)
+        if own is None or own.resolve() != Path(cfg.paths.output_dir).resolve():
+            log.warning(
+                "%s is not a checkpoint of this run directory: best.ckpt here will be the best "
+                "epoch since this resume only",
+                ckpt_path,
+            )
     log.info(DISCLAIMER)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    with warnings.catch_warnings():
+        # claim_run_dir admits a used checkpoints/ folder only to the run that wrote it
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     results = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     checkpoint = trainer.checkpoint_callback
@@ -118,9 +148,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="pkg://pneumo.conf", config_name="train")
 @exit_on_user_error
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Train; return the best validation loss for Hydra sweepers to optimise."""
     return train(cfg).get("best/val_loss")
+
+
+@exit_on_user_error
+def main() -> None:
+    """pneumo-train: a resume continues in its checkpoint's run directory (``prepare_launch``)."""
+    sys.argv = [sys.argv[0], *prepare_launch(sys.argv[1:])]
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,201 @@
+"""Run directories: one run per directory, and a resumed run continues in its own.
+
+A run directory holds ``checkpoints/``, ``tensorboard/``, ``train.log`` and Hydra's
+``.hydra/``. Two runs in one directory would mix their TensorBoard curves and leave
+``best.ckpt`` to whichever wrote last, so a new run refuses a directory that holds a run or
+is being written by one (``run.lock``, holding the writer's process id). Resuming
+(``ckpt_path=RUN/checkpoints/last.ckpt``) is the one way back into a used directory, and
+without an explicit ``hydra.run.dir`` it continues in RUN, so ``best.ckpt``, the TensorBoard
+curves and ``train.log`` cover the whole run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from pneumo.errors import PneumoError
+
+LOCK_NAME = "run.lock"
+
+# Hydra flags that print or complete instead of running a job.
+_NO_JOB_FLAGS = ("-c", "--cfg", "-h", "--help", "--hydra-help", "-i", "--info", "-sc", "--shell-completion")
+
+
+def checkpoint_run_dir(ckpt_path: str | Path) -> Path | None:
+    """The run directory a checkpoint belongs to (the folder above its ``checkpoints/``), if any."""
+    path = Path(ckpt_path).absolute()
+    return path.parent.parent if path.parent.name == "checkpoints" else None
+
+
+def run_evidence(run_dir: Path) -> Path | None:
+    """A file showing that ``run_dir`` holds a run: a checkpoint or a TensorBoard event file.
+
+    Hydra's ``.hydra/`` and ``train.log`` do not count: Hydra writes them before pneumo runs.
+    """
+    checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    if checkpoints:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return last if last in checkpoints else checkpoints[0]
+    return next(iter(sorted((run_dir / "tensorboard").rglob("events.out.tfevents.*"))), None)
+
+
+def _lock_holder(lock: Path) -> int | None:
+    """The live process that holds ``lock``; ``None`` when there is no lock or its process is gone.
+
+    A lock that names no process (cut short while it was being written) counts as held: it
+    cannot be told apart from one being written right now.
+    """
+    try:
+        text = lock.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not text.isdigit():
+        return -1
+    pid = int(text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, owned by another user
+        return pid
+    return pid
+
+
+def _refuse_locked(run_dir: Path, pid: int) -> None:
+    lock = run_dir / LOCK_NAME
+    who = f"process {pid}" if pid > 0 else "a process"
+    raise PneumoError(
+        f"{run_dir} is being written by another run ({who}, {lock}); wait for it to end or "
+        f"train into a new directory (delete {lock} only if no run is writing there)"
+    )
+
+
+def _check_contents(run_dir: Path, ckpt_path: str | Path | None) -> None:
+    """Refuse ``run_dir`` when it holds a run other than the one ``ckpt_path`` resumes."""
+    own = checkpoint_run_dir(ckpt_path) if ckpt_path else None
+    if own is not None and own.resolve() == run_dir.resolve():
+        return
+    evidence = run_evidence(run_dir)
+    if evidence is None:
+        return
+    if evidence.suffix == ".ckpt":
+        raise PneumoError(
+            f"{run_dir} already holds a run ({evidence.name}); resume it with ckpt_path={evidence}, "
+            "or train into a new directory"
+        )
+    raise PneumoError(
+        f"{run_dir} already holds a run's TensorBoard logs ({evidence}) and no checkpoint to resume; "
+        "train into a new directory"
+    )
+
+
+def check_run_dir(run_dir: str | Path, ckpt_path: str | Path | None) -> None:
+    """Refuse a run into ``run_dir`` when another run writes there or it holds another run.
+
+    Resuming a checkpoint of ``run_dir`` itself is allowed: that run continues.
+    """
+    run_dir = Path(run_dir).absolute()
+    pid = _lock_holder(run_dir / LOCK_NAME)
+    if pid is not None:
+        _refuse_locked(run_dir, pid)
+    _check_contents(run_dir, ckpt_path)
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir: str | Path, ckpt_path: str | Path | None) -> Iterator[None]:
+    """Hold ``run_dir/run.lock`` for the length of a run, after the checks of ``check_run_dir``.
+
+    The lock is created atomically (``O_EXCL``), so of two runs started at once into one
+    directory exactly one proceeds. A lock left by a process that no longer exists (a killed
+    run) is taken over.
+    """
+    run_dir = Path(run_dir).absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK_NAME
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid = _lock_holder(lock)
+            if pid is not None:
+                _refuse_locked(run_dir, pid)
+            lock.unlink(missing_ok=True)  # stale: its run was killed
+            continue
+        with os.fdopen(fd, "w") as file:
+            file.write(f"{os.getpid()}\n")
+        break
+    else:
+        _refuse_locked(run_dir, -1)
+    try:
+        _check_contents(run_dir, ckpt_path)  # under the lock: no run can start writing meanwhile
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if lock.read_text().strip() == str(os.getpid()):
+                lock.unlink()
+
+
+def _literal_overrides(args: list[str], keys: tuple[str, ...]) -> dict[str, str | None]:
+    """The values of ``key=value`` arguments for ``keys`` (also ``+key``, ``++key``), unquoted."""
+    parser = OverridesParser.create()
+    found: dict[str, str | None] = {}
+    for arg in args:
+        if arg.lstrip("+").split("=", 1)[0] not in keys:
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except Exception:  # Hydra itself reports a malformed override, in its own words
+            continue
+        if override.is_sweep_override():
+            continue
+        value = override.value()
+        found[override.key_or_group] = value if value is None else str(value)
+    return found
+
+
+def _quoted(path: Path) -> str:
+    """``path`` as a quoted Hydra override value (sweep folders hold ``=`` and ``,``)."""
+    text = str(path)
+    if "'" in text or "\\" in text or "${" in text:
+        raise PneumoError(
+            f"cannot continue the run in {text} automatically (quote, backslash or '${{' in its "
+            "path); pass hydra.run.dir=DIR with the run's directory"
+        )
+    return f"'{text}'"
+
+
+def prepare_launch(args: list[str]) -> list[str]:
+    """Complete and check pneumo-train's command line before Hydra writes anything.
+
+    A resume (``ckpt_path=RUN/checkpoints/X.ckpt``) without ``hydra.run.dir`` gets
+    ``hydra.run.dir=RUN``; a launch into its checkpoint's own directory records its config
+    in ``RUN/.hydra/resume_DATE/``, keeping the first launch's ``.hydra/`` as it was. A
+    literal ``hydra.run.dir`` is checked with ``check_run_dir`` here, so a refused run does
+    not overwrite another run's ``.hydra/`` or append to its ``train.log``.
+    """
+    if any(arg in _NO_JOB_FLAGS or arg in ("-m", "--multirun") for arg in args):
+        return args
+    values = _literal_overrides(args, ("ckpt_path", "hydra.run.dir", "hydra.output_subdir", "hydra.mode"))
+    if values.get("hydra.mode") == "MULTIRUN":
+        return args
+    ckpt_path = values.get("ckpt_path")
+    if ckpt_path and "${" not in ckpt_path and not Path(ckpt_path).is_file():
+        raise PneumoError(f"ckpt_path not found: {ckpt_path}")
+    own = checkpoint_run_dir(ckpt_path) if ckpt_path and "${" not in ckpt_path else None
+    args = list(args)
+    run_dir = values.get("hydra.run.dir")
+    if run_dir is None and own is not None:
+        run_dir = str(own)
+        args.append(f"hydra.run.dir={_quoted(own)}")
+    if run_dir is None or "${" in run_dir:
+        return args  # a new directory of Hydra's naming, checked again when the run starts
+    if own is not None and own.resolve() == Path(run_dir).resolve() and "hydra.output_subdir" not in values:
+        args.append(f"hydra.output_subdir=.hydra/resume_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}")
+    check_run_dir(run_dir, ckpt_path)
+    return args

@@ -1,0 +1,189 @@
+"""Resuming and reusing run directories: the figures of a resumed run are the whole run's."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from pneumo.errors import PneumoError
+from pneumo.evaluate import evaluate
+from pneumo.train import train
+from tests.conftest import FAST, SAMPLE, make_cfg, run_cli, sample_files
+
+# A plateau schedule that halves the learning rate after any epoch that does not cut val/loss
+# by half: on the 4 validation films of data/sample the rate moves after the second epoch.
+BUMPY = [
+    *FAST,
+    f"data.root={SAMPLE}",
+    "model.optimizer.lr=0.001",
+    "model.scheduler.patience=0",
+    "+model.scheduler.threshold=0.5",
+    "callbacks.early_stopping.patience=100",
+]
+COSINE = [*FAST, f"data.root={SAMPLE}", "model/scheduler=cosine", "model.scheduler.T_max=4"]
+EPOCHS = 4
+
+
+def _curves(run_dir) -> dict[str, list[float]]:
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
+    accumulator.Reload()
+    return {tag: [e.value for e in accumulator.Scalars(tag)] for tag in ("val/loss", "lr-AdamW")}
+
+
+def _epoch(path) -> int:
+    return torch.load(path, weights_only=True)["epoch"]
+
+
+@pytest.mark.parametrize("overrides", [BUMPY, COSINE], ids=["plateau", "cosine"])
+def test_run_resumed_after_the_learning_rate_moved_matches_an_uninterrupted_one(tmp_path, overrides):
+    straight = tmp_path / "straight"
+    train(make_cfg(straight, [*overrides, f"trainer.max_epochs={EPOCHS}"]))
+    expected = _curves(straight)
+    lr = expected["lr-AdamW"]
+    # stop right after the first epoch whose scheduler step changed the learning rate
+    stop = next(epoch for epoch in range(1, EPOCHS) if lr[epoch] != lr[epoch - 1])
+
+    resumed = tmp_path / "resumed"
+    train(make_cfg(resumed, [*overrides, f"trainer.max_epochs={stop}"]))
+    last = resumed / "checkpoints" / "last.ckpt"
+    assert _epoch(last) == stop - 1
+    train(make_cfg(resumed, [*overrides, f"trainer.max_epochs={EPOCHS}", f"ckpt_path={last}"]))
+
+    got = _curves(resumed)
+    for tag in ("lr-AdamW", "val/loss"):
+        assert got[tag] == pytest.approx(expected[tag], abs=1e-6), tag
+    assert _epoch(last) == EPOCHS - 1
+    assert _epoch(resumed / "checkpoints" / "best.ckpt") == _epoch(straight / "checkpoints" / "best.ckpt")
+
+
+def test_resume_without_a_run_dir_continues_in_place_and_keeps_the_best_epoch(tmp_path):
+    run = tmp_path / "run"
+    train(make_cfg(run, [*BUMPY, "trainer.max_epochs=2"]))
+    best_before = _curves(run)["val/loss"]
+    best_epoch = min(range(2), key=best_before.__getitem__)
+    assert _epoch(run / "checkpoints" / "best.ckpt") == best_epoch
+
+    result = run_cli(
+        "-m", "pneumo.train", *BUMPY, f"trainer.max_epochs={EPOCHS}",
+        f"ckpt_path={run}/checkpoints/last.ckpt", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (tmp_path / "outputs").exists()  # no second, timestamped run directory
+    losses = _curves(run)["val/loss"]
+    assert len(losses) == EPOCHS and losses[:2] == best_before
+    assert min(range(EPOCHS), key=losses.__getitem__) == best_epoch  # the later epochs were worse
+    assert _epoch(run / "checkpoints" / "best.ckpt") == best_epoch
+    assert _epoch(run / "checkpoints" / "last.ckpt") == EPOCHS - 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert f"the run continues in {run}" in (run / "train.log").read_text()
+    # this launch records its config in .hydra/resume_DATE/, beside the first launch's
+    assert [p.name[:7] for p in (run / ".hydra").iterdir() if p.is_dir()] == ["resume_"]
+
+
+def test_new_run_into_a_directory_holding_a_run_is_refused(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)  # Hydra's own files alone are not a run
+    (run / ".hydra" / "config.yaml").write_text("seed: 42\n")
+    (run / "train.log").write_text("")
+    overrides = [*FAST, f"data.root={SAMPLE}", "trainer.max_epochs=1"]
+    train(make_cfg(run, overrides))
+    best = run / "checkpoints" / "best.ckpt"
+    written = best.stat().st_mtime_ns
+
+    with pytest.raises(PneumoError, match=rf"already holds a run.*ckpt_path={run}/checkpoints/last\.ckpt"):
+        train(make_cfg(run, overrides))
+    result = run_cli("-m", "pneumo.train", *overrides, f"hydra.run.dir={run}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "already holds a run" in errors[0]
+    assert best.stat().st_mtime_ns == written and not (run / "checkpoints" / "best-v1.ckpt").exists()
+    assert (run / ".hydra" / "config.yaml").read_text() == "seed: 42\n"  # refused before Hydra wrote
+
+    logs_only = tmp_path / "logs_only"
+    shutil.copytree(run / "tensorboard", logs_only / "tensorboard")
+    with pytest.raises(PneumoError, match="TensorBoard logs"):
+        train(make_cfg(logs_only, overrides))
+
+
+def test_run_into_a_directory_being_written_is_refused_unless_its_writer_is_gone(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = run / "run.lock"
+    lock.write_text(f"{os.getpid()}\n")  # a live process holds the directory
+    overrides = [*FAST, f"data.root={SAMPLE}", "trainer.max_epochs=1"]
+    with pytest.raises(PneumoError, match=rf"being written by another run \(process {os.getpid()}"):
+        train(make_cfg(run, overrides))
+    assert not (run / "checkpoints").exists() and lock.read_text() == f"{os.getpid()}\n"
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock.write_text(f"{gone.pid}\n")  # left behind by a killed run
+    train(make_cfg(run, overrides))
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not lock.exists()
+
+
+@pytest.fixture
+def trained_on_tiny_root(tmp_path, tiny_root):
+    """One epoch on tiny_root (validation: 4 of its 16 training films); the run directory."""
+    run = tmp_path / "run"
+    train(make_cfg(run, [*FAST, f"data.root={tiny_root}", "trainer.max_epochs=1"]))
+    return run
+
+
+def test_eval_on_val_uses_the_recorded_files_and_names_missing_ones(
+    tmp_path, tiny_root, trained_on_tiny_root
+):
+    ckpt = trained_on_tiny_root / "checkpoints" / "best.ckpt"
+    recorded = torch.load(ckpt, weights_only=True)["pneumo"]["val_files"]
+    assert len(recorded) == 4 and all(path.startswith("train/") for path, _ in recorded)
+    assert sorted(label for _, label in recorded) == ["NORMAL", "NORMAL", "PNEUMONIA", "PNEUMONIA"]
+
+    # new patients in train/ would change a rebuilt split; the recorded one stays
+    for index, source in enumerate(sample_files("NORMAL")):
+        shutil.copy(source, tiny_root / "train" / "NORMAL" / f"IM-{9000 + index}-0001.jpeg")
+    metrics = evaluate(str(ckpt), str(tiny_root), "val", tmp_path / "eval")
+    assert metrics["n"] == 4 and metrics["n_normal"] == 2
+
+    older = torch.load(ckpt, weights_only=True)
+    del older["pneumo"]["val_files"]  # a checkpoint written before the list was recorded
+    torch.save(older, tmp_path / "older.ckpt")
+    assert evaluate(str(tmp_path / "older.ckpt"), str(tiny_root), "val", tmp_path / "eval_old")["n"] > 4
+
+    (tiny_root / recorded[0][0]).unlink()
+    with pytest.raises(PneumoError, match=rf"1 of the 4 validation files .* missing .*\({recorded[0][0]}\)"):
+        evaluate(str(ckpt), str(tiny_root), "val", tmp_path / "eval_missing")
+
+
+def _resume_refused(run, tiny_root, *overrides: str, match: str) -> None:
+    """Resuming ``run``'s last.ckpt with ``overrides`` stops with ``match`` before training."""
+    last = run / "checkpoints" / "last.ckpt"
+    resume = [*FAST, f"data.root={tiny_root}", "trainer.max_epochs=3", f"ckpt_path={last}", *overrides]
+    with pytest.raises(PneumoError, match=match):
+        train(make_cfg(run, resume))
+    assert _epoch(last) == 0 and len(_curves(run)["val/loss"]) == 1  # nothing trained
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("seed=7", "seed=7, but it was trained with seed=42"),
+        ("data.val_fraction=0.5", "data.val_fraction=0.5, but it was trained with data.val_fraction=0.25"),
+        ("data.min_val_images=2", "data.min_val_images=2, but it was trained with data.min_val_images=100"),
+        ("data.image_size=64", "data.image_size=64, but it was trained with data.image_size=32"),
+        ("data.classes=[PNEUMONIA,NORMAL]", r"data.classes=\['PNEUMONIA', 'NORMAL'\], but it was trained"),
+    ],
+)
+def test_resume_with_a_setting_that_changes_the_split_is_refused(
+    tiny_root, trained_on_tiny_root, override, named
+):
+    _resume_refused(trained_on_tiny_root, tiny_root, override, match=named)
+
+
+def test_resume_on_data_that_gives_another_validation_split_is_refused(tiny_root, trained_on_tiny_root):
+    for index, source in enumerate(sample_files("NORMAL")):
+        shutil.copy(source, tiny_root / "train" / "NORMAL" / f"IM-{9000 + index}-0001.jpeg")
+    _resume_refused(trained_on_tiny_root, tiny_root, match=r"validation split under data.root=.*xray differs")
