@@ -61,7 +61,7 @@ def link_tree(files: list[Path], root: Path, split: str = "train") -> Path:
 
 
 def new_model(device: str) -> torch.nn.Module:
-    from pneumo.model import build_resnet18
+    from pneumo.network import build_resnet18
 
     return build_resnet18(2).to(device, memory_format=torch.channels_last).train()
 
@@ -198,23 +198,15 @@ def run_scaling(args: argparse.Namespace) -> dict:
 
 def run_predict(args: argparse.Namespace) -> dict:
     """pneumo-predict's path on full-resolution JPEGs: decode, resize, classify."""
-    from pneumo.checkpoint import LoadedModel
-    from pneumo.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocessing_spec
-    from pneumo.model import build_resnet18
-    from pneumo.predict import collect_images, predict
+    from pneumo.checkpoint import CheckpointMeta, LoadedModel
+    from pneumo.data.preprocess import preprocessing_spec
+    from pneumo.inference import collect_images, predict
+    from pneumo.network import build_resnet18
 
     files = collect_images([args.predict_images])
     files = (files * (args.predict_count // len(files) + 1))[: args.predict_count]
-    model = LoadedModel(
-        build_resnet18(2).eval(),
-        ["NORMAL", "PNEUMONIA"],
-        args.image_size,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        0.5,
-        Path("-"),
-        {"preprocessing": preprocessing_spec(args.image_size)},
-    )
+    meta = CheckpointMeta(["NORMAL", "PNEUMONIA"], "PNEUMONIA", preprocessing_spec(args.image_size))
+    model = LoadedModel(build_resnet18().eval(), meta, Path("-"))
     predict(model, files[: args.batch_size], args.batch_size)  # warm-up
     start = time.perf_counter()
     rows = predict(model, files, args.batch_size)

@@ -73,12 +73,14 @@ def classify(
 ) -> list[dict]:
     """``{path, label, p_pneumonia}`` for every file, with the model's threshold and rule."""
     spec = json.loads((model_path.parent / "preprocessing.json").read_text())
-    if spec["positive_if"] != SUPPORTED_RULE:
+    rule = spec.get("positive_if")
+    if rule != SUPPORTED_RULE:
         raise SystemExit(
-            f"this client applies {SUPPORTED_RULE!r}, the model asks for {spec['positive_if']!r}"
+            f"{model_path.parent / 'preprocessing.json'}: this client applies {SUPPORTED_RULE!r}, the file "
+            f"asks for {rule!r}; re-export the model with the current pneumo-export"
         )
     session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    column = spec["classes"].index("PNEUMONIA")
+    column = spec["classes"].index(spec["positive_class"])
     rows = []
     for start in range(0, len(files), 16):
         chunk = files[start : start + 16]

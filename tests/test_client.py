@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
+
 from pneumo.checkpoint import load_model
 from pneumo.export import export
-from pneumo.predict import collect_images, predict
+from pneumo.inference import collect_images, predict
 from tests.conftest import REPO, SAMPLE, run_cli, sample_files
 
 # Runs the client as a script, then fails if it pulled in pneumo or PyTorch.
@@ -15,6 +17,7 @@ ALONE = (
 )
 
 
+@pytest.mark.slow
 def test_onnx_client_matches_predict_on_full_resolution_films(tmp_path, trained_ckpt):
     model_path, _ = export(trained_ckpt, "onnx", tmp_path, sample_files("NORMAL")[:1])
     client = REPO / "scripts" / "onnx_client.py"

@@ -4,7 +4,8 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
-from pneumo.evaluate import evaluate, evaluate_probs
+from pneumo.evaluate import evaluate
+from pneumo.metrics import evaluation_metrics
 from tests.conftest import SAMPLE, run_cli
 
 PROBS = torch.tensor([0.05, 0.10, 0.20, 0.30, 0.60, 0.40, 0.55, 0.70, 0.80, 0.90, 0.45, 0.35])
@@ -12,7 +13,7 @@ TARGETS = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 1])
 
 
 def test_metrics_agree_with_scikit_learn():
-    metrics = evaluate_probs(PROBS, TARGETS, threshold=0.42)
+    metrics = evaluation_metrics(PROBS, TARGETS, threshold=0.42)
     predicted = (PROBS >= 0.42).long()
     assert metrics["confusion_matrix"] == confusion_matrix(TARGETS, predicted).tolist()
     # hand count at 0.42: NORMAL 0.45 and 0.60 called pneumonia; PNEUMONIA 0.40 and 0.35 missed
@@ -42,13 +43,22 @@ def test_eval_writes_metrics_and_pictures(tmp_path, tiny_root, trained_ckpt):
     assert list((tmp_path / "tensorboard").glob("events.*"))
 
 
-def test_eval_on_the_validation_split_rebuilds_the_training_split(tmp_path, tiny_root, trained_ckpt):
-    # trained_ckpt was trained on data/sample with val_fraction 0.25: 4 validation images
+def test_eval_on_the_validation_split_uses_the_runs_validation_files(tmp_path, trained_ckpt):
+    from pneumo.checkpoint import load_model
+    from pneumo.data.datamodule import XrayDataModule
+    from pneumo.evaluate import split_samples
 
+    # trained_ckpt was trained on data/sample with val_fraction 0.25 (and the default seed)
+    validated = XrayDataModule(str(SAMPLE), val_fraction=0.25).split_samples()[1]
+    expected = sorted(str(s.path) for s in validated)
+    recorded = torch.load(trained_ckpt, weights_only=True)["pneumo"]["val_files"]
+    assert sorted(str(SAMPLE / path) for path, _ in recorded) == expected
+    assert sorted(str(s.path) for s in split_samples(load_model(trained_ckpt), SAMPLE, "val")) == expected
     metrics = evaluate(str(trained_ckpt), str(SAMPLE), "val", tmp_path)
-    assert metrics["n"] == 4 and metrics["n_normal"] == 2
+    assert metrics["n"] == len(expected) == 4 and metrics["n_normal"] == 2
 
 
+@pytest.mark.slow
 def test_eval_command_line(tmp_path, tiny_root, trained_ckpt):
     result = run_cli(
         "-m",

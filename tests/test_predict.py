@@ -7,7 +7,7 @@ from PIL import Image
 
 from pneumo.checkpoint import load_model
 from pneumo.errors import PneumoError
-from pneumo.predict import collect_images, predict
+from pneumo.inference import collect_images, predict
 from tests.conftest import SAMPLE, SHARED_VAL16, run_cli, sample_files
 
 
@@ -15,6 +15,7 @@ def _val16():
     return SHARED_VAL16 if SHARED_VAL16.is_dir() else SAMPLE
 
 
+@pytest.mark.slow
 def test_predicts_sixteen_full_resolution_xrays(tmp_path, trained_ckpt):
     out = tmp_path / "preds.csv"
     result = run_cli("-m", "pneumo.predict", "--ckpt", str(trained_ckpt), str(_val16()), "--out", str(out))
@@ -28,6 +29,7 @@ def test_predicts_sixteen_full_resolution_xrays(tmp_path, trained_ckpt):
         )
 
 
+@pytest.mark.slow
 def test_bad_files_get_error_rows_and_a_nonzero_exit(tmp_path, trained_ckpt):
     good = sample_files("NORMAL")[:2]
     truncated = tmp_path / "truncated.jpeg"

@@ -38,6 +38,7 @@ def _epoch(path) -> int:
     return torch.load(path, weights_only=True)["epoch"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [BUMPY, COSINE], ids=["plateau", "cosine"])
 def test_run_resumed_after_the_learning_rate_moved_matches_an_uninterrupted_one(tmp_path, overrides):
     straight = tmp_path / "straight"
@@ -60,6 +61,7 @@ def test_run_resumed_after_the_learning_rate_moved_matches_an_uninterrupted_one(
     assert _epoch(resumed / "checkpoints" / "best.ckpt") == _epoch(straight / "checkpoints" / "best.ckpt")
 
 
+@pytest.mark.slow
 def test_resume_without_a_run_dir_continues_in_place_and_keeps_the_best_epoch(tmp_path):
     run = tmp_path / "run"
     train(make_cfg(run, [*BUMPY, "trainer.max_epochs=2"]))
@@ -84,6 +86,7 @@ def test_resume_without_a_run_dir_continues_in_place_and_keeps_the_best_epoch(tm
     assert [p.name[:7] for p in (run / ".hydra").iterdir() if p.is_dir()] == ["resume_"]
 
 
+@pytest.mark.slow
 def test_new_run_into_a_directory_holding_a_run_is_refused(tmp_path):
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)  # Hydra's own files alone are not a run
@@ -151,7 +154,12 @@ def test_eval_on_val_uses_the_recorded_files_and_names_missing_ones(
     older = torch.load(ckpt, weights_only=True)
     del older["pneumo"]["val_files"]  # a checkpoint written before the list was recorded
     torch.save(older, tmp_path / "older.ckpt")
-    assert evaluate(str(tmp_path / "older.ckpt"), str(tiny_root), "val", tmp_path / "eval_old")["n"] > 4
+    # its split cannot be rebuilt exactly (the patient rule was corrected since): refused
+    with pytest.raises(PneumoError, match="did not record its validation files"):
+        evaluate(str(tmp_path / "older.ckpt"), str(tiny_root), "val", tmp_path / "eval_old")
+    resume = [*FAST, f"data.root={tiny_root}", f"ckpt_path={tmp_path / 'older.ckpt'}"]
+    with pytest.raises(PneumoError, match="cannot resume: .*older.ckpt was written by an older pneumo"):
+        train(make_cfg(tmp_path / "resumed_old", resume))
 
     (tiny_root / recorded[0][0]).unlink()
     with pytest.raises(PneumoError, match=rf"1 of the 4 validation files .* missing .*\({recorded[0][0]}\)"):

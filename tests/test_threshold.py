@@ -10,8 +10,8 @@ from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.preprocess import load_image
 from pneumo.evaluate import evaluate
 from pneumo.export import export
+from pneumo.inference import collect_images, predict, probabilities
 from pneumo.model import XrayClassifier
-from pneumo.predict import collect_images, p_pneumonia, predict
 from pneumo.threshold import POSITIVE_IF, choose_threshold, is_positive
 
 # Ten validation cases: five NORMAL (0) and five PNEUMONIA (1), ranked by P(pneumonia).
@@ -91,7 +91,7 @@ def test_films_on_the_threshold_are_pneumonia_for_predict_eval_export_and_traini
 def test_eval_counts_a_film_at_the_threshold_as_predict_labels_it(tmp_path, trained_ckpt, tiny_root):
     model = load_model(trained_ckpt)
     files = collect_images([tiny_root / "test"])
-    exact = p_pneumonia(model, torch.stack([load_image(f, model.image_size) for f in files])).tolist()
+    exact = probabilities(model, torch.stack([load_image(f, model.image_size) for f in files])).tolist()
     # a film whose probability printed to 6 places reads lower than it is
     on_threshold = next(p for p in exact if round(p, 6) < p)
     checkpoint = torch.load(trained_ckpt, weights_only=True)

@@ -1,4 +1,5 @@
 import glob
+import math
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ def test_short_run_logs_tensorboard_and_writes_checkpoints(tmp_path, tiny_root):
     assert scalars.keys() >= TAGS
     assert len(scalars["val/loss"]) == 2 and all(t > 0 for t in scalars["time/train_epoch_s"])
     assert any(tag.startswith("hp/") for tag in scalars)  # final metrics in the HPARAMS tab
-    assert "best/val_loss" in results
+    assert "best/val/loss" in results
     for name in ("best.ckpt", "last.ckpt"):
         checkpoint = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
         meta = checkpoint["pneumo"]
@@ -56,23 +57,8 @@ def test_early_stopping_ends_a_run_that_stops_improving(tmp_path, tiny_root):
     assert len(_scalars(tmp_path)["val/loss"]) == 2  # epoch 1 sets the best, epoch 2 fails: stop
 
 
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("quickstart", {"data.root": "data/sample", "model.weights": None}),
-        ("kermany_cpu", {"data.image_size": 128, "model.weights": None, "data.val_holdout": "earliest"}),
-        (
-            "kermany",
-            {"data.image_size": 224, "model.weights": "IMAGENET1K_V1", "trainer.precision": "bf16-mixed"},
-        ),
-    ],
-)
-def test_experiment_presets_compose_and_run_a_step(tmp_path, name, expected):
-    from omegaconf import OmegaConf
-
-    preset = make_cfg(tmp_path / "preset", [f"experiment={name}"])
-    for key, value in expected.items():
-        assert OmegaConf.select(preset, key) == value
+@pytest.mark.parametrize("name", ["quickstart", "kermany_cpu", "kermany"])
+def test_experiment_presets_run_a_training_and_a_validation_step(tmp_path, name):
     tiny = [
         f"experiment={name}",
         *FAST,
@@ -82,9 +68,13 @@ def test_experiment_presets_compose_and_run_a_step(tmp_path, name, expected):
         "trainer.accelerator=cpu",
         "trainer.precision=32-true",
     ]
-    train(make_cfg(tmp_path / "run", tiny))
+    results = train(make_cfg(tmp_path, tiny))
+    # the preset's own loss, augmentation, schedule and holdout gave finite figures
+    for key in ("train/loss", "val/loss", "val/threshold"):
+        assert math.isfinite(results[key]), key
 
 
+@pytest.mark.slow
 def test_multirun_gives_each_job_its_own_named_directory(tmp_path):
     result = run_cli(
         "-m",
@@ -103,12 +93,14 @@ def test_multirun_gives_each_job_its_own_named_directory(tmp_path):
     assert runs[1].startswith("1_") and "data.batch_size=8" in runs[1]
 
 
+@pytest.mark.slow
 def test_config_key_typo_is_one_clear_line(tmp_path):
     result = run_cli("-m", "pneumo.train", "data.batchsize=8", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0
     assert "batchsize" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_root_is_one_clear_line(tmp_path):
     result = run_cli(
         "-m", "pneumo.train", *FAST, f"data.root={tmp_path}/none", f"hydra.run.dir={tmp_path}/run"
@@ -119,6 +111,7 @@ def test_missing_data_root_is_one_clear_line(tmp_path):
     assert len(lines) == 1 and f"{tmp_path}/none" in lines[0] and "quickstart" in lines[0]
 
 
+@pytest.mark.slow
 def test_jetson_style_command_line(tmp_path, tiny_root):
     model_dir = tmp_path / "models" / "xray"
     result = run_cli(

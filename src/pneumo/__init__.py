@@ -1,6 +1,12 @@
 """pneumo: chest X-ray NORMAL/PNEUMONIA classification with ResNet18, Lightning and Hydra.
 
-A research tool, not a medical device: its outputs must never guide the care of a patient.
+See ``DISCLAIMER``: a research tool, not a medical device.
 """
 
 __version__ = "0.1.0"
+
+# Said once here; logged by every run and printed by every command that makes predictions.
+DISCLAIMER = (
+    "pneumo is a research tool, not a medical device: its outputs must never be used to "
+    "diagnose, treat or triage a patient."
+)

@@ -14,11 +14,9 @@ from pneumo.checkpoint import LoadedModel
 from pneumo.data.preprocess import load_image, read_grey, to_model_input
 from pneumo.errors import PneumoError
 
-PNEUMONIA = 1
-
 
 def grad_cam(model: LoadedModel, image: torch.Tensor) -> np.ndarray:
-    """Grad-CAM of the PNEUMONIA logit on the last ResNet block, scaled to 0..1.
+    """Grad-CAM of the positive class's logit on the last ResNet block, scaled to 0..1.
 
     ``image`` is one ``1 x S x S`` uint8 tensor; the map has the network's input size.
     """
@@ -28,7 +26,7 @@ def grad_cam(model: LoadedModel, image: torch.Tensor) -> np.ndarray:
         raise PneumoError("--cam needs captum: pip install 'pneumo[cam]'") from err
     x = to_model_input(image.unsqueeze(0), model.mean, model.std).requires_grad_(True)
     attribution = LayerGradCam(model.net, model.net.layer4).attribute(
-        x, target=PNEUMONIA, relu_attributions=True
+        x, target=model.positive_index, relu_attributions=True
     )
     heat = LayerAttribution.interpolate(attribution, x.shape[-2:], interpolate_mode="bilinear")
     heat = heat.detach()[0, 0].clamp(min=0).numpy()

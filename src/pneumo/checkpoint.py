@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -15,8 +15,99 @@ from torch import nn
 
 from pneumo.data.preprocess import preprocessing_spec
 from pneumo.errors import PneumoError
-from pneumo.model import build_resnet18
+from pneumo.network import NUM_CLASSES, build_resnet18
+from pneumo.provenance import record_files
 from pneumo.threshold import POSITIVE_IF
+
+if TYPE_CHECKING:
+    from pneumo.data.datamodule import XrayDataModule
+
+
+# The positive class of checkpoints written before it was recorded.
+DEFAULT_POSITIVE = "PNEUMONIA"
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a pneumo checkpoint says about itself, stored under ``checkpoint["pneumo"]``.
+
+    Enough to use the file alone later: the classes and which one is positive, the
+    preprocessing (``preprocessing_spec``), the decision threshold chosen on validation,
+    the validation files (paths relative to the data root, with class names; ``None`` in
+    checkpoints written before they were recorded) and the run's resolved config.
+    """
+
+    classes: list[str]
+    positive_class: str
+    preprocessing: dict[str, Any]
+    threshold: float = 0.5
+    val_files: list[list[str]] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def positive_index(self) -> int:
+        """The positive class's column in the network's output."""
+        return self.classes.index(self.positive_class)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.preprocessing["image_size"])
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.preprocessing["mean"])
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.preprocessing["std"])
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data, loadable with ``torch.load(weights_only=True)``."""
+        return asdict(self)
+
+    @classmethod
+    def for_run(cls, datamodule: XrayDataModule, config: dict[str, Any]) -> CheckpointMeta:
+        """The metadata of a run about to train on ``datamodule`` with the resolved ``config``."""
+        return cls(
+            classes=list(datamodule.classes),
+            positive_class=datamodule.positive_class,
+            preprocessing=preprocessing_spec(datamodule.image_size),
+            # file by file, so pneumo-eval data.split=val and a resume use exactly this split
+            val_files=record_files(datamodule.split_samples()[1], datamodule.root, datamodule.classes),
+            config=config,
+        )
+
+
+def read_meta(checkpoint: dict[str, Any], path: str | Path) -> CheckpointMeta:
+    """The ``CheckpointMeta`` of a loaded checkpoint; one line naming what is missing or wrong."""
+    raw = checkpoint.get("pneumo")
+    if not isinstance(raw, dict):
+        raise PneumoError(
+            f"{path} has no pneumo metadata; use a best.ckpt or last.ckpt written by pneumo-train"
+        )
+    try:
+        classes = [str(c) for c in raw["classes"]]
+        preprocessing = dict(raw["preprocessing"])
+        meta = CheckpointMeta(
+            classes=classes,
+            positive_class=str(raw.get("positive_class", DEFAULT_POSITIVE)),
+            preprocessing=preprocessing,
+            threshold=float(raw.get("threshold", 0.5)),
+            val_files=raw.get("val_files"),
+            config=dict(raw.get("config") or {}),
+        )
+        meta.image_size, meta.mean, meta.std  # noqa: B018 - every later reader needs them
+    except (KeyError, TypeError, ValueError) as err:
+        raise PneumoError(
+            f"{path}: its pneumo metadata is incomplete or malformed ({type(err).__name__}: {err}); "
+            "use a checkpoint written by pneumo-train"
+        ) from err
+    if len(classes) != NUM_CLASSES or meta.positive_class not in classes:
+        raise PneumoError(
+            f"{path}: its metadata lists classes {classes} with positive class {meta.positive_class!r}; "
+            f"pneumo models have {NUM_CLASSES} classes, one of them positive"
+        )
+    return meta
 
 
 @dataclass
@@ -24,13 +115,32 @@ class LoadedModel:
     """A ready-to-run network (eval mode) with what a user needs to apply it."""
 
     net: nn.Module
-    classes: list[str]
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    threshold: float
+    meta: CheckpointMeta
     path: Path
-    meta: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta.classes
+
+    @property
+    def positive_index(self) -> int:
+        return self.meta.positive_index
+
+    @property
+    def image_size(self) -> int:
+        return self.meta.image_size
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.meta.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.meta.std
+
+    @property
+    def threshold(self) -> float:
+        return self.meta.threshold
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -44,6 +154,7 @@ class LoadedModel:
             "mean": list(self.mean),
             "std": list(self.std),
             "threshold": self.threshold,
+            "positive_class": self.meta.positive_class,
             "positive_if": POSITIVE_IF,
         }
 
@@ -98,28 +209,16 @@ def refuse_diverged(path: str | Path, state: dict[str, torch.Tensor], threshold:
 def load_model(path: str | Path) -> LoadedModel:
     """Rebuild the trained network from a checkpoint, in eval mode on the CPU."""
     checkpoint = read_checkpoint(path)
-    meta = checkpoint["pneumo"]
-    classes = list(meta["classes"])
+    meta = read_meta(checkpoint, path)
     state = network_state_dict(checkpoint)
-    threshold = float(meta.get("threshold", 0.5))
-    refuse_diverged(path, state, threshold)
-    net = build_resnet18(len(classes))
+    refuse_diverged(path, state, meta.threshold)
+    net = build_resnet18(len(meta.classes))
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
-        raise PneumoError(f"{path}: weights do not fit a {len(classes)}-class ResNet18 ({err})") from err
+        raise PneumoError(f"{path}: weights do not fit a {len(meta.classes)}-class ResNet18 ({err})") from err
     net.eval()
-    prep = meta["preprocessing"]
-    return LoadedModel(
-        net=net,
-        classes=classes,
-        image_size=int(prep["image_size"]),
-        mean=tuple(prep["mean"]),
-        std=tuple(prep["std"]),
-        threshold=threshold,
-        path=Path(path),
-        meta=meta,
-    )
+    return LoadedModel(net=net, meta=meta, path=Path(path))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

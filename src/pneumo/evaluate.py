@@ -15,114 +15,29 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import matplotlib
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
-from torchmetrics.functional import classification as F
 
 from pneumo.checkpoint import LoadedModel, load_model
-from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.dataset import Sample, scan_split
 from pneumo.errors import PneumoError, exit_on_user_error
-from pneumo.predict import predict
-from pneumo.provenance import recorded_validation
-from pneumo.threshold import is_positive
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+from pneumo.inference import label_for, predict
+from pneumo.metrics import evaluation_metrics
+from pneumo.plots import plot_confusion, plot_roc
+from pneumo.provenance import validation_samples
 
 log = logging.getLogger(__name__)
 
 
 def split_samples(model: LoadedModel, root: Path, split: str) -> list[Sample]:
-    """The labelled images of ``split``; ``val`` is exactly the files the run validated on.
-
-    Checkpoints record their validation files; for older ones without that list, the split
-    is rebuilt from the training settings.
-    """
+    """The labelled images of ``split``; ``val`` is exactly the files the run validated on."""
     if split == "val":
-        recorded = recorded_validation(model.meta, root, model.path)
-        if recorded is not None:
-            return recorded
-        data_cfg = model.meta.get("config", {}).get("data", {})
-        keys = ("val_fraction", "val_holdout", "min_val_images", "seed")
-        datamodule = XrayDataModule(
-            str(root), model.classes, **{k: data_cfg[k] for k in keys if k in data_cfg}
-        )
-        return datamodule.split_samples()[1]
+        return validation_samples(model.meta, root, model.path)
     if not (root / split).is_dir():
         raise PneumoError(f"split folder not found: {root / split} (data.root, data.split)")
     return scan_split(root / split, model.classes)
-
-
-def binary_metrics(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> dict[str, Any]:
-    """Accuracy, sensitivity, specificity, F1 and confusion matrix at ``threshold``."""
-    # labels, not probabilities: torchmetrics would apply its own rule (p > threshold)
-    cm = F.binary_confusion_matrix(is_positive(probs, threshold).long(), targets.long())
-    (tn, fp), (fn, tp) = cm.tolist()
-
-    def ratio(a: int, b: int) -> float:
-        return a / b if b else float("nan")
-
-    return {
-        "threshold": threshold,
-        "acc": ratio(tp + tn, tp + tn + fp + fn),
-        "sensitivity": ratio(tp, tp + fn),
-        "specificity": ratio(tn, tn + fp),
-        "precision": ratio(tp, tp + fp),
-        "f1": ratio(2 * tp, 2 * tp + fp + fn),
-        "confusion_matrix": cm.tolist(),
-    }
-
-
-def evaluate_probs(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> dict[str, Any]:
-    """All figures of metrics.json for predictions ``probs`` of PNEUMONIA on ``targets``."""
-    both = targets.unique().numel() == 2
-    return {
-        "n": int(targets.numel()),
-        "n_normal": int((targets == 0).sum()),
-        "n_pneumonia": int((targets == 1).sum()),
-        "auroc": float(F.binary_auroc(probs, targets)) if both else float("nan"),
-        **binary_metrics(probs, targets, threshold),
-        "at_0.5": binary_metrics(probs, targets, 0.5),
-    }
-
-
-def plot_confusion(cm: list[list[int]], classes: list[str], threshold: float) -> plt.Figure:
-    """Confusion matrix figure: rows truth, columns prediction."""
-    fig, ax = plt.subplots(figsize=(4, 3.6))
-    ax.imshow(cm, cmap="Blues")
-    for i, row in enumerate(cm):
-        for j, count in enumerate(row):
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=14)
-    ax.set(
-        xticks=range(len(classes)),
-        yticks=range(len(classes)),
-        xticklabels=classes,
-        yticklabels=classes,
-        xlabel="predicted",
-        ylabel="truth",
-        title=f"threshold {threshold:.3f}",
-    )
-    fig.tight_layout()
-    return fig
-
-
-def plot_roc(probs: torch.Tensor, targets: torch.Tensor, metrics: dict[str, Any]) -> plt.Figure:
-    """ROC curve with the operating point marked."""
-    fpr, tpr, _ = F.binary_roc(probs, targets)
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.plot(fpr.numpy(), tpr.numpy(), label=f"AUROC {metrics['auroc']:.3f}")
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.plot(
-        1 - metrics["specificity"], metrics["sensitivity"], "o", label=f"threshold {metrics['threshold']:.3f}"
-    )
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity (pneumonia)", title="ROC")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    return fig
 
 
 def print_table(metrics: dict[str, Any]) -> None:
@@ -148,12 +63,13 @@ def evaluate(
     failed = [r for r in rows if r.error]
     for row in failed:
         log.warning("left out %s: %s", row.path, row.error)
-    label_of = {str(s.path): s.label for s in samples}
+    # 1 for the positive class, whatever its place in data.classes
+    label_of = {str(s.path): int(s.label == model.positive_index) for s in samples}
     kept = [r for r in rows if not r.error]
     probs = torch.tensor([r.p_pneumonia for r in kept])
     targets = torch.tensor([label_of[r.path] for r in kept])
     metrics = {
-        **evaluate_probs(probs, targets, model.threshold),
+        **evaluation_metrics(probs, targets, model.threshold),
         "checkpoint": str(Path(ckpt_path).resolve()),
         "data_root": str(Path(root).resolve()),
         "split": split,
@@ -164,7 +80,9 @@ def evaluate(
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     figures = {
-        "confusion_matrix": plot_confusion(metrics["confusion_matrix"], model.classes, model.threshold),
+        "confusion_matrix": plot_confusion(
+            metrics["confusion_matrix"], [label_for(model, False), label_for(model, True)], model.threshold
+        ),
         "roc": plot_roc(probs, targets, metrics),
     }
     from torch.utils.tensorboard import SummaryWriter

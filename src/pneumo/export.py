@@ -24,7 +24,7 @@ from torch import nn
 from pneumo.checkpoint import LoadedModel, load_model
 from pneumo.data.preprocess import load_image, to_model_input
 from pneumo.errors import PneumoError, exit_on_user_error
-from pneumo.predict import collect_images
+from pneumo.inference import collect_images
 
 TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "input_0", "output_0"
@@ -145,7 +145,7 @@ def export(
         "output": OUTPUT_NAME,
         "output_meaning": (
             f"N x {len(model.classes)} softmax probabilities, column i for classes[i]; "
-            "p = the PNEUMONIA column"
+            f"p = column {model.positive_index}, the positive class {model.meta.positive_class}"
         ),
         "classes": model.classes,
     }

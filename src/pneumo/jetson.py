@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from pneumo.checkpoint import network_state_dict, read_checkpoint
+from pneumo.checkpoint import network_state_dict, read_checkpoint, read_meta
 from pneumo.errors import exit_on_user_error
 from pneumo.export import export
 
@@ -30,15 +30,15 @@ def write_model_dir(ckpt: Path, model_dir: Path) -> list[Path]:
     under ``state_dict`` with ``arch``, ``resolution``, ``num_classes`` and ``epoch``.
     """
     checkpoint = read_checkpoint(ckpt)
-    meta = checkpoint["pneumo"]
+    meta = read_meta(checkpoint, ckpt)
     best = model_dir / "model_best.pth.tar"
     torch.save(
         {
             "epoch": checkpoint.get("epoch", 0),
             "arch": "resnet18",
-            "resolution": meta["preprocessing"]["image_size"],
-            "num_classes": len(meta["classes"]),
-            "classes": list(meta["classes"]),
+            "resolution": meta.image_size,
+            "num_classes": len(meta.classes),
+            "classes": list(meta.classes),
             "state_dict": network_state_dict(checkpoint),
         },
         best,

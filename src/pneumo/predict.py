@@ -1,8 +1,6 @@
 """pneumo-predict: classify X-ray files with a trained checkpoint, optionally with Grad-CAM.
 
     pneumo-predict --ckpt best.ckpt xrays/ one.jpeg --out preds.csv --cam heatmaps/
-
-A research tool, not a medical device: predictions must not guide the care of a patient.
 """
 
 from __future__ import annotations
@@ -11,94 +9,17 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from rich.console import Console
-from rich.progress import track
 from rich.table import Table
 
-from pneumo.checkpoint import LoadedModel, load_model
-from pneumo.data.dataset import is_image_file
-from pneumo.data.preprocess import BadImageError, load_image, to_model_input
-from pneumo.data.transforms import TTA_VIEWS, tta_views
+from pneumo import DISCLAIMER
+from pneumo.checkpoint import load_model
 from pneumo.errors import PneumoError, exit_on_user_error
-from pneumo.threshold import is_positive
-
-
-@dataclass
-class Prediction:
-    """One row of output: a file and what the model made of it (or why it could not)."""
-
-    path: str
-    label: str = ""
-    p_pneumonia: float | None = None  # exact, unrounded: pneumo-eval counts from it
-    threshold: float | None = None
-    error: str = ""
-
-
-def collect_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Expand folders (recursively) into image files; keep named files as given."""
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if is_image_file(p)))
-        else:
-            found.append(path)  # a bad or missing file becomes an error row, not a crash
-    return found
-
-
-def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def p_pneumonia(model: LoadedModel, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """P(PNEUMONIA) for a ``N x 1 x H x W`` uint8 batch; with ``tta``, the mean over ``TTA_VIEWS``."""
-    x = images.to(torch.float32).div_(255.0)
-    if tta:
-        x = tta_views(x)
-    with torch.inference_mode():
-        probs = model.net(to_model_input(x, model.mean, model.std)).softmax(dim=1)[:, 1]
-    return probs.view(len(TTA_VIEWS), -1).mean(dim=0) if tta else probs
-
-
-def predict(
-    model: LoadedModel,
-    files: Sequence[Path],
-    batch_size: int = 16,
-    threshold: float | None = None,
-    progress: bool = False,
-    tta: bool = False,
-) -> list[Prediction]:
-    """Classify ``files``; unreadable ones get a row with the reason instead of a label.
-
-    ``tta`` averages P(PNEUMONIA) over fixed zooms, rotations and shifts (``TTA_VIEWS``),
-    at six times the cost.
-    """
-    cut = model.threshold if threshold is None else threshold
-    rows: list[Prediction] = []
-    chunks = _batches(files, batch_size)
-    if progress:
-        chunks = track(list(chunks), description="predicting", transient=True, console=Console(stderr=True))
-    for chunk in chunks:
-        images, good = [], []
-        for path in chunk:
-            try:
-                images.append(load_image(path, model.image_size))
-                good.append(path)
-            except BadImageError as err:
-                rows.append(Prediction(str(path), error=str(err).removeprefix(f"{path}: ")))
-        if not images:
-            continue
-        probs = p_pneumonia(model, torch.stack(images), tta)
-        for path, p, positive in zip(good, probs.tolist(), is_positive(probs, cut).tolist()):
-            rows.append(Prediction(str(path), model.classes[int(positive)], p, cut))
-    order = {str(p): i for i, p in enumerate(files)}
-    return sorted(rows, key=lambda r: order[r.path])
+from pneumo.inference import Prediction, collect_images, predict
 
 
 def write_predictions(rows: Sequence[Prediction], out: Path | None) -> None:
@@ -127,7 +48,10 @@ def write_predictions(rows: Sequence[Prediction], out: Path | None) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of pneumo-predict; exits 1 when some files could not be read."""
     parser = argparse.ArgumentParser(
-        prog="pneumo-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="pneumo-predict",
+        description=__doc__,
+        epilog=DISCLAIMER,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--ckpt", required=True, help="checkpoint written by pneumo-train")
     parser.add_argument(
@@ -146,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     model = load_model(args.ckpt)
+    print(DISCLAIMER, file=sys.stderr)
     files = collect_images(args.paths)
     if not files:
         raise PneumoError(f"no images found in {' '.join(args.paths)}")

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pneumo.data.dataset import Sample
 from pneumo.errors import PneumoError
+
+if TYPE_CHECKING:
+    from pneumo.checkpoint import CheckpointMeta
 
 # Settings that decide the validation split or the preprocessing; a resume must keep them.
 SPLIT_SETTINGS = (
@@ -24,6 +27,7 @@ SPLIT_SETTINGS = (
     "data.min_val_images",
     "data.image_size",
     "data.classes",
+    "data.positive_class",
 )
 
 
@@ -39,24 +43,36 @@ def _examples(paths: Sequence[str], limit: int = 3) -> str:
     return ", ".join(paths[:limit]) + more
 
 
-def recorded_validation(meta: dict[str, Any], root: str | Path, ckpt_path: str | Path) -> list[Sample] | None:
-    """The checkpoint's validation files under ``root``; ``None`` for a checkpoint without the list.
+def refuse_unrecorded(meta: CheckpointMeta, ckpt_path: str | Path, action: str) -> None:
+    """Stop when a checkpoint predates recorded validation files.
 
-    Every file must exist: evaluating a part of the split would not be the split.
+    Its split cannot be rebuilt: the patient rule has since been corrected, so a rebuild
+    would put some of its training films into validation. Its scheduler state also predates
+    the exact-resume fix.
     """
-    recorded = meta.get("val_files")
-    if recorded is None:
-        return None
+    if meta.val_files is None:
+        raise PneumoError(
+            f"cannot {action}: {ckpt_path} was written by an older pneumo that did not record its "
+            "validation files, and the split cannot be rebuilt exactly; evaluate it on a split "
+            "folder (data.split=test), or train a new run"
+        )
+
+
+def validation_samples(meta: CheckpointMeta, root: str | Path, ckpt_path: str | Path) -> list[Sample]:
+    """The files the run validated on, under ``root``.
+
+    Every recorded file must exist: evaluating a part of the split would not be the split.
+    """
     root = Path(root)
-    classes = list(meta["classes"])
-    missing = [path for path, _ in recorded if not (root / path).is_file()]
+    refuse_unrecorded(meta, ckpt_path, "evaluate its validation split")
+    missing = [path for path, _ in meta.val_files if not (root / path).is_file()]
     if missing:
         raise PneumoError(
-            f"{len(missing)} of the {len(recorded)} validation files recorded in {ckpt_path} are "
+            f"{len(missing)} of the {len(meta.val_files)} validation files recorded in {ckpt_path} are "
             f"missing under data.root={root} ({_examples(missing)}); set data.root to the data the "
             "run was trained on"
         )
-    return [Sample(root / path, classes.index(name)) for path, name in recorded]
+    return [Sample(root / path, meta.classes.index(name)) for path, name in meta.val_files]
 
 
 _ABSENT = object()
@@ -72,21 +88,21 @@ def _setting(config: dict[str, Any], key: str) -> Any:
     return node
 
 
-def check_resume(saved: dict[str, Any], current: dict[str, Any], ckpt_path: str | Path) -> None:
+def check_resume(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str | Path) -> None:
     """Refuse to resume when ``current`` would split or preprocess the data unlike ``saved``.
 
-    Both are pneumo checkpoint metadata: ``saved`` from ``ckpt_path``, ``current`` built from
-    this run's config. Settings missing from either side (older checkpoints) are not compared.
+    ``saved`` is read from ``ckpt_path``, ``current`` built for this run.
     """
+    refuse_unrecorded(saved, ckpt_path, "resume")
     for key in SPLIT_SETTINGS:
-        then, now = _setting(saved.get("config", {}), key), _setting(current.get("config", {}), key)
+        then, now = _setting(saved.config, key), _setting(current.config, key)
         if _ABSENT not in (then, now) and then != now:
             raise PneumoError(
                 f"resuming {ckpt_path} with {key}={now}, but it was trained with {key}={then}: that "
                 f"changes the validation split or the preprocessing; resume with {key}={then}, or "
                 "start a new run"
             )
-    then, now = saved.get("val_files"), current.get("val_files")
+    then, now = saved.val_files, current.val_files
     if then is None or now is None or then == now:
         return
     gone = sorted({p for p, _ in then} - {p for p, _ in now})
@@ -94,7 +110,7 @@ def check_resume(saved: dict[str, Any], current: dict[str, Any], ckpt_path: str 
     changed = f"{len(gone)} recorded files not in it, e.g. {_examples(gone)}" if gone else ""
     if new:
         changed += ("; " if changed else "") + f"{len(new)} files new to it, e.g. {_examples(new)}"
-    root = _setting(current.get("config", {}), "data.root")
+    root = _setting(current.config, "data.root")
     raise PneumoError(
         f"resuming {ckpt_path}: the validation split under data.root={root} differs from the one "
         f"it was trained with ({changed or 'labels changed'}); resume with the same data, or start "

@@ -21,18 +21,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pneumo.checkpoint import read_checkpoint
+from pneumo import DISCLAIMER
+from pneumo.checkpoint import CheckpointMeta, network_state_dict, read_checkpoint, read_meta, refuse_diverged
 from pneumo.data.datamodule import XrayDataModule
-from pneumo.data.preprocess import preprocessing_spec
 from pneumo.errors import PneumoError, exit_on_user_error
 from pneumo.model import XrayClassifier
-from pneumo.provenance import check_resume, record_files
+from pneumo.provenance import check_resume
 from pneumo.rundir import checkpoint_run_dir, claim_run_dir, prepare_launch
 
 log = logging.getLogger(__name__)
-
-DISCLAIMER = "pneumo is a research tool, not a medical device: do not use it to diagnose patients."
-
 
 def compose_config(overrides: list[str], output_dir: str | Path, config_name: str = "train") -> DictConfig:
     """Compose a config in code exactly as ``pneumo-train`` would, writing into ``output_dir``.
@@ -76,14 +73,10 @@ def build(cfg: DictConfig) -> tuple[XrayDataModule, XrayClassifier, L.Trainer]:
     """Create the DataModule, the LightningModule and the Trainer from a composed config."""
     datamodule: XrayDataModule = instantiate(cfg.data)
     datamodule.check_root()
-    model: XrayClassifier = instantiate(cfg.model, _recursive_=False, _convert_="all")
-    model.pneumo_meta = {
-        "classes": list(datamodule.classes),
-        "preprocessing": preprocessing_spec(datamodule.image_size),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        # file by file, so pneumo-eval data.split=val and a resume use exactly this split
-        "val_files": record_files(datamodule.split_samples()[1], datamodule.root, datamodule.classes),
-    }
+    model: XrayClassifier = instantiate(
+        cfg.model, positive_index=datamodule.positive_index, _recursive_=False, _convert_="all"
+    )
+    model.meta = CheckpointMeta.for_run(datamodule, OmegaConf.to_container(cfg, resolve=True))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=_instantiate_dict(cfg.get("callbacks")),
@@ -110,7 +103,10 @@ def _fit(cfg: DictConfig, ckpt_path: str | None) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
     if ckpt_path:
-        check_resume(read_checkpoint(ckpt_path)["pneumo"], model.pneumo_meta, ckpt_path)
+        saved = read_checkpoint(ckpt_path)
+        saved_meta = read_meta(saved, ckpt_path)
+        check_resume(saved_meta, model.meta, ckpt_path)
+        refuse_diverged(ckpt_path, network_state_dict(saved), saved_meta.threshold)
         log.info("resuming from %s; the run continues in %s", ckpt_path, cfg.paths.output_dir)
         own = checkpoint_run_dir(ckpt_path)
         if own is None or own.resolve() != Path(cfg.paths.output_dir).resolve():
@@ -123,12 +119,12 @@ def _fit(cfg: DictConfig, ckpt_path: str | None) -> dict[str, float]:
     with warnings.catch_warnings():
         # claim_run_dir admits a used checkpoints/ folder only to the run that wrote it
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     results = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None and checkpoint.best_model_score is not None:
-        results["best/val_loss"] = float(checkpoint.best_model_score)
+        results[f"best/{cfg.monitor.metric}"] = float(checkpoint.best_model_score)
     for logger in trainer.loggers:
         logger.log_hyperparams(
             _flat_hparams(cfg),
@@ -138,19 +134,30 @@ def _fit(cfg: DictConfig, ckpt_path: str | None) -> dict[str, float]:
     log.info("run directory: %s", output_dir)
     if checkpoint is not None and checkpoint.best_model_path:
         log.info(
-            "best checkpoint: %s (val/loss %.4f)",
+            "best checkpoint: %s (%s %.4f)",
             checkpoint.best_model_path,
-            results.get("best/val_loss", float("nan")),
+            cfg.monitor.metric,
+            results.get(f"best/{cfg.monitor.metric}", float("nan")),
         )
     log.info("TensorBoard: tensorboard --logdir %s", output_dir)
     return results
 
 
+def optimized_value(cfg: DictConfig, results: dict[str, float]) -> float | None:
+    """The figure named by ``optimized_metric``, for sweepers; one line if the run never logged it."""
+    if cfg.optimized_metric not in results:
+        raise PneumoError(
+            f"optimized_metric={cfg.optimized_metric} was not logged by this run; choose one of "
+            f"{', '.join(sorted(results))}"
+        )
+    return results[cfg.optimized_metric]
+
+
 @hydra.main(version_base="1.3", config_path="pkg://pneumo.conf", config_name="train")
 @exit_on_user_error
 def hydra_main(cfg: DictConfig) -> float | None:
-    """Train; return the best validation loss for Hydra sweepers to optimise."""
-    return train(cfg).get("best/val_loss")
+    """Train; return ``optimized_metric`` for Hydra sweepers to optimise."""
+    return optimized_value(cfg, train(cfg))
 
 
 @exit_on_user_error

@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from pneumo.data.dataset import EpochSampler, Sample, XrayDataset, collate_skipping_bad, scan_split
-from pneumo.data.preprocess import to_model_input
-from pneumo.data.split import HOLDOUTS, patient_split
+from pneumo.data.preprocess import to_model_input, to_unit
+from pneumo.data.split import HOLDOUTS, known_patient_name, patient_split
 from pneumo.data.transforms import BatchAugment
 from pneumo.errors import PneumoError
 
@@ -37,6 +37,7 @@ class XrayDataModule(L.LightningDataModule):
         self,
         root: str,
         classes: Sequence[str] = DEFAULT_CLASSES,
+        positive_class: str = "PNEUMONIA",
         image_size: int = 224,
         batch_size: int = 32,
         num_workers: int = 0,
@@ -56,6 +57,12 @@ class XrayDataModule(L.LightningDataModule):
             raise PneumoError(f"data.val_holdout must be one of {', '.join(HOLDOUTS)}, got {val_holdout!r}")
         self.root = Path(root)
         self.classes = list(classes)
+        if len(self.classes) != 2 or len(set(self.classes)) != 2 or positive_class not in self.classes:
+            raise PneumoError(
+                f"data.classes={self.classes} with data.positive_class={positive_class!r}: pneumo sorts "
+                "films into two classes, named by their folders, one of which is the positive class"
+            )
+        self.positive_class = positive_class
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -71,6 +78,11 @@ class XrayDataModule(L.LightningDataModule):
         self.val_set: XrayDataset | None = None
 
     # -- discovering files -------------------------------------------------------------
+    @property
+    def positive_index(self) -> int:
+        """The positive class's place in ``classes``: the network's output column for it."""
+        return self.classes.index(self.positive_class)
+
     def check_root(self) -> None:
         """Fail early, naming the path, when the data root is missing."""
         if not self.root.is_dir():
@@ -100,10 +112,30 @@ class XrayDataModule(L.LightningDataModule):
                 len(val),
                 self.min_val_images,
             )
+        self._check_patient_names(train)
         train_idx, val_idx = patient_split(
             [s.path for s in train], [s.label for s in train], self.val_fraction, self.seed, self.val_holdout
         )
         return [train[i] for i in train_idx], [train[i] for i in val_idx]
+
+    def _check_patient_names(self, samples: list[Sample]) -> None:
+        """Say when file names carry no patient ID: each such file then counts as its own patient."""
+        unknown = [s.path for s in samples if not known_patient_name(s.path)]
+        if not unknown:
+            return
+        if self.val_holdout == "earliest":
+            raise PneumoError(
+                f"data.val_holdout=earliest orders patients by the number in Kermany file names, but "
+                f"{len(unknown)} of {len(samples)} files have none (e.g. {unknown[0]}); use "
+                "data.val_holdout=random"
+            )
+        log.warning(
+            "%d of %d file names carry no patient ID (e.g. %s): each counts as its own patient, so "
+            "films of one patient may sit on both sides of the validation split",
+            len(unknown),
+            len(samples),
+            unknown[0],
+        )
 
     def class_counts(self) -> list[int]:
         """Images per class in the training set (after the validation split)."""
@@ -164,7 +196,7 @@ class XrayDataModule(L.LightningDataModule):
         images, labels, seeds = batch
         if images.numel() == 0:  # every file of the batch was bad and skipped
             return images, labels
-        x = images.to(torch.float32).div_(255.0)
+        x = to_unit(images)
         if self.trainer is not None and self.trainer.training:
             generator = torch.Generator().manual_seed(int(seeds[0]))
             x = self.augment(x, generator)

@@ -111,13 +111,18 @@ def load_image(path: str | Path, image_size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(grey, dtype=np.uint8).copy()).unsqueeze(0)
 
 
+def to_unit(batch: torch.Tensor) -> torch.Tensor:
+    """A uint8 batch as float32 in [0, 1]: the one place pixels are scaled."""
+    return batch.to(torch.float32).div_(255.0)
+
+
 def to_model_input(
     batch: torch.Tensor,
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
 ) -> torch.Tensor:
     """Turn a ``N x 1 x H x W`` batch (uint8, or float in [0, 1]) into normalised ``N x 3 x H x W``."""
-    x = batch.to(torch.float32).div_(255.0) if batch.dtype == torch.uint8 else batch
+    x = to_unit(batch) if batch.dtype == torch.uint8 else batch
     x = x.expand(-1, len(mean), -1, -1)
     mean_t = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)

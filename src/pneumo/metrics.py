@@ -1,0 +1,89 @@
+"""The classification figures: one definition for training's logs and for pneumo-eval.
+
+Probabilities are of the positive class; labels are decided by ``threshold.is_positive``
+(never by torchmetrics' own ``p > threshold``), and every ratio comes from ``ratios``, so
+training, pneumo-eval and the tests count a film the same way. A ratio with nothing to
+count (no positive film, say) is NaN, not 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torchmetrics
+from torchmetrics.classification import BinaryAUROC
+
+from pneumo.threshold import is_positive
+
+FIGURES = ("acc", "sensitivity", "specificity", "precision", "f1")
+
+
+def ratios(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
+    """Accuracy, sensitivity (recall of the positive class), specificity, precision and F1."""
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else float("nan")
+
+    return {
+        "acc": ratio(tp + tn, tp + tn + fp + fn),
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "precision": ratio(tp, tp + fp),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def confusion_counts(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``[tp, fp, tn, fn]`` of the labels ``is_positive`` gives at ``threshold``."""
+    predicted = is_positive(probs, threshold).to(targets.device)
+    truth = targets.bool()
+    tp, fp = (predicted & truth).sum(), (predicted & ~truth).sum()
+    tn, fn = (~predicted & ~truth).sum(), (~predicted & truth).sum()
+    return torch.stack([tp, fp, tn, fn])
+
+
+class ThresholdFigure(torchmetrics.Metric):
+    """One of ``FIGURES`` at a fixed threshold, accumulated over batches (and summed across ranks)."""
+
+    full_state_update = False
+
+    def __init__(self, figure: str, threshold: float = 0.5) -> None:
+        super().__init__()
+        if figure not in FIGURES:
+            raise ValueError(f"figure must be one of {FIGURES}, got {figure!r}")
+        self.figure = figure
+        self.threshold = threshold
+        self.add_state("counts", default=torch.zeros(4, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.counts += confusion_counts(probs, targets, self.threshold)
+
+    def compute(self) -> torch.Tensor:
+        return torch.tensor(ratios(*self.counts.tolist())[self.figure])
+
+
+def classification_metrics(prefix: str = "", threshold: float = 0.5) -> torchmetrics.MetricCollection:
+    """AUROC on the probabilities and every one of ``FIGURES`` at ``threshold``."""
+    members: dict[str, torchmetrics.Metric] = {"auroc": BinaryAUROC()}
+    members.update({name: ThresholdFigure(name, threshold) for name in FIGURES})
+    return torchmetrics.MetricCollection(members, prefix=prefix)
+
+
+def metrics_at(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> dict[str, Any]:
+    """Every figure at ``threshold``, with the confusion matrix (rows truth, columns prediction)."""
+    tp, fp, tn, fn = confusion_counts(probs, targets, threshold).tolist()
+    return {"threshold": threshold, **ratios(tp, fp, tn, fn), "confusion_matrix": [[tn, fp], [fn, tp]]}
+
+
+def evaluation_metrics(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> dict[str, Any]:
+    """The figures of metrics.json: counts, AUROC, and everything at ``threshold`` and at 0.5."""
+    both = targets.unique().numel() == 2
+    return {
+        "n": int(targets.numel()),
+        "n_normal": int((targets == 0).sum()),
+        "n_pneumonia": int((targets == 1).sum()),
+        "auroc": float(BinaryAUROC()(probs, targets.long())) if both else float("nan"),
+        **metrics_at(probs, targets, threshold),
+        "at_0.5": metrics_at(probs, targets, 0.5),
+    }

@@ -1,0 +1,71 @@
+"""The network: a torchvision ResNet18 with a two-class head, and its pretrained weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
+
+from pneumo.errors import PneumoError
+
+# A binary classifier: the positive class and the other one.
+NUM_CLASSES = 2
+
+
+def build_resnet18(num_classes: int = NUM_CLASSES) -> nn.Module:
+    """An untrained torchvision ResNet18 whose last layer has ``num_classes`` outputs."""
+    net = resnet18(weights=None)
+    net.fc = nn.Linear(net.fc.in_features, num_classes)
+    return net
+
+
+def _imagenet_state_dict(weights: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights by torchvision name (downloaded once) or from a local file."""
+    if Path(weights).suffix in (".pth", ".pt", ".ckpt", ".bin") or Path(weights).exists():
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise PneumoError(f"model.weights file not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise PneumoError(f"model.weights file {path} is not a PyTorch state dict: {err}") from err
+        return state.get("state_dict", state) if isinstance(state, dict) else state
+    try:
+        enum = ResNet18_Weights[weights]
+    except KeyError:
+        names = ", ".join(w.name for w in ResNet18_Weights)
+        raise PneumoError(
+            f"model.weights={weights!r} is neither a file nor a torchvision weight name ({names}); "
+            "use null to train from scratch"
+        ) from None
+    try:
+        return enum.get_state_dict(progress=False)
+    except Exception as err:
+        file_name = Path(enum.url).name
+        raise PneumoError(
+            f"could not download the {weights} weights ({type(err).__name__}: {err}). Without "
+            f"network, copy {file_name} from {enum.url} to ~/.cache/torch/hub/checkpoints/ "
+            f"or pass model.weights=/path/to/{file_name}; or train from scratch with "
+            "model.weights=null"
+        ) from err
+
+
+def load_backbone_weights(net: nn.Module, weights: str) -> None:
+    """Load pretrained ResNet18 weights into ``net``, all layers but the classifier head."""
+    state = _imagenet_state_dict(weights)
+    state = {k.removeprefix("net.").removeprefix("module."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise PneumoError(
+            f"model.weights={weights} does not fit a ResNet18: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+
+
+def positive_probability(logits: torch.Tensor, positive_index: int) -> torch.Tensor:
+    """P(positive class) from the network's logits: the softmax column of ``positive_index``."""
+    return logits.softmax(dim=1)[:, positive_index]

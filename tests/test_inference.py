@@ -1,0 +1,33 @@
+"""Training's validation and pneumo-predict see the same pixels and read the same output column."""
+
+import lightning as L
+import pytest
+import torch
+
+from pneumo.checkpoint import load_model
+from pneumo.inference import predict
+from pneumo.train import build, train
+from tests.conftest import FAST, make_cfg
+
+
+@pytest.mark.parametrize("classes", ["[NORMAL,PNEUMONIA]", "[PNEUMONIA,NORMAL]"])
+def test_validation_probabilities_equal_predict_on_the_same_files(tmp_path, tiny_root, classes):
+    overrides = [*FAST, f"data.root={tiny_root}", f"data.classes={classes}", "data.image_size=48"]
+    train(make_cfg(tmp_path / "run", overrides))
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+
+    datamodule, model, _ = build(make_cfg(tmp_path / "again", overrides))
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
+    logged, positive = model.val_predictions
+
+    loaded = load_model(best)
+    samples = datamodule.val_set.samples
+    rows = predict(loaded, [s.path for s in samples])
+    assert len(rows) == len(logged) > 0
+    predicted = torch.tensor([r.p_pneumonia for r in rows], dtype=torch.float64)
+    assert torch.allclose(predicted, logged.double(), atol=1e-5)
+    # P(PNEUMONIA) and PNEUMONIA's labels, wherever the class sits in data.classes
+    assert loaded.meta.positive_class == "PNEUMONIA"
+    assert positive.tolist() == [int(s.path.parent.name == "PNEUMONIA") for s in samples]
+    assert all((r.label == "PNEUMONIA") == (r.p_pneumonia >= loaded.threshold) for r in rows)
