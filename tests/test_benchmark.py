@@ -5,6 +5,9 @@ import torch
 
 from tests.conftest import REPO, SAMPLE, run_cli
 
+# Every test here runs the benchmark script in a child process.
+pytestmark = pytest.mark.slow
+
 
 def test_benchmark_runs_every_mode_on_a_few_tiny_images():
     result = run_cli(

@@ -19,6 +19,7 @@ def test_each_ablation_changes_the_experiment(tmp_path, ablation):
     assert changed != recipe
 
 
+@pytest.mark.slow
 def test_ablation_sweep_is_summarised_one_row_a_job(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
@@ -49,11 +50,13 @@ def test_ablation_sweep_is_summarised_one_row_a_job(tmp_path):
         assert row["time/train_epoch_s"] > 0
 
 
+@pytest.mark.slow
 def test_a_folder_without_runs_is_named(tmp_path):
     result = run_cli(str(REPO / "scripts" / "compare_runs.py"), str(tmp_path))
     assert result.returncode == 2 and str(tmp_path) in result.stderr
 
 
+@pytest.mark.slow
 def test_evaluation_folders_are_not_runs(tmp_path, trained_ckpt):
     from pneumo.evaluate import evaluate
 

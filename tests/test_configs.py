@@ -1,4 +1,7 @@
-"""Every preset composes and instantiates: DataModule, LightningModule and Trainer, without training."""
+"""Every preset composes and instantiates: DataModule, LightningModule and Trainer, without training;
+the evaluation config's defaults, run as pneumo-eval runs them."""
+
+import json
 
 import lightning as L
 import pytest
@@ -38,7 +41,12 @@ def test_preset_instantiates_datamodule_module_and_trainer(tmp_path, overrides):
     assert optimizer.defaults["lr"] == cfg.model.optimizer.lr
 
 
-def test_eval_config_composes_with_its_defaults(tmp_path):
-    cfg = make_cfg(tmp_path, ["ckpt_path=best.ckpt"], config_name="eval")
-    assert cfg.data.split == "test" and cfg.tta is False
-    assert cfg.ckpt_path == "best.ckpt"
+def test_eval_defaults_evaluate_the_test_split_without_tta(tmp_path, tiny_root, trained_ckpt):
+    from pneumo.evaluate import main as eval_main
+
+    # composed as pneumo-eval composes it, given only the checkpoint and the data root
+    cfg = make_cfg(tmp_path, [f"ckpt_path={trained_ckpt}", f"data.root={tiny_root}"], config_name="eval")
+    auroc = eval_main(cfg)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["split"] == "test" and saved["n"] == 16  # tiny_root/test, not the validation split
+    assert saved["tta"] is False and saved["auroc"] == auroc

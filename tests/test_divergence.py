@@ -13,6 +13,7 @@ from pneumo.predict import main as predict_main
 from tests.conftest import FAST, SAMPLE, run_cli, sample_files
 
 
+@pytest.mark.slow
 def test_a_run_with_a_runaway_learning_rate_stops_in_one_line(tmp_path):
     result = run_cli(
         "-m",
@@ -64,6 +65,7 @@ def test_predict_and_export_refuse_a_diverged_checkpoint(tmp_path, diverged_ckpt
     assert not (tmp_path / "exported" / "preprocessing.json").exists()
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_checkpoint_with_a_nan_weight(tmp_path, trained_ckpt):
     checkpoint = torch.load(trained_ckpt, weights_only=True)
     checkpoint["state_dict"]["net.fc.bias"][1] = float("inf")

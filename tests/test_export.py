@@ -42,6 +42,7 @@ def test_onnx_contract_names_and_dynamic_batch(tmp_path, trained_ckpt, images):
         assert np.abs(out - expected[:size]).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_export_command_line(tmp_path, trained_ckpt):
     result = run_cli(
         "-m", "pneumo.export", "--ckpt", str(trained_ckpt), "--format", "torchscript", "--out", str(tmp_path)
@@ -50,6 +51,7 @@ def test_export_command_line(tmp_path, trained_ckpt):
     assert "max |p_torchscript - p_pytorch| on 16 images" in result.stdout
 
 
+@pytest.mark.slow
 def test_export_refuses_a_foreign_checkpoint(tmp_path):
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)

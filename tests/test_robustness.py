@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pneumo.data.cli import main as data_main
 from pneumo.data.preprocess import BadImageError, load_image
 from pneumo.data.sources import convert_medmnist_npz
 from pneumo.data.verify import verify
@@ -83,18 +84,25 @@ def test_verify_reports_each_problem(messy_root):
     assert report.errors and not report.as_dict()["ok"]
 
 
-def test_verify_clean_data_exits_zero_with_json(tmp_path):
-    result = run_cli("-m", "pneumo.data.cli", "verify", str(SAMPLE), "--json")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["ok"] and report["counts"] == {"train": {"NORMAL": 8, "PNEUMONIA": 8}}
+def _verify_command(capsys, *args: str) -> tuple[int, str]:
+    """``pneumo-data verify ARGS`` in this process: (exit status, standard output)."""
+    with pytest.raises(SystemExit) as stop:
+        data_main(["verify", *args])
+    return stop.value.code, capsys.readouterr().out
+
+
+def test_verify_clean_data_exits_zero_with_json(capsys):
+    status, out = _verify_command(capsys, str(SAMPLE), "--json")
+    report = json.loads(out)
+    assert status == 0 and report["ok"] and report["counts"] == {"train": {"NORMAL": 8, "PNEUMONIA": 8}}
     assert report["modes"] == {"L": 16}
+    assert report["ignored_files"] == [str(SAMPLE / "README.md")]  # beside the class folders
 
 
-def test_verify_messy_data_exits_nonzero(messy_root):
-    result = run_cli("-m", "pneumo.data.cli", "verify", str(messy_root))
-    assert result.returncode == 1
-    assert "truncated.jpeg" in result.stdout and "patient in several splits" in result.stdout
+def test_verify_messy_data_exits_nonzero(messy_root, capsys):
+    status, out = _verify_command(capsys, str(messy_root))
+    assert status == 1
+    assert "truncated.jpeg" in out and "patient in several splits" in out
 
 
 def test_decompression_bomb_is_refused(tmp_path):
@@ -119,6 +127,7 @@ def test_medmnist_npz_is_laid_out_as_folders(tmp_path):
         convert_medmnist_npz(tmp_path / "wrong.npz", tmp_path / "out2")
 
 
+@pytest.mark.slow
 def test_download_without_the_package_or_network_is_one_line(tmp_path):
     result = run_cli("-m", "pneumo.data.cli", "download", "--source", "medmnist", "--to", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -186,6 +195,7 @@ def _final_val_loss(run_dir: Path) -> float:
     return accumulator.Scalars("val/loss")[-1].value
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     killed = tmp_path / "killed"
     process = _start_training(killed)
@@ -210,6 +220,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     assert _final_val_loss(killed) == pytest.approx(_final_val_loss(straight), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path):
     run_dir = tmp_path / "run"
     process = _start_training(run_dir, "trainer.max_epochs=200")
@@ -221,6 +232,7 @@ def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path):
     assert "resume with ckpt_path=" in output
 
 
+@pytest.mark.slow
 def test_runs_started_together_get_their_own_directories(tmp_path):
     args = [sys.executable, "-m", "pneumo.train", *FAST, f"data.root={SAMPLE}", "debug=fast_dev_run"]
     processes = [

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,36 +26,129 @@ class Sample:
     label: int
 
 
+# The class folders a data root holds unless data.classes says otherwise.
+DEFAULT_CLASSES = ("NORMAL", "PNEUMONIA")
+# The split folders of the Kaggle/Kermany layout: DATA_ROOT/train, DATA_ROOT/val, DATA_ROOT/test.
+SPLITS = ("train", "val", "test")
+
+
 def is_image_file(path: Path) -> bool:
-    """True for files with an image extension; hidden files (.DS_Store, ._x.jpg) are not."""
+    """True for files with an image extension; hidden files (.DS_Store, ._x.jpg) are not.
+
+    Every other file (Thumbs.db, desktop.ini, notes.txt) is ignored by training, evaluation,
+    prediction and ``pneumo-data verify`` alike.
+    """
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def split_dirs(root: Path) -> dict[str, Path]:
+    """The split folders of a data root, by split name, in the order train, val, test.
+
+    A root with ``train/`` has the splits of ``SPLITS`` that are present; a root without it
+    is a folder of class folders and is itself the ``train`` split.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise PneumoError(f"data root not found: {root}")
+    if not (root / "train").is_dir():
+        return {"train": root}
+    return {name: root / name for name in SPLITS if (root / name).is_dir()}
+
+
+@dataclass
+class SplitListing:
+    """A split folder read by the training rules.
+
+    ``samples`` are the images training uses, ``ignored`` the files it leaves out (not
+    images, or not inside a class folder) and ``problems`` one message for each folder
+    problem that stops training: an unknown, missing, empty or unreadable class folder.
+    """
+
+    samples: list[Sample] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _unreadable(folder: Path) -> str:
+    """Why ``folder`` cannot be listed ('' when it can)."""
+    try:
+        with os.scandir(folder):
+            return ""
+    except PermissionError:
+        return "permission denied"
+    except OSError as err:
+        return err.strerror or str(err)
+
+
+def _unreadable_message(folder: Path, reason: str, what: str = "class folder") -> str:
+    return f"cannot read {what} {folder}: {reason}; give the user who trains read access to it"
+
+
+def list_split(split_dir: Path, classes: Sequence[str]) -> SplitListing:
+    """Read a split folder (one folder per class) as training does, collecting every problem.
+
+    Class folders are searched recursively, in fixed class order; hidden folders beside the
+    class folders are skipped.
+    """
+    listing = SplitListing()
+    if not split_dir.is_dir():
+        listing.problems.append(f"data folder not found: {split_dir}")
+        return listing
+    reason = _unreadable(split_dir)
+    if reason:
+        listing.problems.append(_unreadable_message(split_dir, reason, "data folder"))
+        return listing
+    entries = sorted(split_dir.iterdir())
+    listing.ignored.extend(p for p in entries if p.is_file())
+    folders = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
+    for folder in (p for p in folders if p.name not in classes):
+        hint = (
+            f" (a split folder: a data root with {folder.name}/ needs its training images in "
+            f"{split_dir / 'train'})"
+            if folder.name in SPLITS
+            else ""
+        )
+        listing.problems.append(
+            f"unknown class folder {folder}: expected only {', '.join(classes)} (data.classes); "
+            f"move it out of {split_dir} or add it to data.classes{hint}"
+        )
+    for label, name in enumerate(classes):
+        _list_class(split_dir / name, label, listing)
+    return listing
+
+
+def _list_class(class_dir: Path, label: int, listing: SplitListing) -> None:
+    """Add one class folder's images, ignored files and problems to ``listing``."""
+    if not class_dir.is_dir():
+        listing.problems.append(f"class folder missing: {class_dir} (every class in data.classes needs one)")
+        return
+    reason = _unreadable(class_dir)
+    if reason:
+        listing.problems.append(_unreadable_message(class_dir, reason))
+        return
+    found = sorted(class_dir.rglob("*"))
+    for folder in (p for p in found if p.is_dir()):
+        reason = _unreadable(folder)  # rglob passes over a folder it cannot list
+        if reason:
+            listing.problems.append(_unreadable_message(folder, reason, "folder"))
+    images = [p for p in found if is_image_file(p)]
+    listing.ignored.extend(p for p in found if p.is_file() and not is_image_file(p))
+    if not images:
+        listing.problems.append(f"class folder has no images: {class_dir} (expected .jpeg/.png files)")
+    listing.samples.extend(Sample(path, label) for path in images)
 
 
 def scan_split(split_dir: Path, classes: Sequence[str]) -> list[Sample]:
     """List the images of an ImageFolder-style directory, in fixed class order.
 
     Every sub-folder must be one of ``classes`` and every class must hold at least one
-    image; files that are not images (Thumbs.db, .DS_Store, notes) are ignored.
+    image; files that are not images (Thumbs.db, .DS_Store, notes) are ignored. The first
+    problem ``list_split`` finds stops with a ``PneumoError`` naming the folder.
     """
-    if not split_dir.is_dir():
-        raise PneumoError(f"data folder not found: {split_dir}")
-    folders = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    unknown = [name for name in folders if name not in classes]
-    if unknown:
-        raise PneumoError(
-            f"unknown class folder {split_dir / unknown[0]}: expected only {', '.join(classes)} "
-            f"(data.classes); move it out of {split_dir} or add it to data.classes"
-        )
-    samples: list[Sample] = []
-    for label, name in enumerate(classes):
-        class_dir = split_dir / name
-        if not class_dir.is_dir():
-            raise PneumoError(f"class folder missing: {class_dir} (every class in data.classes needs one)")
-        files = sorted(p for p in class_dir.rglob("*") if is_image_file(p))
-        if not files:
-            raise PneumoError(f"class folder has no images: {class_dir} (expected .jpeg/.png files)")
-        samples.extend(Sample(path, label) for path in files)
-    return samples
+    listing = list_split(split_dir, classes)
+    if listing.problems:
+        raise PneumoError(listing.problems[0])
+    return listing.samples
 
 
 class XrayDataset(Dataset):
@@ -171,9 +265,14 @@ def collate_skipping_bad(
 class EpochSampler(Sampler):
     """Shuffled (or class-weighted) order that depends only on ``seed`` and the epoch.
 
-    Yields ``(index, augmentation_seed)`` pairs, so both the order of epoch k and the
-    augmentation of every batch in it are fixed by (seed, k): a run resumed from a
-    checkpoint continues exactly as the uninterrupted run, whatever the worker count.
+    Yields ``(index, seed)`` pairs: one seed is drawn for every sample, but only one per
+    batch is used. ``XrayDataModule.on_after_batch_transfer`` seeds the augmentation of a
+    whole batch with the seed of its first sample, and the other seeds are never read
+    (``BatchAugment`` still makes one random draw per image, from that one generator).
+    So the order of epoch k and the augmentation of each of its batches are fixed by
+    (seed, k) and the batch size: a run resumed from a checkpoint continues exactly as the
+    uninterrupted run, whatever the worker count. Drawing one seed per batch instead would
+    change the results of every seeded run, so the draws stay as they are.
     Lightning calls ``set_epoch`` before every epoch.
     """
 

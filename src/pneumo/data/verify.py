@@ -1,20 +1,25 @@
-"""Checking a dataset before an experiment trusts it: ``pneumo-data verify DATA_ROOT``."""
+"""Checking a dataset before an experiment trusts it: ``pneumo-data verify DATA_ROOT``.
+
+The folders and files are read by the rules training uses (``pneumo.data.dataset``: which
+split folders a root has, which files are images, which are ignored), so every folder
+problem that would stop training is reported here as an error.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
+from pneumo.data.dataset import DEFAULT_CLASSES, list_split, split_dirs
 from pneumo.data.preprocess import BadImageError, read_grey
 from pneumo.data.split import known_patient_name, patient_id
-from pneumo.errors import PneumoError
 
-SPLITS = ("train", "val", "test")
 # Smaller than this a side, an "X-ray" carries no diagnostic detail: warn.
 MIN_SIDE = 32
 
@@ -37,7 +42,10 @@ class Report:
     """The outcome of a verification; ``errors`` would corrupt an experiment, ``warnings`` not."""
 
     root: str
+    classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Unknown, missing, empty or unreadable class folders: each stops training.
+    folder_errors: list[str] = field(default_factory=list)
     bad_files: list[dict[str, str]] = field(default_factory=list)
     duplicates_within: list[list[str]] = field(default_factory=list)
     duplicates_across: list[list[str]] = field(default_factory=list)
@@ -53,6 +61,8 @@ class Report:
     @property
     def errors(self) -> list[str]:
         found = []
+        if self.folder_errors:
+            found.append(f"{len(self.folder_errors)} class-folder problems (training stops on them)")
         if self.bad_files:
             found.append(f"{len(self.bad_files)} unreadable files")
         if self.duplicates_across:
@@ -74,7 +84,10 @@ class Report:
         if self.tiny_images:
             found.append(f"{len(self.tiny_images)} images smaller than {MIN_SIDE} px a side")
         if self.ignored_files:
-            found.append(f"{len(self.ignored_files)} non-image files ignored")
+            found.append(
+                f"{len(self.ignored_files)} files ignored, as training ignores them "
+                "(not images, or outside the class folders)"
+            )
         return found
 
     def as_dict(self) -> dict:
@@ -87,7 +100,13 @@ class Report:
 
 
 def _inspect(path: Path, split: str, label: str) -> FileInfo:
-    data = path.read_bytes()
+    """Hash and fully decode one file; a file that cannot be read gets its reason in ``error``."""
+    try:
+        data = path.read_bytes()
+    except PermissionError:
+        return FileInfo(path, split, label, "", error="permission denied")
+    except OSError as err:
+        return FileInfo(path, split, label, "", error=f"cannot read ({err.strerror or err})")
     info = FileInfo(path, split, label, hashlib.sha1(data).hexdigest())
     if not data:
         info.error = "zero-byte file"
@@ -102,28 +121,21 @@ def _inspect(path: Path, split: str, label: str) -> FileInfo:
     return info
 
 
-def _layout(root: Path) -> list[tuple[str, Path]]:
-    """(split name, split folder) pairs; a folder of class folders is one split, 'train'."""
-    if not root.is_dir():
-        raise PneumoError(f"data root not found: {root}")
-    splits = [(name, root / name) for name in SPLITS if (root / name).is_dir()]
-    return splits or [("train", root)]
+def verify(root: str | Path, classes: Sequence[str] = DEFAULT_CLASSES, threads: int = 4) -> Report:
+    """Read every file under ``root`` once and report what could harm an experiment.
 
-
-def verify(root: str | Path, threads: int = 4) -> Report:
-    """Read every file under ``root`` once and report what could harm an experiment."""
+    ``classes`` are the class folder names (``data.classes``); the splits, images and ignored
+    files are those training sees.
+    """
     root = Path(root)
-    report = Report(str(root))
+    classes = list(classes)
+    report = Report(str(root), classes)
     jobs: list[tuple[Path, str, str]] = []
-    for split, split_dir in _layout(root):
-        for path in sorted(split_dir.rglob("*")):
-            if not path.is_file():
-                continue
-            label = path.relative_to(split_dir).parts[0] if path.parent != split_dir else ""
-            if path.name.startswith(".") or path.name.lower() in ("thumbs.db", "desktop.ini") or not label:
-                report.ignored_files.append(str(path))
-            else:
-                jobs.append((path, split, label))
+    for split, split_dir in split_dirs(root).items():
+        listing = list_split(split_dir, classes)
+        report.folder_errors.extend(listing.problems)
+        report.ignored_files.extend(str(path) for path in listing.ignored)
+        jobs.extend((sample.path, split, classes[sample.label]) for sample in listing.samples)
     with ThreadPoolExecutor(threads) as pool:
         infos = list(pool.map(lambda job: _inspect(*job), jobs))
 
