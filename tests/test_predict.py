@@ -1,5 +1,7 @@
 import csv
 import json
+import os
+import pickle
 
 import pytest
 import torch
@@ -87,13 +89,23 @@ def test_foreign_corrupt_and_unsafe_checkpoints_are_refused(tmp_path, trained_ck
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(PneumoError, match="not a pneumo checkpoint"):
         load_model(foreign)
-    corrupt = tmp_path / "corrupt.ckpt"
-    corrupt.write_bytes(trained_ckpt.read_bytes()[:5000])
-    with pytest.raises(PneumoError, match="not a readable PyTorch checkpoint"):
-        load_model(corrupt)
+    hostile_pickle = tmp_path / "hostile.ckpt"
+    hostile_pickle.write_bytes(pickle.dumps(NotPlainData()))
+    for name, payload in {
+        "corrupt": trained_ckpt.read_bytes()[:5000],
+        "random": os.urandom(4000),
+        "empty": b"",
+        "hostile": hostile_pickle.read_bytes(),
+    }.items():
+        bad = tmp_path / f"{name}.ckpt"
+        bad.write_bytes(payload)
+        with pytest.raises(PneumoError, match="not a PyTorch checkpoint .* refused without reading") as err:
+            load_model(bad)
+        assert "weights_only" not in str(err.value)
     unsafe = tmp_path / "unsafe.ckpt"
     checkpoint = torch.load(trained_ckpt, weights_only=True)
     checkpoint["extra"] = NotPlainData()
     torch.save(checkpoint, unsafe)
-    with pytest.raises(PneumoError, match="pickled Python objects that pneumo refuses to load"):
+    with pytest.raises(PneumoError, match="pickled Python objects or code that pneumo refuses") as err:
         load_model(unsafe)
+    assert "weights_only" not in str(err.value)

@@ -69,17 +69,17 @@ def messy_root(tiny_root: Path) -> Path:
 def test_verify_reports_each_problem(messy_root):
     report = verify(messy_root)
     reasons = {Path(b["path"]).name: b["reason"] for b in report.bad_files}
-    assert reasons.keys() == {"truncated.jpeg", "empty.jpeg", "text.jpeg", "crc.png", "bomb.png"}
+    assert reasons.keys() == {"truncated.jpeg", "empty.jpeg", "text.jpeg", "crc.png", "bomb.png", "tiny.png"}
     assert reasons["empty.jpeg"] == "zero-byte file"
     assert "truncated" in reasons["truncated.jpeg"]
     assert "not a readable image" in reasons["text.jpeg"]
     assert "too large" in reasons["bomb.png"]
-    assert report.counts["train"] == {"NORMAL": 8, "PNEUMONIA": 9}
+    assert "1x1 px is smaller than 32 px a side" in reasons["tiny.png"]  # the rule training applies
+    assert report.counts["train"] == {"NORMAL": 8, "PNEUMONIA": 8}
     assert report.counts["test"] == {"NORMAL": 8, "PNEUMONIA": 7}
     # tiny_root's test/ repeats train/: every file is a cross-split duplicate, every patient leaks
     assert len(report.duplicates_across) == 15
     assert "person1947" in report.patients_across and "normal2-im-1427" in report.patients_across
-    assert any(p.endswith("tiny.png") for p in report.tiny_images)
     assert any(p.endswith(".DS_Store") for p in report.ignored_files)
     assert report.errors and not report.as_dict()["ok"]
 

@@ -12,7 +12,7 @@ from pneumo.evaluate import evaluate
 from pneumo.export import export
 from pneumo.inference import collect_images, predict, probabilities
 from pneumo.model import XrayClassifier
-from pneumo.threshold import POSITIVE_IF, choose_threshold, is_positive
+from pneumo.threshold import POSITIVE_IF, choose_threshold, is_positive, threshold_spread
 
 # Ten validation cases: five NORMAL (0) and five PNEUMONIA (1), ranked by P(pneumonia).
 PROBS = torch.tensor([0.05, 0.10, 0.20, 0.30, 0.60, 0.40, 0.55, 0.70, 0.80, 0.90])
@@ -104,3 +104,15 @@ def test_eval_counts_a_film_at_the_threshold_as_predict_labels_it(tmp_path, trai
         expected[truth[row.path]][int(row.label == "PNEUMONIA")] += 1
     metrics = evaluate(str(tmp_path / "at.ckpt"), str(tiny_root), "test", tmp_path / "eval")
     assert metrics["confusion_matrix"] == expected
+
+
+def test_threshold_spread_brackets_the_threshold_of_the_full_split():
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.cat([torch.zeros(60), torch.ones(140)]).long()
+    probs = (torch.randn(200, generator=generator) * 0.2 + 0.35 + 0.3 * targets).clamp(0, 1)
+    spread = threshold_spread(probs, targets, target_sensitivity=0.9, resamples=100)
+    assert set(spread) == {"youden", "sensitivity"}
+    for method, cuts in spread.items():
+        full = choose_threshold(probs, targets, method, 0.9)
+        assert cuts["p05"] <= full <= cuts["p95"] and cuts["p05"] < cuts["p95"]
+    assert spread == threshold_spread(probs, targets, target_sensitivity=0.9, resamples=100)  # seeded

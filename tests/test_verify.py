@@ -85,7 +85,7 @@ CASES = [
         "unknown class folder",
         lambda r: _film(r / "train/COVID/IM-9999-0001.jpeg").parent,
         "error",
-        r"unknown class folder .*COVID: expected only NORMAL, PNEUMONIA",
+        r"unknown class folder .*COVID: pneumo sorts films into two classes, NORMAL and PNEUMONIA",
     ),
     _case(
         "empty class folder",

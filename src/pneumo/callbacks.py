@@ -55,8 +55,9 @@ class EpochReport(L.Callback):
         log.info(
             "epoch %d/%d  train loss %s acc %s  |  val loss %s acc %s auroc %s sens %s spec %s  "
             "|  train time %.1fs  val time %.1fs",
-            trainer.current_epoch + 1,
-            trainer.max_epochs,
+            # counted from 0, as Lightning's progress bar, TensorBoard and checkpoints count them
+            trainer.current_epoch,
+            trainer.max_epochs - 1,
             show("train/loss"),
             show("train/acc"),
             show("val/loss"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -160,24 +162,34 @@ class LoadedModel:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True``; explain every way the file can be wrong."""
+    """``torch.load`` with ``weights_only=True``; explain every way the file can be wrong.
+
+    Nothing is ever unpickled beyond tensors and plain data: a file that would need more is
+    refused, and the message never suggests loading it unsafely.
+    """
     path = Path(path)
     if not path.is_file():
-        raise PneumoError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "GLOBAL" not in str(err):  # damaged bytes, not a forbidden object
-            raise PneumoError(f"{path} is not a readable PyTorch checkpoint (corrupt: {err})") from err
+        what = "is a folder, not a checkpoint file" if path.is_dir() else "not found"
+        raise PneumoError(f"checkpoint {what}: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; raw pickles are refused unread
         raise PneumoError(
-            f"{path} holds pickled Python objects that pneumo refuses to load (unpickling them "
-            "could run arbitrary code); pneumo checkpoints contain only plain data. Use a "
-            "checkpoint written by pneumo-train, or re-save this one's state_dict alone"
+            f"{path} is not a PyTorch checkpoint (torch.save writes a zip archive; this file is "
+            f"{path.stat().st_size} bytes of something else); refused without reading it. Use a "
+            "best.ckpt or last.ckpt written by pneumo-train"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise PneumoError(
+            f"{path} holds pickled Python objects or code that pneumo refuses to load (unpickling "
+            "them could run arbitrary code); pneumo checkpoints contain only tensors and plain "
+            "data. Use a checkpoint written by pneumo-train"
         ) from err
     except Exception as err:
-        raise PneumoError(
-            f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
-        ) from err
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise PneumoError(f"{path} is a damaged PyTorch checkpoint ({reason})") from err
     if not isinstance(checkpoint, dict) or "pneumo" not in checkpoint or "state_dict" not in checkpoint:
         raise PneumoError(
             f"{path} is not a pneumo checkpoint (no 'pneumo' metadata); use a best.ckpt or "

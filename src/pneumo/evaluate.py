@@ -27,6 +27,7 @@ from pneumo.inference import label_for, predict
 from pneumo.metrics import evaluation_metrics
 from pneumo.plots import plot_confusion, plot_roc
 from pneumo.provenance import validation_samples
+from pneumo.threshold import threshold_spread
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,12 @@ def print_table(metrics: dict[str, Any]) -> None:
             f"{row['threshold']:.3f}", *(f"{row[k]:.4f}" for k in ("acc", "sensitivity", "specificity", "f1"))
         )
     Console().print(table)
+    for method, cuts in metrics["threshold_spread"].items():
+        Console().print(
+            f"threshold by {method} on resampled films: {cuts['p05']:.3f} to {cuts['p95']:.3f} "
+            f"(5th to 95th percentile, median {cuts['p50']:.3f})",
+            highlight=False,
+        )
 
 
 def evaluate(
@@ -68,8 +75,11 @@ def evaluate(
     kept = [r for r in rows if not r.error]
     probs = torch.tensor([r.p_pneumonia for r in kept])
     targets = torch.tensor([label_of[r.path] for r in kept])
+    target = float(model.meta.config.get("model", {}).get("target_sensitivity", 0.95))
     metrics = {
         **evaluation_metrics(probs, targets, model.threshold),
+        # where each threshold rule would land on resampled films: its reliability
+        "threshold_spread": threshold_spread(probs, targets, target) if targets.unique().numel() == 2 else {},
         "checkpoint": str(Path(ckpt_path).resolve()),
         "data_root": str(Path(root).resolve()),
         "split": split,

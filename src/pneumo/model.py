@@ -15,14 +15,14 @@ from pneumo.checkpoint import CheckpointMeta, read_meta
 from pneumo.errors import PneumoError
 from pneumo.metrics import classification_metrics
 from pneumo.network import NUM_CLASSES, build_resnet18, load_backbone_weights, positive_probability
-from pneumo.threshold import choose_threshold
+from pneumo.threshold import THRESHOLD_METHODS, choose_threshold
 
 log = logging.getLogger(__name__)
 
 
 class XrayClassifier(L.LightningModule):
     """ResNet18 sorting films into two classes; ``positive_index`` is the positive one's column
-    (PNEUMONIA's place in ``data.classes``, set from the DataModule by ``pneumo.train.build``).
+    (``data.positive_class``'s place in ``data.classes``, set by ``pneumo.train.build``).
 
     ``optimizer`` and ``scheduler`` are Hydra configs with ``_partial_: true``, kept as plain
     dicts (so checkpoints load with ``weights_only=True``) and instantiated in
@@ -42,6 +42,15 @@ class XrayClassifier(L.LightningModule):
         target_sensitivity: float = 0.95,
     ) -> None:
         super().__init__()
+        if threshold_method not in THRESHOLD_METHODS:
+            raise PneumoError(
+                f"model.threshold_method={threshold_method!r} is not valid: use one of "
+                f"{', '.join(THRESHOLD_METHODS)}"
+            )
+        if not 0.0 < target_sensitivity <= 1.0:
+            raise PneumoError(f"model.target_sensitivity={target_sensitivity} is not valid: use (0, 1]")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise PneumoError(f"model.label_smoothing={label_smoothing} is not valid: use a value in [0, 1)")
         self.save_hyperparameters(logger=False)
         self.net = build_resnet18(NUM_CLASSES)
         if weights:

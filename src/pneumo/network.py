@@ -41,7 +41,9 @@ def _imagenet_state_dict(weights: str) -> dict[str, torch.Tensor]:
             "use null to train from scratch"
         ) from None
     try:
-        return enum.get_state_dict(progress=False)
+        # the file's name carries the start of its SHA-256, checked before it is read, and
+        # only tensors are unpickled: a tampered or hostile download is refused
+        return enum.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except Exception as err:
         file_name = Path(enum.url).name
         raise PneumoError(

@@ -52,3 +52,31 @@ def choose_threshold(
         reaching = torch.nonzero(tpr >= target_sensitivity - 1e-12).flatten()
         best = int(reaching[0])  # thresholds descend, so the first is the highest
     return float(thresholds[best])
+
+
+def threshold_spread(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    target_sensitivity: float = 0.95,
+    resamples: int = 200,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """How far each method's threshold moves when the validation films are resampled.
+
+    Bootstrap (films drawn with replacement, ``seed`` fixed): the 5th, 50th and 95th
+    percentile of the threshold ``choose_threshold`` picks, per method. A threshold that
+    another draw of the same size would move far is not one to trust on new films.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    n = targets.numel()
+    picked: dict[str, list[float]] = {method: [] for method in THRESHOLD_METHODS if method != "fixed"}
+    for _ in range(resamples):
+        draw = torch.randint(0, n, (n,), generator=generator)
+        for method, values in picked.items():
+            values.append(choose_threshold(probs[draw], targets[draw], method, target_sensitivity))
+    quantiles = torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)
+    spread = {}
+    for method, values in picked.items():
+        cuts = torch.quantile(torch.tensor(values, dtype=torch.float64), quantiles).tolist()
+        spread[method] = dict(zip(("p05", "p50", "p95"), cuts))
+    return spread

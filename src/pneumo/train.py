@@ -77,6 +77,9 @@ def build(cfg: DictConfig) -> tuple[XrayDataModule, XrayClassifier, L.Trainer]:
         cfg.model, positive_index=datamodule.positive_index, _recursive_=False, _convert_="all"
     )
     model.meta = CheckpointMeta.for_run(datamodule, OmegaConf.to_container(cfg, resolve=True))
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
+        raise PneumoError(f"trainer.max_epochs={max_epochs} is not valid: use 1 or more (-1: no limit)")
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=_instantiate_dict(cfg.get("callbacks")),

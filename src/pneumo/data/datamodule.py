@@ -12,16 +12,39 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from pneumo.data.dataset import EpochSampler, Sample, XrayDataset, collate_skipping_bad, scan_split
-from pneumo.data.preprocess import to_model_input, to_unit
+from pneumo.data.dataset import (
+    DEFAULT_CLASSES,
+    EpochSampler,
+    Sample,
+    XrayDataset,
+    collate_skipping_bad,
+    scan_split,
+    split_dirs,
+)
+from pneumo.data.preprocess import MIN_SIDE, to_model_input, to_unit
 from pneumo.data.split import HOLDOUTS, known_patient_name, patient_split
 from pneumo.data.transforms import BatchAugment
 from pneumo.errors import PneumoError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CLASSES = ("NORMAL", "PNEUMONIA")
 BALANCE_MODES = ("loss", "sampler", "none")
+
+
+def _check_settings(
+    batch_size: int, image_size: int, num_workers: int, val_fraction: float, min_val_images: int
+) -> None:
+    """Refuse impossible data settings in one line each, before any file is read."""
+    checks = (
+        ("data.batch_size", batch_size, batch_size >= 1, "a positive number of images"),
+        ("data.image_size", image_size, image_size >= MIN_SIDE, f"at least {MIN_SIDE} px"),
+        ("data.num_workers", num_workers, num_workers >= 0, "0 or more loader processes"),
+        ("data.val_fraction", val_fraction, 0.0 < val_fraction < 1.0, "a fraction between 0 and 1"),
+        ("data.min_val_images", min_val_images, min_val_images >= 0, "0 or more"),
+    )
+    for key, value, ok, expected in checks:
+        if not ok:
+            raise PneumoError(f"{key}={value} is not valid: use {expected}")
 
 
 class XrayDataModule(L.LightningDataModule):
@@ -51,6 +74,7 @@ class XrayDataModule(L.LightningDataModule):
         seed: int = 42,
     ) -> None:
         super().__init__()
+        _check_settings(batch_size, image_size, num_workers, val_fraction, min_val_images)
         if balance not in BALANCE_MODES:
             raise PneumoError(f"data.balance must be one of {', '.join(BALANCE_MODES)}, got {balance!r}")
         if val_holdout not in HOLDOUTS:
@@ -84,7 +108,12 @@ class XrayDataModule(L.LightningDataModule):
         return self.classes.index(self.positive_class)
 
     def check_root(self) -> None:
-        """Fail early, naming the path, when the data root is missing."""
+        """Fail early, naming the path, when the data root is missing or not a folder."""
+        if self.root.exists() and not self.root.is_dir():
+            raise PneumoError(
+                f"data.root={self.root} is a file, not a folder; point it at the folder that holds "
+                "train/ (or the class folders)"
+            )
         if not self.root.is_dir():
             raise PneumoError(
                 f"data root not found: {self.root.resolve()}. Download the Kaggle 'Chest X-Ray "
@@ -93,15 +122,13 @@ class XrayDataModule(L.LightningDataModule):
                 "sample: pneumo-train experiment=quickstart"
             )
 
-    def _train_dir(self) -> Path:
-        return self.root / "train" if (self.root / "train").is_dir() else self.root
-
     def split_samples(self) -> tuple[list[Sample], list[Sample]]:
         """The (train, validation) samples: ``val/`` if big enough, else a patient split."""
         self.check_root()
-        train = scan_split(self._train_dir(), self.classes)
-        val_dir = self.root / "val"
-        if val_dir.is_dir():
+        folders = split_dirs(self.root)
+        train = scan_split(folders["train"], self.classes)
+        val_dir = folders.get("val")
+        if val_dir is not None:
             val = scan_split(val_dir, self.classes)
             if len(val) >= self.min_val_images:
                 return train, val
@@ -170,11 +197,14 @@ class XrayDataModule(L.LightningDataModule):
             self.train_set.check_classes_left(self.classes, "training")
             self.val_set.check_classes_left(self.classes, "validation")
 
-    def _loader(self, dataset: XrayDataset, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(
+        self, dataset: XrayDataset, sampler: Sampler | None = None, drop_last: bool = False
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
+            drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate_skipping_bad,
@@ -185,7 +215,17 @@ class XrayDataModule(L.LightningDataModule):
         if self.balance == "sampler":
             counts = self.class_counts()
             weights = [1.0 / max(counts[label], 1) for label in self.train_set.labels]
-        return self._loader(self.train_set, EpochSampler(len(self.train_set), self.seed, weights))
+        # BatchNorm cannot train on a last batch of one image; that image is drawn again in
+        # another epoch, since the order changes every epoch
+        single = len(self.train_set) % self.batch_size == 1
+        if single:
+            log.info(
+                "%d training images at data.batch_size=%d leave a last batch of one image: it is "
+                "left out of each epoch",
+                len(self.train_set),
+                self.batch_size,
+            )
+        return self._loader(self.train_set, EpochSampler(len(self.train_set), self.seed, weights), single)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)

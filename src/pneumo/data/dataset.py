@@ -109,8 +109,9 @@ def list_split(split_dir: Path, classes: Sequence[str]) -> SplitListing:
             else ""
         )
         listing.problems.append(
-            f"unknown class folder {folder}: expected only {', '.join(classes)} (data.classes); "
-            f"move it out of {split_dir} or add it to data.classes{hint}"
+            f"unknown class folder {folder}: pneumo sorts films into two classes, "
+            f"{' and '.join(classes)} (data.classes); move it out of {split_dir}, or rename the "
+            f"two class folders in data.classes{hint}"
         )
     for label, name in enumerate(classes):
         _list_class(split_dir / name, label, listing)

@@ -27,6 +27,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 # Chest films are at most ~4000 px a side; anything past this many pixels is a
 # malformed or hostile file (a "decompression bomb"), not an X-ray.
 MAX_PIXELS = 64_000_000
+# Below this many pixels a side an image is no chest film (an icon, a thumbnail, a 1x1
+# tracking pixel) and holds nothing to diagnose: a bad image, for training, verify and predict.
+MIN_SIDE = 32
 
 
 class BadImageError(PneumoError):
@@ -80,6 +83,11 @@ def read_grey(path: str | Path, draft_size: int | None = None) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
             width, height = image.size
+            if min(width, height) < MIN_SIDE:
+                raise BadImageError(
+                    f"{path}: {width}x{height} px is smaller than {MIN_SIDE} px a side; not an X-ray "
+                    "film (remove it, or skip such files with data.on_bad_image=skip)"
+                )
             if width * height > MAX_PIXELS:
                 raise BadImageError(
                     f"{path}: declared size {width}x{height} is too large for an X-ray "
@@ -93,6 +101,8 @@ def read_grey(path: str | Path, draft_size: int | None = None) -> Image.Image:
         raise
     except FileNotFoundError as err:
         raise BadImageError(f"{path}: file not found") from err
+    except PermissionError as err:
+        raise BadImageError(f"{path}: cannot read (permission denied)") from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImageError(
             f"{path}: declared size is too large for an X-ray, refusing to decode it ({err})"

@@ -20,9 +20,6 @@ from pneumo.data.dataset import DEFAULT_CLASSES, list_split, split_dirs
 from pneumo.data.preprocess import BadImageError, read_grey
 from pneumo.data.split import known_patient_name, patient_id
 
-# Smaller than this a side, an "X-ray" carries no diagnostic detail: warn.
-MIN_SIDE = 32
-
 
 @dataclass
 class FileInfo:
@@ -55,7 +52,6 @@ class Report:
     unknown_patient_names: list[str] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
     modes: dict[str, int] = field(default_factory=dict)
-    tiny_images: list[str] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
 
     @property
@@ -81,8 +77,6 @@ class Report:
                 f"{len(self.unknown_patient_names)} file names carry no known patient ID "
                 "(each is treated as its own patient)"
             )
-        if self.tiny_images:
-            found.append(f"{len(self.tiny_images)} images smaller than {MIN_SIDE} px a side")
         if self.ignored_files:
             found.append(
                 f"{len(self.ignored_files)} files ignored, as training ignores them "
@@ -154,8 +148,6 @@ def verify(root: str | Path, classes: Sequence[str] = DEFAULT_CLASSES, threads: 
         size = f"{info.size[0]}x{info.size[1]}"
         report.sizes[size] = report.sizes.get(size, 0) + 1
         report.modes[info.mode] = report.modes.get(info.mode, 0) + 1
-        if min(info.size) < MIN_SIDE:
-            report.tiny_images.append(str(info.path))
     report.counts = {split: dict(sorted(c.items())) for split, c in counts.items()}
     for group in by_hash.values():
         if len(group) > 1:
