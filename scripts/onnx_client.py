@@ -80,7 +80,7 @@ def classify(
             f"asks for {rule!r}; re-export the model with the current pneumo-export"
         )
     session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    column = spec["classes"].index(spec["positive_class"])
+    column = spec["classes"].index(spec.get("positive_class", spec["classes"][1]))
     rows = []
     for start in range(0, len(files), 16):
         chunk = files[start : start + 16]

@@ -19,7 +19,7 @@ BAD_SETTINGS = [
     ("data.batch_size=-1", r"data.batch_size=-1 is not valid"),
     ("data.val_fraction=1.5", r"data.val_fraction=1.5 is not valid: use a fraction between 0 and 1"),
     ("data.val_fraction=0", r"data.val_fraction=0 is not valid"),
-    ("data.image_size=0", r"data.image_size=0 is not valid: use at least 32 px"),
+    ("data.image_size=0", r"data.image_size=0 is not valid: use at least 28 px"),
     ("data.num_workers=-2", r"data.num_workers=-2 is not valid"),
     ("trainer.max_epochs=0", r"trainer.max_epochs=0 is not valid: use 1 or more"),
     ("model.threshold_method=yuden", r"model.threshold_method='yuden' is not valid: use one of youden"),
@@ -52,11 +52,11 @@ def _plant_tiny(folder: Path) -> Path:
 
 def test_a_one_pixel_image_is_refused_by_training_and_predict_alike(tmp_path, tiny_root, trained_ckpt):
     tiny = _plant_tiny(tiny_root / "train" / "NORMAL")
-    said = f"{tiny}: 1x1 px is smaller than 32 px a side"
+    said = f"{tiny}: 1x1 px is smaller than 28 px a side"
     with pytest.raises(PneumoError, match=said):
         train(make_cfg(tmp_path / "run", [*FAST, f"data.root={tiny_root}"]))
     [row] = predict(load_model(trained_ckpt), [tiny])
-    assert row.label == "" and row.error.startswith("1x1 px is smaller than 32 px a side")
+    assert row.label == "" and row.error.startswith("1x1 px is smaller than 28 px a side")
 
 
 def test_a_last_training_batch_of_one_image_is_left_out(tmp_path, tiny_root):

@@ -23,7 +23,7 @@ def test_metrics_agree_with_scikit_learn():
     assert metrics["f1"] == pytest.approx(f1_score(TARGETS, predicted))
     assert metrics["auroc"] == pytest.approx(roc_auc_score(TARGETS, PROBS))
     assert metrics["at_0.5"]["confusion_matrix"] == confusion_matrix(TARGETS, PROBS >= 0.5).tolist()
-    assert metrics["n"] == 12 and metrics["n_normal"] == 6
+    assert metrics["n"] == 12 and metrics["n_negative"] == 6
 
 
 def test_eval_writes_metrics_and_pictures(tmp_path, tiny_root, trained_ckpt):
@@ -55,7 +55,7 @@ def test_eval_on_the_validation_split_uses_the_runs_validation_files(tmp_path, t
     assert sorted(str(SAMPLE / path) for path, _ in recorded) == expected
     assert sorted(str(s.path) for s in split_samples(load_model(trained_ckpt), SAMPLE, "val")) == expected
     metrics = evaluate(str(trained_ckpt), str(SAMPLE), "val", tmp_path)
-    assert metrics["n"] == len(expected) == 4 and metrics["n_normal"] == 2
+    assert metrics["n"] == len(expected) == 4 and metrics["n_negative"] == 2
 
 
 @pytest.mark.slow

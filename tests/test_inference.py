@@ -10,16 +10,29 @@ from pneumo.train import build, train
 from tests.conftest import FAST, make_cfg
 
 
-@pytest.mark.parametrize("classes", ["[NORMAL,PNEUMONIA]", "[PNEUMONIA,NORMAL]"])
-def test_validation_probabilities_equal_predict_on_the_same_files(tmp_path, tiny_root, classes):
-    overrides = [*FAST, f"data.root={tiny_root}", f"data.classes={classes}", "data.image_size=48"]
+@pytest.mark.parametrize(
+    ("classes", "positive"),
+    [
+        ("[NORMAL,PNEUMONIA]", "PNEUMONIA"),
+        ("[PNEUMONIA,NORMAL]", "PNEUMONIA"),  # reversed order: still P(PNEUMONIA)
+        ("[NORMAL,PNEUMONIA]", "NORMAL"),  # another positive class, named
+    ],
+)
+def test_validation_probabilities_equal_predict_on_the_same_files(tmp_path, tiny_root, classes, positive):
+    overrides = [
+        *FAST,
+        f"data.root={tiny_root}",
+        f"data.classes={classes}",
+        f"data.positive_class={positive}",
+        "data.image_size=48",
+    ]
     train(make_cfg(tmp_path / "run", overrides))
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"
 
     datamodule, model, _ = build(make_cfg(tmp_path / "again", overrides))
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.validate(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
-    logged, positive = model.val_predictions
+    logged, is_positive = model.val_predictions
 
     loaded = load_model(best)
     samples = datamodule.val_set.samples
@@ -27,7 +40,7 @@ def test_validation_probabilities_equal_predict_on_the_same_files(tmp_path, tiny
     assert len(rows) == len(logged) > 0
     predicted = torch.tensor([r.p_pneumonia for r in rows], dtype=torch.float64)
     assert torch.allclose(predicted, logged.double(), atol=1e-5)
-    # P(PNEUMONIA) and PNEUMONIA's labels, wherever the class sits in data.classes
-    assert loaded.meta.positive_class == "PNEUMONIA"
-    assert positive.tolist() == [int(s.path.parent.name == "PNEUMONIA") for s in samples]
-    assert all((r.label == "PNEUMONIA") == (r.p_pneumonia >= loaded.threshold) for r in rows)
+    # P(positive class) and its labels, wherever the class sits in data.classes
+    assert loaded.meta.positive_class == positive
+    assert is_positive.tolist() == [int(s.path.parent.name == positive) for s in samples]
+    assert all((r.label == positive) == (r.p_pneumonia >= loaded.threshold) for r in rows)

@@ -149,7 +149,7 @@ def test_eval_on_val_uses_the_recorded_files_and_names_missing_ones(
     for index, source in enumerate(sample_files("NORMAL")):
         shutil.copy(source, tiny_root / "train" / "NORMAL" / f"IM-{9000 + index}-0001.jpeg")
     metrics = evaluate(str(ckpt), str(tiny_root), "val", tmp_path / "eval")
-    assert metrics["n"] == 4 and metrics["n_normal"] == 2
+    assert metrics["n"] == 4 and metrics["n_negative"] == 2
 
     older = torch.load(ckpt, weights_only=True)
     del older["pneumo"]["val_files"]  # a checkpoint written before the list was recorded

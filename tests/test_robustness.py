@@ -74,7 +74,7 @@ def test_verify_reports_each_problem(messy_root):
     assert "truncated" in reasons["truncated.jpeg"]
     assert "not a readable image" in reasons["text.jpeg"]
     assert "too large" in reasons["bomb.png"]
-    assert "1x1 px is smaller than 32 px a side" in reasons["tiny.png"]  # the rule training applies
+    assert "1x1 px is smaller than 28 px a side" in reasons["tiny.png"]  # the rule training applies
     assert report.counts["train"] == {"NORMAL": 8, "PNEUMONIA": 8}
     assert report.counts["test"] == {"NORMAL": 8, "PNEUMONIA": 7}
     # tiny_root's test/ repeats train/: every file is a cross-split duplicate, every patient leaks

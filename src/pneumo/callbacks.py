@@ -52,12 +52,13 @@ class EpochReport(L.Callback):
         def show(key: str, fmt: str = ".4f") -> str:
             return format(metrics[key], fmt) if key in metrics else "-"
 
+        # counted from 0, as Lightning's progress bar, TensorBoard and checkpoints count them
+        last = f"/{trainer.max_epochs - 1}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         log.info(
-            "epoch %d/%d  train loss %s acc %s  |  val loss %s acc %s auroc %s sens %s spec %s  "
+            "epoch %d%s  train loss %s acc %s  |  val loss %s acc %s auroc %s sens %s spec %s  "
             "|  train time %.1fs  val time %.1fs",
-            # counted from 0, as Lightning's progress bar, TensorBoard and checkpoints count them
             trainer.current_epoch,
-            trainer.max_epochs - 1,
+            last,
             show("train/loss"),
             show("train/acc"),
             show("val/loss"),

@@ -25,10 +25,6 @@ if TYPE_CHECKING:
     from pneumo.data.datamodule import XrayDataModule
 
 
-# The positive class of checkpoints written before it was recorded.
-DEFAULT_POSITIVE = "PNEUMONIA"
-
-
 @dataclass(frozen=True)
 class CheckpointMeta:
     """What a pneumo checkpoint says about itself, stored under ``checkpoint["pneumo"]``.
@@ -88,17 +84,26 @@ def read_meta(checkpoint: dict[str, Any], path: str | Path) -> CheckpointMeta:
             f"{path} has no pneumo metadata; use a best.ckpt or last.ckpt written by pneumo-train"
         )
     try:
+        if not isinstance(raw["classes"], list):
+            raise TypeError(f"classes is {raw['classes']!r}, not a list")
         classes = [str(c) for c in raw["classes"]]
         preprocessing = dict(raw["preprocessing"])
         meta = CheckpointMeta(
             classes=classes,
-            positive_class=str(raw.get("positive_class", DEFAULT_POSITIVE)),
+            # older checkpoints: column 1 was the positive class
+            positive_class=str(raw.get("positive_class", classes[1])),
             preprocessing=preprocessing,
             threshold=float(raw.get("threshold", 0.5)),
             val_files=raw.get("val_files"),
             config=dict(raw.get("config") or {}),
         )
-        meta.image_size, meta.mean, meta.std  # noqa: B018 - every later reader needs them
+        if len(meta.mean) != 3 or len(meta.std) != 3 or meta.image_size < 1:
+            raise ValueError(f"preprocessing {preprocessing!r} lacks a size and 3-channel mean and std")
+        files = meta.val_files or []
+        if not isinstance(files, list) or any(len(f) != 2 or f[1] not in classes for f in files):
+            raise ValueError("val_files is not a list of [path, class name] pairs")
+        if not isinstance(meta.config, dict) or not isinstance(meta.config.get("model", {}), dict):
+            raise ValueError("config is not a mapping")
     except (KeyError, TypeError, ValueError) as err:
         raise PneumoError(
             f"{path}: its pneumo metadata is incomplete or malformed ({type(err).__name__}: {err}); "

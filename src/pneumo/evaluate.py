@@ -85,6 +85,9 @@ def evaluate(
         "split": split,
         "tta": tta,
         "classes": model.classes,
+        "positive_class": model.meta.positive_class,
+        # rows truth, columns prediction, both in this order
+        "confusion_matrix_labels": [label_for(model, False), label_for(model, True)],
         "unreadable_files": [r.path for r in failed],
     }
     output_dir.mkdir(parents=True, exist_ok=True)

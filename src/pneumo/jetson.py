@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from pneumo.checkpoint import network_state_dict, read_checkpoint, read_meta
+from pneumo.checkpoint import load_model, network_state_dict, read_checkpoint
 from pneumo.errors import exit_on_user_error
 from pneumo.export import export
 
@@ -29,8 +29,8 @@ def write_model_dir(ckpt: Path, model_dir: Path) -> list[Path]:
     model_best.pth.tar follows jetson-inference's train.py: torchvision ResNet18 weights
     under ``state_dict`` with ``arch``, ``resolution``, ``num_classes`` and ``epoch``.
     """
+    meta = load_model(ckpt).meta  # refuses a diverged or malformed checkpoint before writing
     checkpoint = read_checkpoint(ckpt)
-    meta = read_meta(checkpoint, ckpt)
     best = model_dir / "model_best.pth.tar"
     torch.save(
         {

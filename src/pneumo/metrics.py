@@ -77,12 +77,13 @@ def metrics_at(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> 
 
 
 def evaluation_metrics(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> dict[str, Any]:
-    """The figures of metrics.json: counts, AUROC, and everything at ``threshold`` and at 0.5."""
+    """The figures of metrics.json: counts (positive class and the other), AUROC, and everything
+    at ``threshold`` and at 0.5."""
     both = targets.unique().numel() == 2
     return {
         "n": int(targets.numel()),
-        "n_normal": int((targets == 0).sum()),
-        "n_pneumonia": int((targets == 1).sum()),
+        "n_negative": int((targets == 0).sum()),
+        "n_positive": int((targets == 1).sum()),
         "auroc": float(BinaryAUROC()(probs, targets.long())) if both else float("nan"),
         **metrics_at(probs, targets, threshold),
         "at_0.5": metrics_at(probs, targets, 0.5),

@@ -16,7 +16,7 @@ POSITIVE_IF = "p >= threshold"
 
 
 def is_positive(probs: torch.Tensor | float, threshold: float) -> torch.Tensor:
-    """PNEUMONIA where ``P(pneumonia) >= threshold``, on exact (unrounded) probabilities.
+    """The positive class where ``P(positive) >= threshold``, on exact (unrounded) probabilities.
 
     ``>=`` because the thresholds ``choose_threshold`` picks are ROC cut-offs, which count
     a prediction equal to the cut-off as positive. Compared in double precision, so a
@@ -72,11 +72,15 @@ def threshold_spread(
     picked: dict[str, list[float]] = {method: [] for method in THRESHOLD_METHODS if method != "fixed"}
     for _ in range(resamples):
         draw = torch.randint(0, n, (n,), generator=generator)
+        if targets[draw].unique().numel() < 2:
+            continue  # one class only: no curve, no threshold to read
         for method, values in picked.items():
             values.append(choose_threshold(probs[draw], targets[draw], method, target_sensitivity))
     quantiles = torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)
     spread = {}
     for method, values in picked.items():
+        if not values:  # every draw held one class only
+            values = [float("nan")]
         cuts = torch.quantile(torch.tensor(values, dtype=torch.float64), quantiles).tolist()
         spread[method] = dict(zip(("p05", "p50", "p95"), cuts))
     return spread

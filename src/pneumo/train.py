@@ -71,15 +71,15 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 def build(cfg: DictConfig) -> tuple[XrayDataModule, XrayClassifier, L.Trainer]:
     """Create the DataModule, the LightningModule and the Trainer from a composed config."""
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
+        raise PneumoError(f"trainer.max_epochs={max_epochs} is not valid: use 1 or more (-1: no limit)")
     datamodule: XrayDataModule = instantiate(cfg.data)
     datamodule.check_root()
     model: XrayClassifier = instantiate(
         cfg.model, positive_index=datamodule.positive_index, _recursive_=False, _convert_="all"
     )
     model.meta = CheckpointMeta.for_run(datamodule, OmegaConf.to_container(cfg, resolve=True))
-    max_epochs = cfg.trainer.get("max_epochs")
-    if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
-        raise PneumoError(f"trainer.max_epochs={max_epochs} is not valid: use 1 or more (-1: no limit)")
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=_instantiate_dict(cfg.get("callbacks")),
@@ -147,12 +147,15 @@ def _fit(cfg: DictConfig, ckpt_path: str | None) -> dict[str, float]:
 
 
 def optimized_value(cfg: DictConfig, results: dict[str, float]) -> float | None:
-    """The figure named by ``optimized_metric``, for sweepers; one line if the run never logged it."""
+    """The figure named by ``optimized_metric``, for sweepers; ``None`` (with a warning) when the
+    run did not produce it, e.g. under ``debug=fast_dev_run``, which scores no checkpoint."""
     if cfg.optimized_metric not in results:
-        raise PneumoError(
-            f"optimized_metric={cfg.optimized_metric} was not logged by this run; choose one of "
-            f"{', '.join(sorted(results))}"
+        log.warning(
+            "optimized_metric=%s was not produced by this run (it logged %s)",
+            cfg.optimized_metric,
+            ", ".join(sorted(results)) or "nothing",
         )
+        return None
     return results[cfg.optimized_metric]
 
 

@@ -27,9 +27,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 # Chest films are at most ~4000 px a side; anything past this many pixels is a
 # malformed or hostile file (a "decompression bomb"), not an X-ray.
 MAX_PIXELS = 64_000_000
-# Below this many pixels a side an image is no chest film (an icon, a thumbnail, a 1x1
-# tracking pixel) and holds nothing to diagnose: a bad image, for training, verify and predict.
-MIN_SIDE = 32
+# Below this many pixels a side an image is no chest film (an icon, a 1x1 tracking pixel) and
+# holds nothing to diagnose: a bad image, for training, verify and predict. 28 px is the
+# smallest real data pneumo reads (PneumoniaMNIST).
+MIN_SIDE = 28
 
 
 class BadImageError(PneumoError):
