@@ -18,6 +18,7 @@ import lightning as L
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -49,7 +50,18 @@ def compose_config(overrides: list[str], output_dir: str | Path, config_name: st
 
 def _instantiate_dict(group: DictConfig | None) -> list[Any]:
     """Instantiate every non-null entry of a config group such as ``callbacks``."""
-    return [instantiate(c) for c in (group or {}).values() if c is not None]
+    return [_build(c) for c in (group or {}).values() if c is not None]
+
+
+def _build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, letting a ``PneumoError`` from a constructor through as itself
+    (Hydra would wrap it in a many-line ``InstantiationException``)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, PneumoError):
+            raise err.__cause__ from None
+        raise
 
 
 def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -74,13 +86,13 @@ def build(cfg: DictConfig) -> tuple[XrayDataModule, XrayClassifier, L.Trainer]:
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
         raise PneumoError(f"trainer.max_epochs={max_epochs} is not valid: use 1 or more (-1: no limit)")
-    datamodule: XrayDataModule = instantiate(cfg.data)
+    datamodule: XrayDataModule = _build(cfg.data)
     datamodule.check_root()
-    model: XrayClassifier = instantiate(
+    model: XrayClassifier = _build(
         cfg.model, positive_index=datamodule.positive_index, _recursive_=False, _convert_="all"
     )
     model.meta = CheckpointMeta.for_run(datamodule, OmegaConf.to_container(cfg, resolve=True))
-    trainer: L.Trainer = instantiate(
+    trainer: L.Trainer = _build(
         cfg.trainer,
         callbacks=_instantiate_dict(cfg.get("callbacks")),
         logger=_instantiate_dict(cfg.get("logger")) or False,
