@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
-from PIL import Image
+from PIL import Image, ImageOps
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 SUPPORTED_RULE = "p >= threshold"
@@ -46,6 +46,7 @@ def grey(path: Path, spec: dict, draft: bool = True) -> Image.Image:
         jpeg = spec["decode"]["jpeg_draft"]
         image.draft(jpeg["mode"], tuple(jpeg["size"]))
     image.load()
+    image = ImageOps.exif_transpose(image)  # decode.exif_orientation
     if image.mode in spec["grey"]["16_bit"]["modes"]:
         x = np.asarray(image, dtype=np.float32)
         low, high = float(x.min()), float(x.max())

@@ -8,6 +8,7 @@ from PIL import Image
 
 from pneumo.checkpoint import load_model
 from pneumo.data.datamodule import XrayDataModule
+from pneumo.data.preprocess import preprocessing_spec, read_grey
 from pneumo.errors import PneumoError
 from pneumo.inference import predict
 from pneumo.train import train
@@ -71,3 +72,13 @@ def test_a_last_training_batch_of_one_image_is_left_out(tmp_path, tiny_root):
     assert n % batch == 1
     results = train(make_cfg(tmp_path / "run", [*overrides, f"data.batch_size={batch}"]))
     assert math.isfinite(results["train/loss"])  # trained through every batch without a crash
+
+
+def test_exif_orientation_is_applied_by_the_one_decode_path(tmp_path):
+    film = Image.open(sample_files("NORMAL")[0]).convert("L").resize((224, 160))  # stored sideways
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "IM-9997-0001.jpeg"
+    film.save(path, exif=exif)
+    assert read_grey(path).size == (160, 224)  # upright, as a viewer shows it
+    assert "exif_transpose" in preprocessing_spec(64)["decode"]["exif_orientation"]

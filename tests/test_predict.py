@@ -10,6 +10,7 @@ from PIL import Image
 from pneumo.checkpoint import load_model
 from pneumo.errors import PneumoError
 from pneumo.inference import collect_images, predict
+from pneumo.predict import main as predict_main
 from tests.conftest import SAMPLE, SHARED_VAL16, run_cli, sample_files
 
 
@@ -109,3 +110,14 @@ def test_foreign_corrupt_and_unsafe_checkpoints_are_refused(tmp_path, trained_ck
     with pytest.raises(PneumoError, match="pickled Python objects or code that pneumo refuses") as err:
         load_model(unsafe)
     assert "weights_only" not in str(err.value)
+
+
+def test_terminal_table_names_every_file_of_a_deep_folder_in_full(tmp_path, trained_ckpt, capsys):
+    deep = tmp_path / ("a_rather_long_folder_name_" * 4) / "and_deeper" / "still"
+    deep.mkdir(parents=True)
+    for path in sample_files("NORMAL")[:3]:
+        (deep / path.name).write_bytes(path.read_bytes())
+    predict_main(["--ckpt", str(trained_ckpt), str(deep)])
+    out = capsys.readouterr().out
+    for path in sample_files("NORMAL")[:3]:
+        assert path.name in out.replace("\n", "").replace("│", "").replace(" ", "")

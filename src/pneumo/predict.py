@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -25,11 +26,16 @@ from pneumo.inference import Prediction, collect_images, predict
 def write_predictions(rows: Sequence[Prediction], out: Path | None) -> None:
     """Write CSV or JSON by ``out``'s extension, or print a table when ``out`` is None."""
     if out is None:
-        table = Table("file", "prediction", "P(pneumonia)", "threshold", "error")
+        # the folder once, each file by its path below it, never cut: deep folders stay readable
+        folder = os.path.commonpath([str(Path(r.path).parent) for r in rows]) if rows else ""
+        table = Table(title=f"in {folder}" if folder else None)
+        table.add_column("file", overflow="fold")
+        for name in ("prediction", "P(positive)", "threshold", "error"):
+            table.add_column(name, overflow="fold")
         for r in rows:
             p = "" if r.p_pneumonia is None else f"{r.p_pneumonia:.3f}"
             t = "" if r.threshold is None else f"{r.threshold:.3f}"
-            table.add_row(r.path, r.label, p, t, r.error)
+            table.add_row(os.path.relpath(r.path, folder) if folder else r.path, r.label, p, t, r.error)
         Console().print(table)
         return
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pneumo.errors import PneumoError
 
@@ -97,6 +97,8 @@ def read_grey(path: str | Path, draft_size: int | None = None) -> Image.Image:
             if draft_size:
                 image.draft("L", (draft_size, draft_size))
             image.load()
+            # a camera or scanner may store the film sideways with an orientation tag
+            image = ImageOps.exif_transpose(image)
         return _to_grey_uint8(image)
     except BadImageError:
         raise
@@ -152,6 +154,7 @@ def preprocessing_spec(image_size: int) -> dict:
         "image_size": image_size,
         "decode": {
             "library": "PIL (Pillow)",
+            "exif_orientation": "applied after loading: ImageOps.exif_transpose(image)",
             "jpeg_draft": {
                 "mode": "L",
                 "size": size,
