@@ -99,6 +99,7 @@ class XrayDataModule(L.LightningDataModule):
         self.augment = BatchAugment(**(augment or {}))
         self.seed = seed
         self.train_set: XrayDataset | None = None
+        self._split: tuple[list[Sample], list[Sample]] | None = None
         self.val_set: XrayDataset | None = None
 
     # -- discovering files -------------------------------------------------------------
@@ -123,7 +124,16 @@ class XrayDataModule(L.LightningDataModule):
             )
 
     def split_samples(self) -> tuple[list[Sample], list[Sample]]:
-        """The (train, validation) samples: ``val/`` if big enough, else a patient split."""
+        """The (train, validation) samples: ``val/`` if big enough, else a patient split.
+
+        Listed and split once: the checkpoint's record, the class weights and ``setup`` all
+        read the same lists.
+        """
+        if self._split is None:
+            self._split = self._list_and_split()
+        return self._split
+
+    def _list_and_split(self) -> tuple[list[Sample], list[Sample]]:
         self.check_root()
         folders = split_dirs(self.root)
         train = scan_split(folders["train"], self.classes)
@@ -191,6 +201,7 @@ class XrayDataModule(L.LightningDataModule):
             train, val = self.split_samples()
             log.info("train: %d images, validation: %d images", len(train), len(val))
             # mixed classes in every validation batch, so the sanity check sees both
+            val = list(val)  # a copy: split_samples() keeps its lists as they were split
             random.Random(self.seed).shuffle(val)
             self.train_set = self._dataset(train)
             self.val_set = self._dataset(val)
