@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,11 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
-def build(cfg: DictConfig) -> tuple[XrayDataModule, XrayClassifier, L.Trainer]:
-    """Create the DataModule, the LightningModule and the Trainer from a composed config."""
+def build(
+    cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
+) -> tuple[XrayDataModule, XrayClassifier, L.Trainer]:
+    """Create the DataModule, the LightningModule and the Trainer from a composed config;
+    ``callbacks`` join the config's (a search's trial pruning, which config cannot hold)."""
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
         raise PneumoError(f"trainer.max_epochs={max_epochs} is not valid: use 1 or more (-1: no limit)")
@@ -94,13 +98,13 @@ def build(cfg: DictConfig) -> tuple[XrayDataModule, XrayClassifier, L.Trainer]:
     model.meta = CheckpointMeta.for_run(datamodule, OmegaConf.to_container(cfg, resolve=True))
     trainer: L.Trainer = _build(
         cfg.trainer,
-        callbacks=_instantiate_dict(cfg.get("callbacks")),
+        callbacks=[*_instantiate_dict(cfg.get("callbacks")), *callbacks],
         logger=_instantiate_dict(cfg.get("logger")) or False,
     )
     return datamodule, model, trainer
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
     """Fit the model described by ``cfg``; return the best validation figures.
 
     The run directory is held for the length of the run (``claim_run_dir``): a directory
@@ -110,13 +114,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path and not Path(ckpt_path).is_file():
         raise PneumoError(f"ckpt_path not found: {ckpt_path}")
     with claim_run_dir(cfg.paths.output_dir, ckpt_path):
-        return _fit(cfg, ckpt_path)
+        return _fit(cfg, ckpt_path, callbacks)
 
 
-def _fit(cfg: DictConfig, ckpt_path: str | None) -> dict[str, float]:
+def _fit(cfg: DictConfig, ckpt_path: str | None, callbacks: Sequence[L.Callback]) -> dict[str, float]:
     """Build, check a resume against its checkpoint, train and report."""
     L.seed_everything(cfg.seed, workers=True)
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = build(cfg, callbacks)
     if ckpt_path:
         saved = read_checkpoint(ckpt_path)
         saved_meta = read_meta(saved, ckpt_path)
