@@ -1,18 +1,26 @@
 """Bad settings and bad files, each answered in one line that names the key or the file."""
 
+import json
 import math
+import os
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from pneumo.checkpoint import load_model
+from pneumo.checkpoint import AtomicCheckpointIO, load_model
 from pneumo.data.datamodule import XrayDataModule
-from pneumo.data.preprocess import preprocessing_spec, read_grey
+from pneumo.data.preprocess import BadImageError, preprocessing_spec, read_grey
 from pneumo.errors import PneumoError
-from pneumo.inference import predict
+from pneumo.inference import collect_images, predict
+from pneumo.predict import main as predict_main
+from pneumo.predict import write_predictions
+from pneumo.rundir import prepare_launch
 from pneumo.train import train
-from tests.conftest import FAST, make_cfg, sample_files
+from tests.conftest import FAST, make_cfg, run_cli, sample_files
 
 # (override, what the one line must say): each stops before any image is decoded.
 BAD_SETTINGS = [
@@ -82,3 +90,175 @@ def test_exif_orientation_is_applied_by_the_one_decode_path(tmp_path):
     film.save(path, exif=exif)
     assert read_grey(path).size == (160, 224)  # upright, as a viewer shows it
     assert "exif_transpose" in preprocessing_spec(64)["decode"]["exif_orientation"]
+
+
+def test_a_link_to_a_folder_is_followed_once_even_when_it_loops(tmp_path, tiny_root, trained_ckpt):
+    normal = tiny_root / "train" / "NORMAL"
+    (normal / "again").symlink_to(normal, target_is_directory=True)  # a loop: NORMAL/again/again/...
+    elsewhere = tmp_path / "more"
+    elsewhere.mkdir()
+    extra = elsewhere / "IM-9996-0001.jpeg"
+    extra.write_bytes(sample_files("NORMAL")[0].read_bytes())
+    (normal / "linked").symlink_to(elsewhere, target_is_directory=True)
+    train_files, val_files = XrayDataModule(str(tiny_root), image_size=32, val_fraction=0.25).split_samples()
+    names = sorted(s.path.name for s in train_files + val_files)
+    assert names.count(extra.name) == 1 and len(names) == 17  # the 16 films once, the linked one once
+    assert sorted(p.name for p in collect_images([normal])) == sorted(
+        [*[p.name for p in sample_files("NORMAL")], extra.name]
+    )
+
+
+def test_a_broken_link_is_a_bad_image_for_training_and_predict_alike(tmp_path, tiny_root, trained_ckpt):
+    link = tiny_root / "train" / "PNEUMONIA" / "person9999_virus_1.jpeg"
+    link.symlink_to(tmp_path / "moved_away.jpeg")
+    said = f"{link}: broken link to {tmp_path / 'moved_away.jpeg'}"
+    with pytest.raises(PneumoError, match=re.escape(said)):
+        train(make_cfg(tmp_path / "run", [*FAST, f"data.root={tiny_root}"]))
+    rows = predict(load_model(trained_ckpt), collect_images([link.parent]))
+    [bad] = [r for r in rows if r.error]
+    assert bad.path == str(link) and bad.error.startswith("broken link to")
+
+
+def _non_utf8_copy(folder: Path) -> Path:
+    """A real film saved under a name that is not valid UTF-8 (Latin-1 'é', as old shares write)."""
+    name = os.fsdecode(b"IM-9995-caf\xe9.jpeg")
+    path = folder / name
+    path.write_bytes(sample_files("NORMAL")[1].read_bytes())
+    return path
+
+
+def test_a_file_name_that_is_not_utf8_is_written_whole(tmp_path, trained_ckpt):
+    folder = tmp_path / "films"
+    folder.mkdir()
+    for film in sample_files("PNEUMONIA")[:2]:
+        (folder / film.name).write_bytes(film.read_bytes())
+    odd = _non_utf8_copy(folder)
+    out = tmp_path / "p.csv"
+    predict_main(["--ckpt", str(trained_ckpt), str(folder), "--out", str(out)])
+    lines = out.read_bytes().splitlines()
+    assert len(lines) == 4 and any(os.fsencode(odd) in line for line in lines)  # the name's own bytes
+    predict_main(["--ckpt", str(trained_ckpt), str(folder), "--out", str(tmp_path / "p.json")])
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert str(odd) in [r["path"] for r in rows]
+    # the terminal table, in a real process with a UTF-8 terminal
+    shown = run_cli("-m", "pneumo.predict", "--ckpt", str(trained_ckpt), str(folder))
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr
+    assert "IM-9995-caf\\xe9.jpeg" in shown.stdout
+
+
+def test_a_bad_file_with_a_name_that_is_not_utf8_is_named_printably(tmp_path, tiny_root):
+    odd = _non_utf8_copy(tiny_root / "train" / "NORMAL")
+    odd.write_bytes(b"not an image")
+    with pytest.raises(PneumoError) as stopped:
+        train(make_cfg(tmp_path / "run", [*FAST, f"data.root={tiny_root}"]))
+    message = str(stopped.value)
+    assert "IM-9995-caf\\xe9.jpeg" in message
+    message.encode("utf-8")  # a log file or terminal can take it
+
+
+def _disk_full(path: Path) -> Path:
+    """Make the next write of ``path`` hit a full disk: its temporary file is /dev/full."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.symlink_to("/dev/full")
+    return partial
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_keeps_the_earlier_checkpoint_and_says_so(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(1000)}}, path)
+    before = path.read_bytes()
+    partial = _disk_full(path)
+    said = r"no space left on device writing .*last.ckpt: it needs about 0.0 MB"
+    with pytest.raises(PneumoError, match=said):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}}, path)
+    assert path.read_bytes() == before and not partial.exists() and not partial.is_symlink()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_leaves_no_partial_predictions(tmp_path, trained_ckpt):
+    out = tmp_path / "p.csv"
+    partial = _disk_full(out)
+    with pytest.raises(PneumoError, match=r"no space left on device writing .*p.csv"):
+        write_predictions(predict(load_model(trained_ckpt), sample_files("NORMAL")[:2]), out)
+    assert not out.exists() and not partial.is_symlink()
+
+
+def _dicom(path: Path, pixels: np.ndarray, **tags) -> Path:
+    """A real DICOM file (12 bits stored in 16) holding ``pixels``, with extra ``tags``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+RAMP = np.tile(np.linspace(0, 4095, 64), (64, 1))  # raw values, dark left to bright right
+
+
+def test_dicom_applies_the_modality_lut_before_the_window(tmp_path):
+    pytest.importorskip("pydicom")
+    # stored 0..4095 mean -2048..2047 after rescaling; the window 900..1100 is in those units,
+    # so only the brightest quarter of the ramp is white (windowing raw values would whiten 3/4)
+    lut = {"RescaleSlope": 1, "RescaleIntercept": -2048, "WindowCenter": 1000, "WindowWidth": 200}
+    white = (np.asarray(read_grey(_dicom(tmp_path / "film.dcm", RAMP, **lut))) > 200).mean()
+    assert 0.15 < white < 0.3
+
+
+@pytest.mark.parametrize(
+    ("pixels", "tags", "said"),
+    [
+        (np.stack([RAMP, RAMP]), {"NumberOfFrames": 2}, r"a DICOM with 2 frames; pneumo reads single-frame"),
+        (RAMP, {"Rows": 30000, "Columns": 30000}, r"declared size 30000x30000 is too large"),
+        (RAMP[:8, :8], {}, r"8x8 px is smaller than 28 px a side"),
+    ],
+    ids=["multi-frame", "huge declared size", "tiny"],
+)
+def test_dicom_is_checked_before_its_pixels_are_decoded(tmp_path, pixels, tags, said):
+    pytest.importorskip("pydicom")
+    path = _dicom(tmp_path / "film.dcm", pixels)
+    if tags:  # rewrite the header only, as a damaged or hostile file would
+        import pydicom
+
+        ds = pydicom.dcmread(path)
+        for key, value in tags.items():
+            setattr(ds, key, value)
+        ds.save_as(path)
+    with pytest.raises(BadImageError, match=said):
+        read_grey(path)
+
+
+def test_an_unquoted_equals_sign_names_the_key_and_the_quoting(tmp_path):
+    said = r"""override 'data.root=/data/a=b' \(key data.root\).*'data.root="/data/a=b"'"""
+    with pytest.raises(PneumoError, match=said):
+        prepare_launch(["data.root=/data/a=b", "trainer.max_epochs=1"])
+    prepare_launch(['data.root="/data/a=b"', "trainer.max_epochs=1"])  # quoted, it is read
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders without permission")
+def test_a_folder_predict_cannot_read_stops_it_in_one_line(tmp_path):
+    locked = tmp_path / "films" / "ward_b"
+    locked.mkdir(parents=True)
+    for film in sample_files("NORMAL")[:2]:
+        (locked.parent / film.name).write_bytes(film.read_bytes())
+        (locked / film.name).write_bytes(film.read_bytes())
+    locked.chmod(0)
+    try:
+        with pytest.raises(PneumoError, match=f"cannot read folder {re.escape(str(locked))}: permission denied"):
+            collect_images([locked.parent])
+    finally:
+        locked.chmod(0o755)

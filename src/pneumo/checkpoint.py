@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import warnings
 import zipfile
@@ -18,6 +17,7 @@ from torch import nn
 from pneumo.data.preprocess import preprocessing_spec
 from pneumo.errors import PneumoError
 from pneumo.network import NUM_CLASSES, build_resnet18
+from pneumo.output import atomic_path
 from pneumo.provenance import record_files
 from pneumo.threshold import POSITIVE_IF
 
@@ -238,14 +238,24 @@ def load_model(path: str | Path) -> LoadedModel:
     return LoadedModel(net=net, meta=meta, path=Path(path))
 
 
+def _tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors inside a checkpoint: about the size of its file."""
+    if isinstance(value, torch.Tensor):
+        return value.nelement() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temporary file, then rename: a run killed mid-save keeps the old one."""
+    """Write checkpoints whole or not at all (``output.atomic_path``): a run killed mid-save,
+    or a disk that fills, keeps the earlier checkpoints and leaves no partial file."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        torch.save(checkpoint, partial)
-        os.replace(partial, path)
+        with atomic_path(path, size_hint=_tensor_bytes(checkpoint)) as partial, partial.open("wb") as file:
+            # through a Python file, a full disk surfaces as OSError(ENOSPC), not torch's C++ error
+            torch.save(checkpoint, file)

@@ -10,8 +10,17 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+def printable(text: str) -> str:
+    """``text`` safe to print or log anywhere: bytes of a file name that are not UTF-8 (possible
+    on Linux) appear as ``\\xff`` instead of failing the terminal or the log file."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class PneumoError(Exception):
     """A problem with the user's input, described in a message meant for a person."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(printable(message))
 
 
 def exit_on_user_error(func: Callable[..., T]) -> Callable[..., T]:

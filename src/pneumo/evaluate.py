@@ -25,6 +25,7 @@ from pneumo.data.dataset import Sample, scan_split
 from pneumo.errors import PneumoError, exit_on_user_error
 from pneumo.inference import label_for, predict
 from pneumo.metrics import evaluation_metrics
+from pneumo.output import write_text_atomically
 from pneumo.plots import plot_confusion, plot_roc
 from pneumo.provenance import validation_samples
 from pneumo.threshold import threshold_spread
@@ -90,8 +91,7 @@ def evaluate(
         "confusion_matrix_labels": [label_for(model, False), label_for(model, True)],
         "unreadable_files": [r.path for r in failed],
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     figures = {
         "confusion_matrix": plot_confusion(
             metrics["confusion_matrix"], [label_for(model, False), label_for(model, True)], model.threshold

@@ -25,6 +25,7 @@ from pneumo.checkpoint import LoadedModel, load_model
 from pneumo.data.preprocess import load_image, to_model_input
 from pneumo.errors import PneumoError, exit_on_user_error
 from pneumo.inference import collect_images
+from pneumo.output import atomic_path, write_text_atomically
 
 TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "input_0", "output_0"
@@ -117,8 +118,8 @@ def check_parity(model: LoadedModel, fmt: str, path: Path, batch: torch.Tensor) 
     difference = max_difference(model, fmt, path, batch)
     if not difference <= TOLERANCE:  # written so that NaN fails too
         raise PneumoError(
-            f"exported {fmt} model {path} disagrees with PyTorch: max |dp| = {difference:.2e} "
-            f"(limit {TOLERANCE:.0e}); do not deploy it"
+            f"the exported {fmt} model disagrees with PyTorch: max |dp| = {difference:.2e} "
+            f"(limit {TOLERANCE:.0e}); it was not written"
         )
     return difference
 
@@ -129,16 +130,17 @@ def export(
     """Export ``ckpt`` to ``out_dir`` with labels.txt and preprocessing.json; verify it.
 
     Returns the model path and the largest probability difference; raises if it is
-    above ``TOLERANCE``.
+    above ``TOLERANCE``, and then writes nothing: the model is checked under a temporary
+    name and only renamed into place once it agrees with PyTorch.
     """
     if fmt not in WRITERS:
         raise PneumoError(f"--format must be one of {', '.join(WRITERS)}, got {fmt!r}")
     model = load_model(ckpt)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     writer, file_name = WRITERS[fmt]
-    path = writer(model, out_dir / file_name)
-    (out_dir / "labels.txt").write_text("".join(f"{c}\n" for c in model.classes))
+    with atomic_path(out_dir / file_name) as partial:
+        difference = check_parity(model, fmt, writer(model, partial), check_batch(model, check_images))
+    write_text_atomically(out_dir / "labels.txt", "".join(f"{c}\n" for c in model.classes))
     spec = {
         **model.preprocessing,
         "input": INPUT_NAME,
@@ -149,8 +151,8 @@ def export(
         ),
         "classes": model.classes,
     }
-    (out_dir / "preprocessing.json").write_text(json.dumps(spec, indent=2, allow_nan=False) + "\n")
-    return path, check_parity(model, fmt, path, check_batch(model, check_images))
+    write_text_atomically(out_dir / "preprocessing.json", json.dumps(spec, indent=2, allow_nan=False) + "\n")
+    return out_dir / file_name, difference
 
 
 @exit_on_user_error

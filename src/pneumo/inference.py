@@ -17,9 +17,10 @@ from rich.console import Console
 from rich.progress import track
 
 from pneumo.checkpoint import LoadedModel
-from pneumo.data.dataset import is_image_file
+from pneumo.data.dataset import is_image_file, unreadable_message, walk_folder
 from pneumo.data.preprocess import BadImageError, load_image, to_model_input, to_unit
 from pneumo.data.transforms import TTA_VIEWS, tta_views
+from pneumo.errors import PneumoError, printable
 from pneumo.network import positive_probability
 from pneumo.threshold import is_positive
 
@@ -37,12 +38,19 @@ class Prediction:
 
 
 def collect_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Expand folders (recursively) into image files; keep named files as given."""
+    """Expand folders (recursively) into image files; keep named files as given.
+
+    A folder that cannot be read stops with one line: its films would otherwise go
+    missing from the output without a word.
+    """
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if is_image_file(p)))
+            walk = walk_folder(path)
+            if walk.unreadable:
+                raise PneumoError(unreadable_message(*walk.unreadable[0], what="folder"))
+            found.extend(p for p in walk.files if is_image_file(p))
         else:
             found.append(path)  # a bad or missing file becomes an error row, not a crash
     return found
@@ -94,7 +102,7 @@ def predict(
                 images.append(load_image(path, model.image_size))
                 good.append(path)
             except BadImageError as err:
-                rows.append(Prediction(str(path), error=str(err).removeprefix(f"{path}: ")))
+                rows.append(Prediction(str(path), error=str(err).removeprefix(printable(f"{path}: "))))
         if not images:
             continue
         probs = probabilities(model, torch.stack(images), tta)

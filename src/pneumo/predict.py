@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -19,8 +20,9 @@ from rich.table import Table
 
 from pneumo import DISCLAIMER
 from pneumo.checkpoint import load_model
-from pneumo.errors import PneumoError, exit_on_user_error
+from pneumo.errors import PneumoError, exit_on_user_error, printable
 from pneumo.inference import Prediction, collect_images, predict
+from pneumo.output import write_text_atomically
 
 
 def write_predictions(rows: Sequence[Prediction], out: Path | None) -> None:
@@ -28,24 +30,26 @@ def write_predictions(rows: Sequence[Prediction], out: Path | None) -> None:
     if out is None:
         # the folder once, each file by its path below it, never cut: deep folders stay readable
         folder = os.path.commonpath([str(Path(r.path).parent) for r in rows]) if rows else ""
-        table = Table(title=f"in {folder}" if folder else None)
+        table = Table(title=f"in {printable(folder)}" if folder else None)
         table.add_column("file", overflow="fold")
         for name in ("prediction", "P(positive)", "threshold", "error"):
             table.add_column(name, overflow="fold")
         for r in rows:
             p = "" if r.p_pneumonia is None else f"{r.p_pneumonia:.3f}"
             t = "" if r.threshold is None else f"{r.threshold:.3f}"
-            table.add_row(os.path.relpath(r.path, folder) if folder else r.path, r.label, p, t, r.error)
+            name = os.path.relpath(r.path, folder) if folder else r.path
+            table.add_row(printable(name), r.label, p, t, printable(r.error))
         Console().print(table)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".json":
-        out.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+        # JSON escapes a file name that is not valid UTF-8 (\\udcff); os.fsencode gives back its bytes
+        write_text_atomically(out, json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     elif out.suffix.lower() == ".csv":
-        with out.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(Prediction.__dataclass_fields__))
-            writer.writeheader()
-            writer.writerows(asdict(r) for r in rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=list(Prediction.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+        write_text_atomically(out, text.getvalue())
     else:
         raise PneumoError(f"--out {out}: use a .csv or .json file name")
 

@@ -170,6 +170,27 @@ def _quoted(path: Path) -> str:
     return f"'{text}'"
 
 
+def check_overrides(args: list[str]) -> None:
+    """Stop on an override Hydra cannot parse, naming its key and the quoting that fixes it.
+
+    Hydra's own message ("mismatched input '=' expecting <EOF>") names neither.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in (a for a in args if "=" in a and not a.startswith("-")):
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as err:
+            key, value = arg.split("=", 1)
+            reason = str(err).splitlines()[0] if str(err) else "not a valid override"
+            raise PneumoError(
+                f"cannot read the override {arg!r} (key {key.lstrip('+')}): {reason}; quote a value "
+                f"holding '=', spaces or brackets, e.g. '{key}=\"{value}\"'"
+            ) from None
+
+
 def prepare_launch(args: list[str]) -> list[str]:
     """Complete and check pneumo-train's command line before Hydra writes anything.
 
@@ -179,6 +200,7 @@ def prepare_launch(args: list[str]) -> list[str]:
     literal ``hydra.run.dir`` is checked with ``check_run_dir`` here, so a refused run does
     not overwrite another run's ``.hydra/`` or append to its ``train.log``.
     """
+    check_overrides(args)
     if any(arg in _NO_JOB_FLAGS or arg in ("-m", "--multirun") for arg in args):
         return args
     values = _literal_overrides(args, ("ckpt_path", "hydra.run.dir", "hydra.output_subdir", "hydra.mode"))

@@ -38,7 +38,48 @@ def is_image_file(path: Path) -> bool:
     Every other file (Thumbs.db, desktop.ini, notes.txt) is ignored by training, evaluation,
     prediction and ``pneumo-data verify`` alike.
     """
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+    is_file = path.is_file() or (path.is_symlink() and not path.is_dir())  # a broken link is a bad file
+    return is_file and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+@dataclass
+class FolderWalk:
+    """Everything under a folder that is not a folder, and the folders that could not be read.
+
+    ``files`` includes broken links and links that loop: with an image extension they are
+    bad images (named by the decoder), never silently dropped.
+    """
+
+    files: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def walk_folder(folder: Path) -> FolderWalk:
+    """List ``folder`` recursively, following links to folders, each real folder once.
+
+    A link back to a folder already walked (a loop) is not entered again, so the walk ends.
+    """
+    walk, seen, pending = FolderWalk(), set(), [Path(folder)]
+    while pending:
+        current = pending.pop()
+        real = os.path.realpath(current)
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            with os.scandir(current) as entries:
+                found = sorted(Path(entry.path) for entry in entries)
+        except OSError as err:
+            walk.unreadable.append((current, _reason(err)))
+            continue
+        for path in found:
+            if path.is_dir():
+                pending.append(path)
+            else:
+                walk.files.append(path)
+    walk.files.sort()
+    walk.unreadable.sort()
+    return walk
 
 
 def split_dirs(root: Path) -> dict[str, Path]:
@@ -69,19 +110,25 @@ class SplitListing:
     problems: list[str] = field(default_factory=list)
 
 
+def _reason(err: OSError) -> str:
+    """An OS error in a few words: 'permission denied', 'not a directory'."""
+    if isinstance(err, PermissionError):
+        return "permission denied"
+    return (err.strerror or str(err)).lower()
+
+
 def _unreadable(folder: Path) -> str:
     """Why ``folder`` cannot be listed ('' when it can)."""
     try:
         with os.scandir(folder):
             return ""
-    except PermissionError:
-        return "permission denied"
     except OSError as err:
-        return err.strerror or str(err)
+        return _reason(err)
 
 
-def _unreadable_message(folder: Path, reason: str, what: str = "class folder") -> str:
-    return f"cannot read {what} {folder}: {reason}; give the user who trains read access to it"
+def unreadable_message(folder: Path, reason: str, what: str = "class folder") -> str:
+    """The one line training, verify and predict give for a folder they cannot list."""
+    return f"cannot read {what} {folder}: {reason}; give read access to it, or move it out"
 
 
 def list_split(split_dir: Path, classes: Sequence[str]) -> SplitListing:
@@ -96,7 +143,7 @@ def list_split(split_dir: Path, classes: Sequence[str]) -> SplitListing:
         return listing
     reason = _unreadable(split_dir)
     if reason:
-        listing.problems.append(_unreadable_message(split_dir, reason, "data folder"))
+        listing.problems.append(unreadable_message(split_dir, reason, "data folder"))
         return listing
     entries = sorted(split_dir.iterdir())
     listing.ignored.extend(p for p in entries if p.is_file())
@@ -125,15 +172,13 @@ def _list_class(class_dir: Path, label: int, listing: SplitListing) -> None:
         return
     reason = _unreadable(class_dir)
     if reason:
-        listing.problems.append(_unreadable_message(class_dir, reason))
+        listing.problems.append(unreadable_message(class_dir, reason))
         return
-    found = sorted(class_dir.rglob("*"))
-    for folder in (p for p in found if p.is_dir()):
-        reason = _unreadable(folder)  # rglob passes over a folder it cannot list
-        if reason:
-            listing.problems.append(_unreadable_message(folder, reason, "folder"))
-    images = [p for p in found if is_image_file(p)]
-    listing.ignored.extend(p for p in found if p.is_file() and not is_image_file(p))
+    walk = walk_folder(class_dir)
+    for folder, reason in walk.unreadable:
+        listing.problems.append(unreadable_message(folder, reason, "folder"))
+    images = [p for p in walk.files if is_image_file(p)]
+    listing.ignored.extend(p for p in walk.files if not is_image_file(p))
     if not images:
         listing.problems.append(f"class folder has no images: {class_dir} (expected .jpeg/.png files)")
     listing.samples.extend(Sample(path, label) for path in images)

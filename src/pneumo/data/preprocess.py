@@ -12,6 +12,7 @@ model sees exactly the pixels the trained one saw:
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -50,17 +51,44 @@ def _to_grey_uint8(image: Image.Image) -> Image.Image:
     return image.convert("L")
 
 
+def _check_size(path: Path, width: int, height: int) -> None:
+    """Refuse, before decoding, an image too small to be a film or too large to be one."""
+    if min(width, height) < MIN_SIDE:
+        raise BadImageError(
+            f"{path}: {width}x{height} px is smaller than {MIN_SIDE} px a side; not an X-ray "
+            "film (remove it, or skip such files with data.on_bad_image=skip)"
+        )
+    if width * height > MAX_PIXELS:
+        raise BadImageError(
+            f"{path}: declared size {width}x{height} is too large for an X-ray "
+            f"(over {MAX_PIXELS:,} pixels); refusing to decode it"
+        )
+
+
 def _read_dicom(path: Path) -> Image.Image:
-    """Read a DICOM file as grey PIL image: windowed, MONOCHROME1 inverted."""
+    """Read a single-frame DICOM film as a grey PIL image.
+
+    The stored values go through the modality LUT (rescale slope and intercept) and then
+    the VOI window, in the order the standard defines; MONOCHROME1 is inverted. The size is
+    checked from the header before any pixel is decoded, and a multi-frame file is refused
+    rather than guessed at.
+    """
     try:
         import pydicom
-        from pydicom.pixels import apply_voi_lut
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError as err:
         raise BadImageError(
             f"{path}: reading DICOM needs pydicom; install it with `pip install 'pneumo[dicom]'`"
         ) from err
     dataset = pydicom.dcmread(str(path))
-    pixels = apply_voi_lut(dataset.pixel_array, dataset).astype(np.float32)
+    _check_size(path, int(dataset.get("Columns", 0) or 0), int(dataset.get("Rows", 0) or 0))
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise BadImageError(
+            f"{path}: a DICOM with {frames} frames; pneumo reads single-frame films "
+            "(save the frame to classify as its own file)"
+        )
+    pixels = apply_voi_lut(apply_modality_lut(dataset.pixel_array, dataset), dataset).astype(np.float32)
     if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
         pixels = pixels.max() - pixels
     if pixels.ndim == 3:  # colour DICOM: average the channels
@@ -77,23 +105,18 @@ def read_grey(path: str | Path, draft_size: int | None = None) -> Image.Image:
     image extension, absurd dimensions.
     """
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise BadImageError(
+            f"{path}: broken link to {os.readlink(path)} (its target is missing, or the link loops); "
+            "fix the link or remove it"
+        )
     try:
         if path.suffix.lower() == ".dcm":
             return _to_grey_uint8(_read_dicom(path))
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
-            width, height = image.size
-            if min(width, height) < MIN_SIDE:
-                raise BadImageError(
-                    f"{path}: {width}x{height} px is smaller than {MIN_SIDE} px a side; not an X-ray "
-                    "film (remove it, or skip such files with data.on_bad_image=skip)"
-                )
-            if width * height > MAX_PIXELS:
-                raise BadImageError(
-                    f"{path}: declared size {width}x{height} is too large for an X-ray "
-                    f"(over {MAX_PIXELS:,} pixels); refusing to decode it"
-                )
+            _check_size(path, *image.size)
             if draft_size:
                 image.draft("L", (draft_size, draft_size))
             image.load()
