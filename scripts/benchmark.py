@@ -222,7 +222,7 @@ def run_cache_full(args: argparse.Namespace) -> dict:
     dataset = XrayDataset(samples, 224, threads=2)
     return {
         "images": len(dataset),
-        "cache_mb": dataset.images.numel() / 2**20,
+        "cache_mb": dataset.decoded.nbytes / 2**20,
         "build_s": time.perf_counter() - start,
     }
 

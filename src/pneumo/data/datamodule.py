@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from pneumo.data.cache import DecodedImages, cache_mode, decoded_images
 from pneumo.data.dataset import (
     DEFAULT_CLASSES,
     EpochSampler,
@@ -68,7 +69,8 @@ class XrayDataModule(L.LightningDataModule):
         val_holdout: str = "random",
         min_val_images: int = 100,
         balance: str = "loss",
-        cache: bool = True,
+        cache: str | bool = "auto",
+        cache_dir: str = "~/.cache/pneumo",
         on_bad_image: str = "fail",
         augment: dict[str, Any] | None = None,
         seed: int = 42,
@@ -94,7 +96,8 @@ class XrayDataModule(L.LightningDataModule):
         self.val_holdout = val_holdout
         self.min_val_images = min_val_images
         self.balance = balance
-        self.cache = cache
+        self.cache = cache_mode(cache)
+        self.cache_dir = cache_dir
         self.on_bad_image = on_bad_image
         self.augment = BatchAugment(**(augment or {}))
         self.seed = seed
@@ -187,14 +190,19 @@ class XrayDataModule(L.LightningDataModule):
         return counts.sum() / (len(counts) * counts)
 
     # -- Lightning hooks -----------------------------------------------------------------
-    def _dataset(self, samples: list[Sample]) -> XrayDataset:
-        return XrayDataset(
-            samples,
+    def _decoded_images(self, samples: list[Sample]) -> DecodedImages | None:
+        """One cache for train and validation together: the same files whatever the split."""
+        return decoded_images(
+            [s.path for s in samples],
             self.image_size,
             self.cache,
-            self.on_bad_image,
+            self.cache_dir,
             threads=max(2, self.num_workers),
         )
+
+    def _dataset(self, samples: list[Sample], decoded: DecodedImages | None) -> XrayDataset:
+        cache = decoded if decoded is not None else False
+        return XrayDataset(samples, self.image_size, cache, self.on_bad_image)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None) and self.train_set is None:
@@ -203,8 +211,9 @@ class XrayDataModule(L.LightningDataModule):
             # mixed classes in every validation batch, so the sanity check sees both
             val = list(val)  # a copy: split_samples() keeps its lists as they were split
             random.Random(self.seed).shuffle(val)
-            self.train_set = self._dataset(train)
-            self.val_set = self._dataset(val)
+            decoded = self._decoded_images([*train, *val])
+            self.train_set = self._dataset(train, decoded)
+            self.val_set = self._dataset(val, decoded)
             self.train_set.check_classes_left(self.classes, "training")
             self.val_set.check_classes_left(self.classes, "validation")
 

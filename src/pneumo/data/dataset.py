@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from pneumo.data.cache import DecodedImages, decode_in_memory
 from pneumo.data.preprocess import IMAGE_EXTENSIONS, BadImageError, load_image
 from pneumo.errors import PneumoError
 
@@ -200,17 +200,20 @@ def scan_split(split_dir: Path, classes: Sequence[str]) -> list[Sample]:
 class XrayDataset(Dataset):
     """Images as ``1 x S x S`` uint8 tensors with their labels.
 
-    With ``cache=True`` every image is decoded and resized once, in parallel threads, into
-    one shared uint8 tensor (224 px: 50 KB an image, 250 MB for the 5216-image train split);
-    epochs then cost only augmentation and the model. Files that fail to decode are
-    skipped with a warning (``on_bad_image="skip"``) or stop with their path (``"fail"``).
+    ``cache`` is where decoded images come from: a ``DecodedImages`` holding (at least) these
+    samples, in memory or on disk (see ``pneumo.data.cache``; the DataModule makes one for
+    train and validation together); ``True`` decodes these samples into memory now, in
+    parallel threads (224 px: 50 KB an image, 250 MB for the 5216-image train split);
+    ``False`` decodes each file at every access. Epochs from a cache cost only augmentation
+    and the model. Files that fail to decode are skipped with a warning
+    (``on_bad_image="skip"``) or stop with their path (``"fail"``).
     """
 
     def __init__(
         self,
         samples: Sequence[Sample],
         image_size: int,
-        cache: bool = True,
+        cache: bool | DecodedImages = True,
         on_bad_image: str = "fail",
         threads: int = 2,
     ) -> None:
@@ -221,34 +224,24 @@ class XrayDataset(Dataset):
         self.on_bad_image = on_bad_image
         self.bad_files: list[str] = []
         self.skipped: list[Sample] = []
-        self.images: torch.Tensor | None = None
-        if cache:
-            self._fill_cache(max(1, threads))
+        self.decoded: DecodedImages | None = None
+        self._rows: list[int] = []
+        if cache is True:
+            cache = decode_in_memory([str(s.path) for s in self.samples], image_size, threads)
+        if isinstance(cache, DecodedImages):
+            self._read_from(cache)
 
-    def _fill_cache(self, threads: int) -> None:
-        """Decode every sample once; drop (or fail on) the ones that cannot be read."""
-
-        def decode(sample: Sample) -> torch.Tensor | BadImageError:
-            try:
-                return load_image(sample.path, self.image_size)
-            except BadImageError as err:
-                return err
-
-        with ThreadPoolExecutor(threads) as pool:
-            decoded = list(pool.map(decode, self.samples))
-        errors = [d for d in decoded if isinstance(d, BadImageError)]
-        if errors:
-            self._report_bad([str(e) for e in errors])
-            self.skipped = [s for s, d in zip(self.samples, decoded) if isinstance(d, BadImageError)]
-            kept = [(s, d) for s, d in zip(self.samples, decoded) if not isinstance(d, BadImageError)]
-            self.samples = [s for s, _ in kept]
-            decoded = [d for _, d in kept]
-        self.images = (
-            torch.stack(decoded)
-            if decoded
-            else torch.empty(0, 1, self.image_size, self.image_size, dtype=torch.uint8)
-        )
-        self.images.share_memory_()  # workers read it without a copy each
+    def _read_from(self, decoded: DecodedImages) -> None:
+        """Serve images from ``decoded``; drop (or fail on) the samples it could not decode."""
+        if decoded.image_size != self.image_size:
+            raise ValueError(f"a cache of {decoded.image_size} px for a {self.image_size} px dataset")
+        bad = [s for s in self.samples if str(s.path) in decoded.bad]
+        if bad:
+            self._report_bad([decoded.bad[str(s.path)] for s in bad])
+            self.skipped = bad
+            self.samples = [s for s in self.samples if str(s.path) not in decoded.bad]
+        self._rows = [decoded.row(s.path) for s in self.samples]
+        self.decoded = decoded
 
     def _report_bad(self, messages: list[str]) -> None:
         if self.on_bad_image == "fail":
@@ -284,8 +277,8 @@ class XrayDataset(Dataset):
         """``(image, label, seed)`` for ``index`` or ``(index, seed)`` (seed -1 when none)."""
         index, seed = key if isinstance(key, tuple) else (key, -1)
         sample = self.samples[index]
-        if self.images is not None:
-            return self.images[index], sample.label, seed
+        if self.decoded is not None:
+            return self.decoded.image(self._rows[index]), sample.label, seed
         try:
             return load_image(sample.path, self.image_size), sample.label, seed
         except BadImageError as err:

@@ -32,6 +32,9 @@ MAX_PIXELS = 64_000_000
 # holds nothing to diagnose: a bad image, for training, verify and predict. 28 px is the
 # smallest real data pneumo reads (PneumoniaMNIST).
 MIN_SIDE = 28
+# The version of the pixels load_image returns: raise it with any change to read_grey or
+# load_image that changes them, so decoded-image caches on disk are rebuilt (pneumo.data.cache).
+DECODE_VERSION = 1
 
 
 class BadImageError(PneumoError):
