@@ -1,7 +1,8 @@
 """What a checkpoint records about its data, and the checks that hold later runs to it.
 
 The validation split is recorded file by file in the checkpoint's metadata (``val_files``:
-paths relative to the data root, with their class names). ``pneumo-eval data.split=val``
+paths relative to the data root, or to the manifest's folder for a manifest run, with their
+class names). ``pneumo-eval data.split=val``
 evaluates exactly those files, and a resumed run must rebuild the same split with the same
 preprocessing, or it would silently become another experiment.
 """
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from pneumo.checkpoint import CheckpointMeta
 
 # Settings that decide the validation split or the preprocessing; a resume must keep them.
+# Where the data lies (data.root, data.manifest.file) may change, as data moves between
+# machines: what it holds is checked through the recorded validation files instead.
 SPLIT_SETTINGS = (
     "seed",
     "data.seed",
@@ -28,6 +31,8 @@ SPLIT_SETTINGS = (
     "data.image_size",
     "data.classes",
     "data.positive_class",
+    "data.manifest.columns",
+    "data.manifest.labels",
 )
 
 
@@ -110,9 +115,10 @@ def check_resume(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str 
     changed = f"{len(gone)} recorded files not in it, e.g. {_examples(gone)}" if gone else ""
     if new:
         changed += ("; " if changed else "") + f"{len(new)} files new to it, e.g. {_examples(new)}"
-    root = _setting(current.config, "data.root")
+    manifest = _setting(current.config, "data.manifest.file")
+    source = "data.root" if manifest in (None, _ABSENT) else "data.manifest.file"
     raise PneumoError(
-        f"resuming {ckpt_path}: the validation split under data.root={root} differs from the one "
-        f"it was trained with ({changed or 'labels changed'}); resume with the same data, or start "
-        "a new run"
+        f"resuming {ckpt_path}: the validation split under {source}={_setting(current.config, source)} "
+        f"differs from the one it was trained with ({changed or 'labels changed'}); resume with the "
+        "same data, or start a new run"
     )

@@ -1,8 +1,10 @@
-"""pneumo-data: verify a dataset folder, or fetch and lay out a source.
+"""pneumo-data: verify a dataset folder or manifest, fetch and lay out a source, or import a table.
 
-pneumo-data verify DATA_ROOT [--classes NORMAL,PNEUMONIA] [--json]
+pneumo-data verify DATA_ROOT|MANIFEST.csv [--classes NORMAL,PNEUMONIA] [--columns K=NAME,...]
+                   [--labels VALUE=CLASS,...] [--json]
 pneumo-data download --source kaggle|medmnist --to DIR [--size 128]
 pneumo-data convert PNEUMONIAMNIST.npz --to DIR
+pneumo-data import --format nih|rsna|chexpert TABLE.csv --to MANIFEST.csv [--images DIR]
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from pneumo.data.dataset import DEFAULT_CLASSES
+from pneumo.data.importers import FORMATS, TABLES, ImportRules, ImportSummary, import_table
+from pneumo.data.manifest import Manifest
 from pneumo.data.sources import MEDMNIST_SIZES, convert_medmnist_npz, download_kaggle, download_medmnist
 from pneumo.data.verify import Report, verify
 from pneumo.errors import PneumoError, exit_on_user_error
@@ -39,12 +44,14 @@ def print_report(report: Report) -> None:
     sizes = ", ".join(f"{size} ({n})" for size, n in list(report.sizes.items())[:5])
     console.print(f"sizes: {sizes}{' ...' if len(report.sizes) > 5 else ''}")
     console.print(f"modes: {', '.join(f'{m} ({n})' for m, n in report.modes.items())}")
-    console.print(f"patients (from file names): {report.patients}", highlight=False)
+    console.print(f"patients (from {report.patient_source}): {report.patients}", highlight=False)
+    if report.dropped_rows:
+        console.print(f"rows left out by the label map: {report.dropped_rows}", highlight=False)
     for name in report.unknown_patient_names[:SHOWN]:
         console.print(f"[yellow]no patient ID in name[/yellow] {name}", highlight=False)
     for path in report.ignored_files[:SHOWN]:
         console.print(f"[yellow]ignored[/yellow] {path}", highlight=False)
-    for problem in report.folder_errors:
+    for problem in report.folder_errors + report.manifest_errors:
         console.print(f"[red]{escape(problem)}[/red]", highlight=False)
     for bad in report.bad_files:
         console.print(f"[red]unreadable[/red] {bad['path']}: {bad['reason']}", markup=True, highlight=False)
@@ -69,6 +76,31 @@ def class_list(text: str) -> list[str]:
     return names
 
 
+def settings(text: str) -> dict[str, str | None]:
+    """``--columns path=file,split=fold`` or ``--labels 1=PNEUMONIA,-1=null`` as a mapping."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if not pairs or any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+        raise PneumoError(f"{text!r}: give KEY=VALUE pairs, comma-separated")
+    return {key.strip(): None if value.strip() == "null" else value.strip() for key, value in pairs}
+
+
+def verify_source(root: str, columns: dict | None, labels: dict | None) -> str | Manifest:
+    """A data root, or a manifest (a file) read with the given column names and label map."""
+    if Path(root).is_file():
+        return Manifest.from_config({"file": root, "columns": columns or {}, "labels": labels})
+    if columns is not None or labels is not None:
+        raise PneumoError(f"--columns and --labels read a manifest; {root} is not a file")
+    return root
+
+
+def print_import(summary: ImportSummary, to: str) -> None:
+    """One line per outcome of an import: what was written, what the rules left out."""
+    written = ", ".join(f"{label} {n}" for label, n in sorted(summary.written.items()))
+    print(f"wrote {sum(summary.written.values())} films to {to} ({written or 'none'})")
+    for rule, n in sorted(summary.dropped.items()):
+        print(f"left out {n}: {rule}")
+
+
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of pneumo-data."""
@@ -77,13 +109,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("verify", help="report counts, bad files, duplicates and patient leaks")
-    check.add_argument("root", help="DATA_ROOT with train/ (val/, test/) or class folders")
+    check.add_argument("root", help="DATA_ROOT with train/ (val/, test/) or class folders, or a CSV manifest")
     check.add_argument(
         "--classes",
         type=class_list,
         default=list(DEFAULT_CLASSES),
         metavar="A,B",
         help=f"the class folder names, as data.classes (default: {','.join(DEFAULT_CLASSES)})",
+    )
+    check.add_argument(
+        "--columns",
+        type=settings,
+        metavar="K=NAME,...",
+        help="a manifest's column names, as data.manifest.columns (path, label, patient, split; null: none)",
+    )
+    check.add_argument(
+        "--labels",
+        type=settings,
+        metavar="VALUE=CLASS,...",
+        help="a manifest's label map, as data.manifest.labels (CLASS null: drop the row)",
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     fetch = commands.add_parser("download", help="fetch a source and lay it out as DIR/split/class")
@@ -93,15 +137,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     convert = commands.add_parser("convert", help="lay out a MedMNIST .npz as DIR/split/class PNGs")
     convert.add_argument("npz")
     convert.add_argument("--to", required=True, metavar="DIR")
+    table = commands.add_parser("import", help="write a manifest from an NIH, RSNA or CheXpert table")
+    table.add_argument("table", help="the set's table: " + ", ".join(f"{f} {t}" for f, t in TABLES.items()))
+    table.add_argument("--format", choices=FORMATS, required=True)
+    table.add_argument("--to", required=True, metavar="MANIFEST", help="the manifest to write (CSV)")
+    table.add_argument(
+        "--images",
+        metavar="DIR",
+        help="the folder of the films (default: nih the table's folder, rsna stage_2_train_images/ "
+        "beside it, chexpert the folder above it)",
+    )
+    for name, (fmt, choices) in ImportRules.CHOICES.items():
+        default = getattr(ImportRules(), name)
+        table.add_argument(
+            "--" + name.replace("_", "-"), choices=choices, help=f"{fmt} only (default: {default})"
+        )
     args = parser.parse_args(argv)
 
     if args.command == "verify":
-        report = verify(args.root, args.classes)
+        report = verify(verify_source(args.root, args.columns, args.labels), args.classes)
         if args.json:
             print(json.dumps(report.as_dict(), indent=2))
         else:
             print_report(report)
         raise SystemExit(1 if report.errors else 0)
+    if args.command == "import":
+        given = {name: getattr(args, name) for name in ImportRules.CHOICES}
+        rules = ImportRules.for_format(args.format, **given)
+        print_import(import_table(args.format, args.table, args.to, args.images, rules), args.to)
+        return
     if args.command == "download":
         written = (
             download_kaggle(args.to) if args.source == "kaggle" else download_medmnist(args.to, args.size)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from pneumo.data.dataset import (
     scan_split,
     split_dirs,
 )
+from pneumo.data.manifest import Manifest, check_split_classes, load_manifest
 from pneumo.data.preprocess import MIN_SIDE, to_model_input, to_unit
 from pneumo.data.split import HOLDOUTS, known_patient_name, patient_split
 from pneumo.data.transforms import BatchAugment
@@ -55,6 +56,11 @@ class XrayDataModule(L.LightningDataModule):
     per class; a folder holding the class folders directly is used as ``train/``. When
     ``val/`` is missing or has fewer than ``min_val_images`` images (the official one has
     16), validation is carved out of train by patient, stratified, with ``seed``.
+
+    With ``manifest`` (the ``data.manifest`` block: file, columns, labels) the films come from
+    a CSV table instead, its paths relative to its own folder, which then stands for ``root``;
+    its patient column decides the patient split, and its optional split column
+    (train/val/test) replaces the carved validation.
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class XrayDataModule(L.LightningDataModule):
         on_bad_image: str = "fail",
         augment: dict[str, Any] | None = None,
         seed: int = 42,
+        manifest: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         _check_settings(batch_size, image_size, num_workers, val_fraction, min_val_images)
@@ -81,13 +88,17 @@ class XrayDataModule(L.LightningDataModule):
             raise PneumoError(f"data.balance must be one of {', '.join(BALANCE_MODES)}, got {balance!r}")
         if val_holdout not in HOLDOUTS:
             raise PneumoError(f"data.val_holdout must be one of {', '.join(HOLDOUTS)}, got {val_holdout!r}")
-        self.root = Path(root)
         self.classes = list(classes)
         if len(self.classes) != 2 or len(set(self.classes)) != 2 or positive_class not in self.classes:
             raise PneumoError(
                 f"data.classes={self.classes} with data.positive_class={positive_class!r}: pneumo sorts "
                 "films into two classes, named by their folders, one of which is the positive class"
             )
+        self.manifest = Manifest.from_config(manifest)
+        if self.manifest is not None:
+            self.manifest.check_labels(self.classes)
+        # what recorded file paths are relative to: the data root, or the manifest's folder
+        self.root = self.manifest.folder if self.manifest is not None else Path(root)
         self.positive_class = positive_class
         self.image_size = image_size
         self.batch_size = batch_size
@@ -112,7 +123,15 @@ class XrayDataModule(L.LightningDataModule):
         return self.classes.index(self.positive_class)
 
     def check_root(self) -> None:
-        """Fail early, naming the path, when the data root is missing or not a folder."""
+        """Fail early, naming the path, when the data root (or manifest) is missing or of the wrong kind."""
+        if self.manifest is not None:
+            if not self.manifest.file.is_file():
+                raise PneumoError(
+                    f"data.manifest.file={self.manifest.file} is not a file; point it at a CSV manifest "
+                    "(pneumo-data import writes one), or set data.manifest.file=null to read class "
+                    "folders under data.root"
+                )
+            return
         if self.root.exists() and not self.root.is_dir():
             raise PneumoError(
                 f"data.root={self.root} is a file, not a folder; point it at the folder that holds "
@@ -138,6 +157,8 @@ class XrayDataModule(L.LightningDataModule):
 
     def _list_and_split(self) -> tuple[list[Sample], list[Sample]]:
         self.check_root()
+        if self.manifest is not None:
+            return self._split_manifest(self.manifest)
         folders = split_dirs(self.root)
         train = scan_split(folders["train"], self.classes)
         val_dir = folders.get("val")
@@ -155,6 +176,45 @@ class XrayDataModule(L.LightningDataModule):
         self._check_patient_names(train)
         train_idx, val_idx = patient_split(
             [s.path for s in train], [s.label for s in train], self.val_fraction, self.seed, self.val_holdout
+        )
+        return [train[i] for i in train_idx], [train[i] for i in val_idx]
+
+    def _split_manifest(self, manifest: Manifest) -> tuple[list[Sample], list[Sample]]:
+        """A manifest's train and validation rows: its val rows if it has any, else a patient split.
+
+        Test rows are left out; an explicit split is used as it is, whatever its size.
+        """
+        listing = load_manifest(manifest, self.classes)
+        train, patients = listing.split("train")
+        check_split_classes(train, self.classes, "training", manifest.file)
+        val, val_patients = listing.split("val")
+        if val:
+            check_split_classes(val, self.classes, "validation", manifest.file)
+            shared = sorted(set(patients) & set(val_patients))
+            if shared:
+                log.warning(
+                    "%s: %d patients have films in both train and val rows (e.g. %s): validation then "
+                    "partly measures memory; move each patient's films to one split",
+                    manifest.file,
+                    len(shared),
+                    shared[0],
+                )
+            return train, val
+        if manifest.columns.patient is None:
+            self._check_patient_names(train)
+        elif self.val_holdout == "earliest":
+            raise PneumoError(
+                "data.val_holdout=earliest orders patients by the numbers in Kermany file names, which a "
+                f"manifest's patient column ({manifest.columns.patient!r}) does not follow; use "
+                "data.val_holdout=random, or name the validation rows in a split column"
+            )
+        train_idx, val_idx = patient_split(
+            [s.path for s in train],
+            [s.label for s in train],
+            self.val_fraction,
+            self.seed,
+            self.val_holdout,
+            patients=patients,
         )
         return [train[i] for i in train_idx], [train[i] for i in val_idx]
 

@@ -70,9 +70,12 @@ def patient_split(
     val_fraction: float,
     seed: int,
     holdout: str = "random",
+    patients: Sequence[str] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Split sample indices into (train, val) by patient, stratified by class.
 
+    ``patients`` gives each sample's patient explicitly (a manifest's patient column);
+    without it the patient is read from the file name (``patient_id``).
     Each patient takes the class of most of their images; within each class, patients are
     ordered (``holdout="random"``: shuffled with ``seed``; ``"earliest"``: the earliest
     patients of each naming family first, a shifted cohort like a later test set) and moved
@@ -83,9 +86,11 @@ def patient_split(
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     if holdout not in HOLDOUTS:
         raise ValueError(f"holdout must be one of {HOLDOUTS}, got {holdout!r}")
+    if patients is not None and len(patients) != len(paths):
+        raise ValueError(f"{len(patients)} patients for {len(paths)} paths")
     by_patient: dict[str, list[int]] = defaultdict(list)
     for index, path in enumerate(paths):
-        by_patient[patient_id(path)].append(index)
+        by_patient[patient_id(path) if patients is None else patients[index]].append(index)
 
     patients_by_class: dict[int, list[str]] = defaultdict(list)
     for patient, indices in sorted(by_patient.items()):

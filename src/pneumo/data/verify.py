@@ -1,8 +1,9 @@
-"""Checking a dataset before an experiment trusts it: ``pneumo-data verify DATA_ROOT``.
+"""Checking a dataset before an experiment trusts it: ``pneumo-data verify DATA_ROOT|MANIFEST``.
 
 The folders and files are read by the rules training uses (``pneumo.data.dataset``: which
-split folders a root has, which files are images, which are ignored), so every folder
-problem that would stop training is reported here as an error.
+split folders a root has, which files are images, which are ignored; ``pneumo.data.manifest``
+for a CSV manifest), so every folder or manifest problem that would stop training is reported
+here as an error.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from pneumo.data.dataset import DEFAULT_CLASSES, list_split, split_dirs
+from pneumo.data.manifest import Manifest, read_manifest
 from pneumo.data.preprocess import BadImageError, read_grey
 from pneumo.data.split import known_patient_name, patient_id
 
@@ -34,6 +36,16 @@ class FileInfo:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class _Job:
+    """A file to inspect: its split, class name and patient (``None``: from its name)."""
+
+    path: Path
+    split: str
+    label: str
+    patient: str | None = None
+
+
 @dataclass
 class Report:
     """The outcome of a verification; ``errors`` would corrupt an experiment, ``warnings`` not."""
@@ -43,11 +55,17 @@ class Report:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     # Unknown, missing, empty or unreadable class folders: each stops training.
     folder_errors: list[str] = field(default_factory=list)
+    # Manifest rows training stops on (missing column, unknown label, missing file, ...).
+    manifest_errors: list[str] = field(default_factory=list)
+    # Manifest rows whose label maps to null (data.manifest.labels): left out, as training does.
+    dropped_rows: int = 0
     bad_files: list[dict[str, str]] = field(default_factory=list)
     duplicates_within: list[list[str]] = field(default_factory=list)
     duplicates_across: list[list[str]] = field(default_factory=list)
     patients_across: dict[str, list[str]] = field(default_factory=dict)
     patients: int = 0
+    # Where the patients come from: file names, or a manifest's patient column.
+    patient_source: str = "file names"
     # Files whose names follow no known patient pattern: each counts as its own patient.
     unknown_patient_names: list[str] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
@@ -59,6 +77,8 @@ class Report:
         found = []
         if self.folder_errors:
             found.append(f"{len(self.folder_errors)} class-folder problems (training stops on them)")
+        if self.manifest_errors:
+            found.append(f"{len(self.manifest_errors)} manifest problems (training stops on them)")
         if self.bad_files:
             found.append(f"{len(self.bad_files)} unreadable files")
         if self.duplicates_across:
@@ -107,43 +127,67 @@ def _inspect(path: Path, split: str, label: str) -> FileInfo:
         return info
     try:
         image = read_grey(path)  # a full decode: truncation only shows here
-        with Image.open(path) as original:
-            info.mode = original.mode
+        if path.suffix.lower() == ".dcm":  # PIL cannot open DICOM; read_grey did, with pydicom
+            info.mode = "DICOM"
+        else:
+            with Image.open(path) as original:
+                info.mode = original.mode
         info.size = image.size
     except BadImageError as err:
         info.error = str(err).removeprefix(f"{path}: ")
     return info
 
 
-def verify(root: str | Path, classes: Sequence[str] = DEFAULT_CLASSES, threads: int = 4) -> Report:
-    """Read every file under ``root`` once and report what could harm an experiment.
-
-    ``classes`` are the class folder names (``data.classes``); the splits, images and ignored
-    files are those training sees.
-    """
-    root = Path(root)
-    classes = list(classes)
-    report = Report(str(root), classes)
-    jobs: list[tuple[Path, str, str]] = []
+def _folder_jobs(root: Path, report: Report) -> list[_Job]:
+    """The files of a data root's split folders, as training lists them."""
+    jobs = []
     for split, split_dir in split_dirs(root).items():
-        listing = list_split(split_dir, classes)
+        listing = list_split(split_dir, report.classes)
         report.folder_errors.extend(listing.problems)
         report.ignored_files.extend(str(path) for path in listing.ignored)
-        jobs.extend((sample.path, split, classes[sample.label]) for sample in listing.samples)
+        jobs.extend(_Job(sample.path, split, report.classes[sample.label]) for sample in listing.samples)
+    return jobs
+
+
+def _manifest_jobs(manifest: Manifest, report: Report) -> list[_Job]:
+    """The films of a manifest's rows, as training reads them (split ``train`` without a split column)."""
+    listing = read_manifest(manifest, report.classes)
+    report.manifest_errors.extend(listing.problems)
+    report.dropped_rows = listing.dropped
+    named = manifest.columns.patient
+    if named:
+        report.patient_source = f"column {named!r}"
+    return [
+        _Job(sample.path, split, report.classes[sample.label], patient if named else None)
+        for sample, patient, split in zip(listing.samples, listing.patients, listing.splits)
+    ]
+
+
+def verify(
+    source: str | Path | Manifest, classes: Sequence[str] = DEFAULT_CLASSES, threads: int = 4
+) -> Report:
+    """Read every file of a data root or manifest once and report what could harm an experiment.
+
+    ``classes`` are the class names (``data.classes``); the splits, images, ignored files and
+    patients are those training sees.
+    """
+    manifest = source if isinstance(source, Manifest) else None
+    report = Report(str(manifest.file if manifest else source), list(classes))
+    jobs = _manifest_jobs(manifest, report) if manifest else _folder_jobs(Path(source), report)
     with ThreadPoolExecutor(threads) as pool:
-        infos = list(pool.map(lambda job: _inspect(*job), jobs))
+        infos = list(pool.map(lambda job: _inspect(job.path, job.split, job.label), jobs))
 
     counts: dict[str, Counter] = defaultdict(Counter)
     by_hash: dict[str, list[FileInfo]] = defaultdict(list)
     patient_splits: dict[str, set[str]] = defaultdict(set)
-    for info in infos:
+    for job, info in zip(jobs, infos):
         if info.error:
             report.bad_files.append({"path": str(info.path), "reason": info.error})
             continue
         counts[info.split][info.label] += 1
         by_hash[info.sha1].append(info)
-        patient_splits[patient_id(info.path)].add(info.split)
-        if not known_patient_name(info.path):
+        patient_splits[job.patient or patient_id(info.path)].add(info.split)
+        if job.patient is None and not known_patient_name(info.path):
             report.unknown_patient_names.append(str(info.path))
         size = f"{info.size[0]}x{info.size[1]}"
         report.sizes[size] = report.sizes.get(size, 0) + 1
