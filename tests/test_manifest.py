@@ -225,7 +225,9 @@ def test_chexpert_import_rules(chexpert, tmp_path, capsys, options, expected, le
     assert re.findall(r"left out 1: (.*)", capsys.readouterr().out) == left_out
 
 
-def test_import_refuses_another_formats_option_and_a_missing_film(chexpert, nih, tmp_path, capsys):
+def test_import_refuses_another_formats_option_a_missing_film_and_a_doubled_name(
+    chexpert, nih, tmp_path, capsys
+):
     with pytest.raises(SystemExit) as stop:
         data_main(["import", "--format", "chexpert", str(chexpert), "--to", str(tmp_path / "m.csv"),
                    "--other-findings", "NORMAL"])  # fmt: skip
@@ -234,6 +236,9 @@ def test_import_refuses_another_formats_option_and_a_missing_film(chexpert, nih,
     with pytest.raises(
         PneumoError, match=r"Data_Entry_2017.csv row 5, column 'Image Index': file not found.*1 of 16"
     ):
+        data_main.__wrapped__(["import", "--format", "nih", str(nih), "--to", str(tmp_path / "m.csv")])
+    shutil.copy(nih.parent / "images_001" / "images" / "00000001_000.png", nih.parent / "00000001_000.png")
+    with pytest.raises(PneumoError, match=r"row 2, column 'Image Index': 2 files are named 00000001_000.png"):
         data_main.__wrapped__(["import", "--format", "nih", str(nih), "--to", str(tmp_path / "m.csv")])
 
 

@@ -85,8 +85,8 @@ def settings(text: str) -> dict[str, str | None]:
 
 
 def verify_source(root: str, columns: dict | None, labels: dict | None) -> str | Manifest:
-    """A data root, or a manifest (a file) read with the given column names and label map."""
-    if Path(root).is_file():
+    """A data root, or a manifest (a file, or a .csv name) read with the given columns and label map."""
+    if Path(root).is_file() or Path(root).suffix.lower() == ".csv":
         return Manifest.from_config({"file": root, "columns": columns or {}, "labels": labels})
     if columns is not None or labels is not None:
         raise PneumoError(f"--columns and --labels read a manifest; {root} is not a file")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,15 +125,12 @@ def _required(table: Path, row: int, cells: dict[str, str], column: str) -> str:
     return cells[column]
 
 
-def _files_by_name(images: Path) -> dict[str, Path]:
+def _files_by_name(images: Path) -> dict[str, list[Path]]:
     """Every file under ``images`` by name: NIH's table names films, its archives nest them."""
-    found: dict[str, Path] = {}
+    found: dict[str, list[Path]] = defaultdict(list)
     for folder, _, names in os.walk(images, followlinks=True):
         for name in names:
-            path = Path(folder) / name
-            if name in found:
-                raise PneumoError(f"two files named {name} under {images}: {found[name]} and {path}")
-            found[name] = path
+            found[name].append(Path(folder) / name)
     return found
 
 
@@ -142,6 +139,11 @@ def read_nih(table: Path, images: Path, rules: ImportRules) -> Iterator[Entry]:
     files = _files_by_name(images)
     for row, cells in _rows(table, "nih", ("Image Index", "Finding Labels", "Patient ID")):
         name = _required(table, row, cells, "Image Index")
+        found = files.get(name, [images / name])  # a missing film is named when the import checks
+        if len(found) > 1:
+            raise _bad_cell(
+                table, row, "Image Index", f"{len(found)} files are named {name}: {found[0]}, {found[1]}"
+            )
         findings = {f.strip() for f in _required(table, row, cells, "Finding Labels").split("|")}
         patient = _required(table, row, cells, "Patient ID")
         if "Pneumonia" in findings:
@@ -150,7 +152,7 @@ def read_nih(table: Path, images: Path, rules: ImportRules) -> Iterator[Entry]:
             label, rule = NORMAL, ""
         else:
             label, rule = _class(rules.other_findings), "other findings only"
-        yield Entry(row, "Image Index", files.get(name, images / name), label, patient, rule)
+        yield Entry(row, "Image Index", found[0], label, patient, rule)
 
 
 def read_rsna(table: Path, images: Path, rules: ImportRules) -> Iterator[Entry]:
