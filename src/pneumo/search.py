@@ -1,0 +1,296 @@
+"""pneumo-search: an Optuna search over pneumo-train's settings, maximising validation AUROC.
+
+pneumo-search data.root=data/chest_xray experiment=kermany_cpu         # hparams_search=default
+pneumo-search data.root=data/chest_xray search.n_trials=40 search.dir=outputs/search/DATE   # resume
+
+The space, the sampler, the pruner and the number of trials live in ``conf/hparams_search/``.
+Every trial is an ordinary pneumo-train run (``train(compose_config(...))``, one device) in its
+own folder of the search's directory, so ``scripts/compare_runs.py`` and TensorBoard read
+trials as they read sweep jobs. The study is kept in ``study.db`` (SQLite) in the same
+directory: a search launched again into it continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from pneumo.errors import PneumoError, exit_on_user_error
+from pneumo.train import compose_config, optimized_value, train
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+STUDY_FILE = "study.db"
+STUDY_NAME = "pneumo"
+# Hydra's format, so a trial's train.log reads like a pneumo-train run's
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+def _optuna() -> Any:
+    """The optuna module, or a one-line error saying how to install it."""
+    try:
+        import optuna
+    except ImportError as err:
+        raise PneumoError(f"pneumo-search needs Optuna: pip install 'pneumo[search]' ({err})") from err
+    return optuna
+
+
+class TrialPruning(L.Callback):
+    """Report ``metric`` to an Optuna trial after every validation epoch, and end the run (as
+    early stopping does, so its checkpoints and TensorBoard files are complete) once the
+    study's pruner judges the trial not worth finishing."""
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.pruned = False
+        # set when the first training epoch begins: an error after it belongs to this trial's
+        # settings (e.g. a learning rate that diverges), one before it to what all trials share
+        self.trained = False
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.trained = True
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
+            return
+        self.trial.report(float(trainer.callback_metrics[self.metric]), step=trainer.current_epoch)
+        if self.trial.should_prune():
+            log.info("trial %d pruned after epoch %d", self.trial.number, trainer.current_epoch)
+            self.pruned = True
+            trainer.should_stop = True
+
+
+def parse_space(params: dict[str, str]) -> dict[str, Any]:
+    """Optuna distributions for ``search.params``, written in Hydra's sweep syntax."""
+    optuna = _optuna()
+    parser = OverridesParser.create()
+    space: dict[str, Any] = {}
+    for key, text in params.items():
+        where = f"search.params.{key}={text}"
+        try:
+            sweep = parser.parse_override(f"{key}={text}").value()
+        except Exception as err:  # Hydra's parser raises its own error types
+            raise PneumoError(f"{where}: not Hydra sweep syntax ({err})") from err
+        if isinstance(sweep, ChoiceSweep) and all(
+            v is None or isinstance(v, (bool, int, float, str)) for v in sweep.list
+        ):
+            space[key] = optuna.distributions.CategoricalDistribution(sweep.list)
+        elif isinstance(sweep, IntervalSweep) and sweep.tags <= {"log", "int"}:
+            log_scale = "log" in sweep.tags
+            if "int" in sweep.tags:
+                space[key] = optuna.distributions.IntDistribution(
+                    int(sweep.start), int(sweep.end), log=log_scale
+                )
+            else:
+                space[key] = optuna.distributions.FloatDistribution(sweep.start, sweep.end, log=log_scale)
+        else:
+            raise PneumoError(
+                f"{where}: use choice(a, b, ...) of plain values, interval(low, high), "
+                "tag(log, interval(...)) or tag(int, interval(...))"
+            )
+    return space
+
+
+def _override_value(value: Any) -> str:
+    """``value`` as pneumo-train reads it on its command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def trial_dir_name(number: int, params: dict[str, Any]) -> str:
+    """``NUM_KEY=VALUE,...`` like a sweep job's folder, so compare_runs names trials by their
+    settings; floats are rounded to 3 digits and a group's ``/`` becomes ``-`` in the name only
+    (the exact overrides are in the run's ``.hydra/overrides.yaml``)."""
+    shown = (
+        f"{key.replace('/', '-')}={f'{v:.3g}' if isinstance(v, float) else _override_value(v)}"
+        for key, v in sorted(params.items())
+    )
+    return f"{number}_{','.join(shown)}"
+
+
+@contextlib.contextmanager
+def _run_log(run_dir: Path) -> Iterator[None]:
+    """Copy log records to ``run_dir/train.log`` while a trial runs, as Hydra does for a run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def _compose(overrides: list[str], run_dir: str | Path) -> DictConfig:
+    """``compose_config``, with Hydra's message for a bad override as one line."""
+    try:
+        return compose_config(overrides, run_dir)
+    except HydraException as err:
+        raise PneumoError("; ".join(line for line in str(err).splitlines() if line.strip())) from None
+
+
+def _record(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
+    """Write ``.hydra/config.yaml`` and ``overrides.yaml`` as Hydra does for a pneumo-train run,
+    so a trial can be rerun with ``pneumo-train`` and its overrides."""
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra" / "overrides.yaml")
+
+
+def _settings(overrides: list[str]) -> DictConfig:
+    """The composed config of the search's base overrides, checked for what a search needs."""
+    # compose_config wants a run directory; this config only supplies the search settings
+    cfg = _compose(overrides, ".")
+    if cfg.get("search") is None:
+        raise PneumoError(
+            "no search settings: choose a space with hparams_search=NAME (conf/hparams_search/)"
+        )
+    devices, nodes = cfg.trainer.get("devices"), cfg.trainer.get("num_nodes", 1)
+    if devices != 1 or nodes != 1:
+        raise PneumoError(
+            f"pneumo-search trains each trial on one device: set trainer.devices=1 and trainer.num_nodes=1 "
+            f"(got devices={devices}, num_nodes={nodes}); for DDP jobs use a sweep with launcher=slurm"
+        )
+    if cfg.monitor.mode not in ("min", "max"):
+        raise PneumoError(f"monitor.mode={cfg.monitor.mode}: use min or max")
+    return cfg
+
+
+def _run_trial(study: optuna.Study, space: dict[str, Any], overrides: list[str], search_dir: Path) -> None:
+    """Ask the study for settings, train them in their own run folder and tell it the result."""
+    optuna = _optuna()
+    trial = study.ask(space)
+    settings = [f"{key}={_override_value(value)}" for key, value in trial.params.items()]
+    run_dir = search_dir / trial_dir_name(trial.number, trial.params)
+    trial.set_user_attr("run_dir", str(run_dir))
+    log.info("trial %d: %s", trial.number, " ".join(settings))
+    pruning: TrialPruning | None = None
+    try:
+        cfg = _compose([*overrides, *settings], run_dir)
+        pruning = TrialPruning(trial, cfg.monitor.metric)
+        with _run_log(run_dir):
+            _record(run_dir, cfg, [*overrides, *settings])
+            results = train(cfg, callbacks=[pruning])
+    except PneumoError as err:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if pruning is None or not pruning.trained:
+            raise  # the data, the config or the folder: every trial would meet it
+        log.warning("trial %d failed: %s", trial.number, err)
+        return
+    except BaseException:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    if pruning.pruned:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return
+    value = optimized_value(cfg, results)
+    if value is None:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return
+    study.tell(trial, value)
+    log.info("trial %d: %s %.4f  (%s)", trial.number, cfg.optimized_metric, value, run_dir)
+
+
+def _open_study(cfg: DictConfig, search_dir: Path) -> optuna.Study:
+    """Create the study in ``search_dir/study.db``, or load it to continue it.
+
+    A continued search's sampler is seeded with ``search.sampler.seed`` plus the number of
+    trials already there: seeded alike, it would propose the first launch's settings again.
+    """
+    optuna = _optuna()
+    search_dir.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        storage=f"sqlite:///{search_dir.absolute() / STUDY_FILE}",
+        study_name=STUDY_NAME,
+        load_if_exists=True,
+        pruner=instantiate(cfg.search.pruner),
+        direction="maximize" if cfg.monitor.mode == "max" else "minimize",
+    )
+    seed = cfg.search.sampler.get("seed")
+    study.sampler = instantiate(
+        cfg.search.sampler, **({} if seed is None else {"seed": seed + len(study.trials)})
+    )
+    return study
+
+
+def search(overrides: list[str]) -> optuna.Study:
+    """Run the search that ``overrides`` (pneumo-train's, plus ``search.*``) describe; return its study.
+
+    ``hparams_search=default`` is used unless another space is chosen. Trials already finished
+    in ``search.dir`` (complete, pruned or failed) count towards ``search.n_trials``.
+    """
+    _optuna()  # a missing Optuna is reported before anything else
+    if not any(o.lstrip("+").startswith("hparams_search=") for o in overrides):
+        overrides = ["hparams_search=default", *overrides]
+    cfg = _settings(overrides)
+    search_dir = Path(cfg.search.dir)
+    # every trial records the search it belongs to, not a time of its own
+    overrides = [o for o in overrides if not o.startswith("search.dir=")] + [f"search.dir='{search_dir}'"]
+    space = parse_space(OmegaConf.to_container(cfg.search.params, resolve=True))
+    study = _open_study(cfg, search_dir)
+    finished = sum(t.state.is_finished() for t in study.trials)
+    if finished:
+        to_go = max(0, cfg.search.n_trials - finished)
+        log.info("%s holds %d finished trials; %d to go", search_dir, finished, to_go)
+    for _ in range(cfg.search.n_trials - finished):
+        _run_trial(study, space, overrides, search_dir)
+    _report(study, cfg, search_dir)
+    return study
+
+
+def _report(study: optuna.Study, cfg: DictConfig, search_dir: Path) -> None:
+    """Log the count of trials by outcome, the best trial and where to look at all of them."""
+    counts = Counter(trial.state.name.lower() for trial in study.trials)
+    log.info("search %s: %s", search_dir, ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    if counts["complete"]:
+        best = study.best_trial
+        run_dir = best.user_attrs["run_dir"]
+        log.info("best: trial %d, %s %.4f, %s", best.number, cfg.optimized_metric, best.value, run_dir)
+        log.info("its settings: %s", " ".join(f"{k}={_override_value(v)}" for k, v in best.params.items()))
+    log.info("compare: python scripts/compare_runs.py %s ; tensorboard --logdir %s", search_dir, search_dir)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    """pneumo-search: parse the overrides, log to the console and run the search."""
+    parser = argparse.ArgumentParser(
+        prog="pneumo-search",
+        description=(
+            "Optuna search over pneumo-train settings. It maximises validation AUROC: each trial "
+            "is scored by its best epoch's val/auroc (optimized_metric=best/val/auroc, set with "
+            "monitor by hparams_search=default), and trials trailing the median at an epoch are "
+            "pruned. Space, sampler, pruner and n_trials: conf/hparams_search/default.yaml."
+        ),
+        epilog="e.g. pneumo-search data.root=data/chest_xray experiment=kermany_cpu search.n_trials=30",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="pneumo-train overrides and search.* keys (search.dir=DIR resumes DIR)"
+    )
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    search(args.overrides)
+
+
+if __name__ == "__main__":
+    main()
