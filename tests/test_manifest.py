@@ -6,6 +6,7 @@ films are the bundled X-rays, shrunk (and, for RSNA, generated DICOM files).
 
 import csv
 import json
+import os
 import re
 import shutil
 import uuid
@@ -20,11 +21,12 @@ from pneumo.checkpoint import read_checkpoint, read_meta
 from pneumo.data.cli import main as data_main
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.manifest import Manifest, ManifestColumns
+from pneumo.data.split import patient_id
 from pneumo.data.verify import verify
 from pneumo.errors import PneumoError
 from pneumo.provenance import validation_samples
 from pneumo.train import train
-from tests.conftest import FAST, make_cfg, sample_files
+from tests.conftest import FAST, SAMPLE, make_cfg, sample_files
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 NIH_HEADER = [
@@ -258,6 +260,16 @@ def test_patient_split_reads_the_patient_column(nih_manifest, tmp_path):
         PneumoError, match="data.val_holdout=earliest orders patients by the numbers in Kermany"
     ):
         XrayDataModule("x", val_holdout="earliest", manifest={"file": str(nih_manifest)}).split_samples()
+
+
+def test_manifest_of_the_class_folders_gives_the_folders_split(tmp_path):
+    folders = XrayDataModule(str(SAMPLE), image_size=32, val_fraction=0.25).split_samples()
+    listed = sorted(folders[0] + folders[1], key=lambda s: (s.label, s.path))  # as the folders list them
+    rows = [[os.path.relpath(s.path, tmp_path), CLASSES[s.label], patient_id(s.path)] for s in listed]
+    from_manifest = _datamodule(_manifest(tmp_path, rows)).split_samples()
+    for by_folder, by_manifest in zip(folders, from_manifest):
+        assert [s.path.resolve() for s in by_manifest] == [s.path.resolve() for s in by_folder]
+        assert [s.label for s in by_manifest] == [s.label for s in by_folder]
 
 
 def test_manifest_run_records_its_validation_files_and_resumes_from_moved_data(nih_manifest, tmp_path):
