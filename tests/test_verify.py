@@ -65,6 +65,11 @@ def _no_train_folder(root: Path) -> Path:
     return root / "val"
 
 
+def _linked(link: Path, target: Path) -> Path:
+    link.symlink_to(target)
+    return link
+
+
 def _locked(path: Path) -> Path:
     path.chmod(0)
     return path
@@ -119,6 +124,18 @@ CASES = [
         marks=needs_non_root,
     ),
     _case(
+        "broken link",
+        lambda r: _linked(r / "train/NORMAL/IM-9999-0001.jpeg", r / "gone.jpeg"),
+        "bad file",
+        r"^broken link to .*gone.jpeg \(its target is missing, or the link loops\)",
+    ),
+    _case(
+        "link that loops",
+        lambda r: _linked(r / "train/NORMAL/IM-9999-0001.jpeg", r / "train/NORMAL/IM-9999-0001.jpeg"),
+        "bad file",
+        r"^broken link to .*IM-9999-0001.jpeg",
+    ),
+    _case(
         "unreadable film",
         lambda r: _locked(next((r / "train/PNEUMONIA").iterdir())),
         "bad file",
@@ -163,7 +180,8 @@ def test_verify_agrees_with_training(small_root, capsys, plant, outcome, expecte
         counted = Counter({label: n for counts in report["counts"].values() for label, n in counts.items()})
         assert counted == Counter(path.parent.name for path in files)
     else:
-        assert report["bad_files"] == [{"path": str(planted), "reason": expected}]
+        [bad] = report["bad_files"]
+        assert bad["path"] == str(planted) and re.search(expected, bad["reason"])
         assert status == 1 and not report["ok"]
         with pytest.raises(BadImageError, match=planted.name):
             XrayDataset(samples, 32)  # training stops on the file, naming it

@@ -21,6 +21,7 @@ from pneumo.data.dataset import DEFAULT_CLASSES, list_split, split_dirs
 from pneumo.data.manifest import Manifest, read_manifest
 from pneumo.data.preprocess import BadImageError, read_grey
 from pneumo.data.split import known_patient_name, patient_id
+from pneumo.errors import printable
 
 
 @dataclass
@@ -114,18 +115,13 @@ class Report:
 
 
 def _inspect(path: Path, split: str, label: str) -> FileInfo:
-    """Hash and fully decode one file; a file that cannot be read gets its reason in ``error``."""
+    """Fully decode and hash one file; a file that cannot be read gets its reason in ``error``,
+    the very reason training and predict give (they decode with the same ``read_grey``)."""
+    info = FileInfo(path, split, label, "")
     try:
-        data = path.read_bytes()
-    except PermissionError:
-        return FileInfo(path, split, label, "", error="permission denied")
-    except OSError as err:
-        return FileInfo(path, split, label, "", error=f"cannot read ({err.strerror or err})")
-    info = FileInfo(path, split, label, hashlib.sha1(data).hexdigest())
-    if not data:
-        info.error = "zero-byte file"
-        return info
-    try:
+        if path.is_file() and path.stat().st_size == 0:
+            info.error = "zero-byte file"
+            return info
         image = read_grey(path)  # a full decode: truncation only shows here
         if path.suffix.lower() == ".dcm":  # PIL cannot open DICOM; read_grey did, with pydicom
             info.mode = "DICOM"
@@ -133,8 +129,11 @@ def _inspect(path: Path, split: str, label: str) -> FileInfo:
             with Image.open(path) as original:
                 info.mode = original.mode
         info.size = image.size
+        info.sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
     except BadImageError as err:
-        info.error = str(err).removeprefix(f"{path}: ")
+        info.error = str(err).removeprefix(printable(f"{path}: "))
+    except OSError as err:  # the file changed or vanished between the decode and the hash
+        info.error = f"cannot read ({err.strerror or err})"
     return info
 
 
