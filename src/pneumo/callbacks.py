@@ -16,7 +16,8 @@ class EpochReport(L.Callback):
     Logs ``time/train_epoch_s`` (the training batches, up to validation) and
     ``time/val_epoch_s`` to the loggers and prints one line per epoch, the successor of the
     original trainer's "val loss / val time / val accuracy". Checkpoint writing, which
-    follows validation, counts in neither.
+    follows validation, counts in neither. With several processes (DDP) the times are the
+    slowest process's, and only rank zero prints the line.
     """
 
     def __init__(self) -> None:
@@ -40,14 +41,17 @@ class EpochReport(L.Callback):
             return
         seconds = time.perf_counter() - self._val_start
         self._val_seconds += seconds
-        pl_module.log("time/val_epoch_s", seconds)
+        pl_module.log("time/val_epoch_s", seconds, sync_dist=True, reduce_fx="max")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         train_seconds = self._train_seconds
         if train_seconds is None:  # no validation this epoch
             train_seconds = time.perf_counter() - self._epoch_start
-        pl_module.log("time/train_epoch_s", train_seconds)
+        pl_module.log("time/train_epoch_s", train_seconds, sync_dist=True, reduce_fx="max")
+        # read on every process: reading computes the epoch's figures, which gathers from all
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        if not trainer.is_global_zero:
+            return
 
         def show(key: str, fmt: str = ".4f") -> str:
             return format(metrics[key], fmt) if key in metrics else "-"
@@ -72,7 +76,12 @@ class EpochReport(L.Callback):
 
 
 class SaveOnInterrupt(L.Callback):
-    """On Ctrl-C (or SIGTERM), save ``interrupted.ckpt`` beside the other checkpoints."""
+    """On Ctrl-C (or SIGTERM), save ``interrupted.ckpt`` beside the other checkpoints.
+
+    Rank zero saves alone, without waiting for the other processes of a DDP run: they hold
+    the same weights, and after Ctrl-C some of them may already be gone, so
+    ``Trainer.save_checkpoint``'s closing barrier could wait forever.
+    """
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
@@ -82,6 +91,10 @@ class SaveOnInterrupt(L.Callback):
     ) -> None:
         if not isinstance(exception, KeyboardInterrupt) and type(exception).__name__ != "SIGTERMException":
             return
+        if not trainer.is_global_zero:
+            return
         path = f"{self.dirpath}/interrupted.ckpt"
-        trainer.save_checkpoint(path)
+        # Trainer.save_checkpoint without its barrier; Lightning offers no public way to skip it
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        trainer.strategy.save_checkpoint(checkpoint, path)
         log.warning("interrupted: saved %s; resume with ckpt_path=%s", path, path)

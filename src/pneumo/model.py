@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from torchmetrics.aggregation import CatMetric, MeanMetric
 
 from pneumo.checkpoint import CheckpointMeta, read_meta
 from pneumo.errors import PneumoError
@@ -18,6 +19,10 @@ from pneumo.network import NUM_CLASSES, build_resnet18, load_backbone_weights, p
 from pneumo.threshold import THRESHOLD_METHODS, choose_threshold
 
 log = logging.getLogger(__name__)
+
+# torchmetrics' aggregators drop NaN by default; "replace NaN by NaN" keeps it (their "disable"
+# would too, but makes MeanMetric ignore its weights).
+_KEEP_NAN = float("nan")
 
 
 class XrayClassifier(L.LightningModule):
@@ -28,6 +33,11 @@ class XrayClassifier(L.LightningModule):
     dicts (so checkpoints load with ``weights_only=True``) and instantiated in
     ``configure_optimizers``. After every validation epoch the decision threshold is chosen
     on that epoch's validation predictions, so each checkpoint carries its own.
+
+    Every epoch figure covers all films of all processes (DDP): the losses and metrics are
+    torchmetrics states reduced across processes, and the threshold is chosen on the
+    validation predictions gathered from every process. The validation loader gives each
+    film to exactly one process (``XrayDataModule.val_dataloader``), so none counts twice.
     """
 
     def __init__(
@@ -58,12 +68,17 @@ class XrayClassifier(L.LightningModule):
         self.net = self.net.to(memory_format=torch.channels_last)
         self.train_metrics = classification_metrics("train/")
         self.val_metrics = classification_metrics("val/")
+        # An epoch's loss is the class-weighted mean over its films, whatever the batches:
+        # each batch's mean counts by the sum of its films' class weights. NaN is kept, so a
+        # diverged validation epoch is caught (see on_validation_epoch_end).
+        self.train_loss = MeanMetric(nan_strategy=_KEEP_NAN)
+        self.val_loss = MeanMetric(nan_strategy=_KEEP_NAN)
+        # this epoch's validation predictions, gathered from every process for the threshold
+        self._val_probs = CatMetric(nan_strategy=_KEEP_NAN)
+        self._val_positive = CatMetric(nan_strategy=_KEEP_NAN)
         self.register_buffer("class_weights", torch.ones(NUM_CLASSES), persistent=False)
         self.threshold = 0.5
-        self._val_probs: list[torch.Tensor] = []
-        self._val_targets: list[torch.Tensor] = []
-        self._val_losses: list[torch.Tensor] = []
-        # (P(positive), is positive) of the last validation epoch, in validation order
+        # (P(positive), is positive) of the last validation epoch, every process's films
         self.val_predictions: tuple[torch.Tensor, torch.Tensor] | None = None
         self._validated_epoch = -1  # a plateau schedule steps only on a fresh val/loss
         # set by pneumo.train.build, or restored from a checkpoint; saved with every checkpoint
@@ -80,12 +95,14 @@ class XrayClassifier(L.LightningModule):
             self.class_weights = weights.to(self.device)
             log.info("class-weighted loss: %s", [round(w, 3) for w in weights.tolist()])
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics):
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics, epoch_loss: MeanMetric):
         images, targets = batch
-        logits = self(images)
+        # fp32 under bf16 autocast too: loss, probabilities and threshold at full precision
+        logits = self(images).float()
         loss = F.cross_entropy(
             logits, targets, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing
         )
+        epoch_loss.update(loss.detach(), self.class_weights[targets].sum())
         probs = positive_probability(logits.detach(), self.hparams.positive_index)
         positive = (targets == self.hparams.positive_index).long()
         metrics.update(probs, positive)
@@ -94,43 +111,53 @@ class XrayClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx):
         if batch[0].numel() == 0:
             return None
-        loss, _, _ = self._step(batch, self.train_metrics)
+        loss, _, _ = self._step(batch, self.train_metrics, self.train_loss)
         if not torch.isfinite(loss):
             raise PneumoError(
                 f"training loss became {loss.item()} at epoch {self.current_epoch}, step "
                 f"{self.global_step}; lower the learning rate (model.optimizer.lr). The last good "
                 "checkpoint is kept in the run's checkpoints/ folder"
             )
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch[1]))
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         if batch[0].numel() == 0:
             return
-        loss, probs, positive = self._step(batch, self.val_metrics)
-        self._val_probs.append(probs)
-        self._val_targets.append(positive)
-        self._val_losses.append(loss.detach())
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch[1]))
+        _, probs, positive = self._step(batch, self.val_metrics, self.val_loss)
+        self._val_probs.update(probs)
+        self._val_positive.update(positive)
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=False)
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_probs and not self.trainer.sanity_checking:
-            self._validated_epoch = self.current_epoch
-            # Checked before anything is saved: a diverged epoch must not become best.ckpt.
-            self._stop_if_diverged("validation loss", torch.stack(self._val_losses))
-            self._stop_if_diverged("weights", *self.net.state_dict().values())
-            probs, targets = torch.cat(self._val_probs), torch.cat(self._val_targets)
-            self.val_predictions = (probs.cpu(), targets.cpu())
-            self.threshold = choose_threshold(
-                probs, targets, self.hparams.threshold_method, self.hparams.target_sensitivity
-            )
-            self._stop_if_diverged("decision threshold", torch.tensor(self.threshold))
-            self.log("val/threshold", self.threshold)
-        self._val_probs.clear()
-        self._val_targets.clear()
-        self._val_losses.clear()
+        if not self.trainer.sanity_checking:
+            self._end_validation_epoch()
+        self._val_probs.reset()
+        self._val_positive.reset()
+
+    def _end_validation_epoch(self) -> None:
+        """Check the epoch for divergence and choose its threshold on every process's films.
+
+        Every process calls this: each ``compute`` gathers from all of them, so all see the
+        same figures, stop together on a diverged epoch and store the same threshold.
+        """
+        probs, positive = self._val_probs.compute(), self._val_positive.compute()
+        if not isinstance(probs, torch.Tensor) or probs.numel() == 0:
+            return  # no film was validated (all skipped as unreadable)
+        self._validated_epoch = self.current_epoch
+        # Checked before anything is saved: a diverged epoch must not become best.ckpt.
+        self._stop_if_diverged("validation loss", self.val_loss.compute())
+        self._stop_if_diverged("weights", *self.net.state_dict().values())
+        positive = positive.long()
+        self.val_predictions = (probs.cpu(), positive.cpu())
+        self.threshold = choose_threshold(
+            probs, positive, self.hparams.threshold_method, self.hparams.target_sensitivity
+        )
+        self._stop_if_diverged("decision threshold", torch.tensor(self.threshold))
+        # the same on every process; "max" passes it through the reduction unchanged
+        self.log("val/threshold", self.threshold, sync_dist=True, reduce_fx="max")
 
     def _stop_if_diverged(self, what: str, *tensors: torch.Tensor) -> None:
         """Stop the run, in one line, when ``tensors`` hold NaN or inf."""

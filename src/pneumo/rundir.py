@@ -7,6 +7,11 @@ is being written by one (``run.lock``, holding the writer's process id). Resumin
 (``ckpt_path=RUN/checkpoints/last.ckpt``) is the one way back into a used directory, and
 without an explicit ``hydra.run.dir`` it continues in RUN, so ``best.ckpt``, the TensorBoard
 curves and ``train.log`` cover the whole run.
+
+A run of several processes (DDP) has one run directory: rank zero claims, checks and records
+it; the other processes are given the same ``hydra.run.dir`` (Lightning's own launcher passes
+rank zero's; under torchrun and srun every process needs it on its command line) and write
+neither ``.hydra/`` nor a log file.
 """
 
 from __future__ import annotations
@@ -18,13 +23,39 @@ from datetime import datetime
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
 from pneumo.errors import PneumoError
 
 LOCK_NAME = "run.lock"
 
+# What a process other than rank zero adds to its command line (the last value of a key
+# wins): rank zero alone records the run, so no .hydra/ and no log file; warnings and errors
+# still reach its console.
+_FOLLOWER_OVERRIDES = (
+    "hydra.output_subdir=null",
+    "hydra/job_logging=stdout",
+    "hydra.job_logging.root.level=WARNING",
+)
+
 # Hydra flags that print or complete instead of running a job.
 _NO_JOB_FLAGS = ("-c", "--cfg", "-h", "--help", "--hydra-help", "-i", "--info", "-sc", "--shell-completion")
+
+
+def launch_rank() -> tuple[int, int]:
+    """This process's rank and the number of processes, as its launcher announced them.
+
+    torchrun and srun announce both to every process. Lightning's own launcher
+    (``trainer.devices`` > 1) starts the other processes of a node with ``LOCAL_RANK``,
+    ``NODE_RANK`` and ``WORLD_SIZE``; the rank returned for those is not the global one, but
+    it is 0 only for global rank zero. A process started by hand is ``(0, 1)``.
+    """
+    for environment in (TorchElasticEnvironment, SLURMEnvironment):
+        if environment.detect():
+            launched = environment()
+            return launched.global_rank(), launched.world_size()
+    local, node = (int(os.environ.get(key, "0")) for key in ("LOCAL_RANK", "NODE_RANK"))
+    return local + node, int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def checkpoint_run_dir(ckpt_path: str | Path) -> Path | None:
@@ -199,6 +230,10 @@ def prepare_launch(args: list[str]) -> list[str]:
     in ``RUN/.hydra/resume_DATE/``, keeping the first launch's ``.hydra/`` as it was. A
     literal ``hydra.run.dir`` is checked with ``check_run_dir`` here, so a refused run does
     not overwrite another run's ``.hydra/`` or append to its ``train.log``.
+
+    A process of a multi-process run (``launch_rank``) needs a literal ``hydra.run.dir``:
+    Hydra's timestamped default would differ between processes. Processes other than rank
+    zero skip the check (rank zero holds the directory) and get ``_FOLLOWER_OVERRIDES``.
     """
     check_overrides(args)
     if any(arg in _NO_JOB_FLAGS or arg in ("-m", "--multirun") for arg in args):
@@ -215,6 +250,15 @@ def prepare_launch(args: list[str]) -> list[str]:
     if run_dir is None and own is not None:
         run_dir = str(own)
         args.append(f"hydra.run.dir={_quoted(own)}")
+    rank, processes = launch_rank()
+    if (rank > 0 or processes > 1) and (run_dir is None or "${" in run_dir):
+        raise PneumoError(
+            f"this process is one of a multi-process run (rank {rank}): give every process the "
+            "same hydra.run.dir=DIR (e.g. hydra.run.dir=outputs/train/runs/$SLURM_JOB_ID), so that "
+            "they share one run directory"
+        )
+    if rank > 0:
+        return [*args, *_FOLLOWER_OVERRIDES]
     if run_dir is None or "${" in run_dir:
         return args  # a new directory of Hydra's naming, checked again when the run starts
     if own is not None and own.resolve() == Path(run_dir).resolve() and "hydra.output_subdir" not in values:

@@ -3,10 +3,12 @@
 pneumo-train experiment=quickstart
 pneumo-train data.root=DATA data.batch_size=32 trainer.max_epochs=35
 pneumo-train -m data.batch_size=8,16,32 trainer.max_epochs=5,10
+pneumo-train trainer=ddp trainer.devices=4
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import warnings
@@ -20,6 +22,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -29,7 +32,7 @@ from pneumo.data.datamodule import XrayDataModule
 from pneumo.errors import PneumoError, exit_on_user_error
 from pneumo.model import XrayClassifier
 from pneumo.provenance import check_resume
-from pneumo.rundir import checkpoint_run_dir, claim_run_dir, prepare_launch
+from pneumo.rundir import checkpoint_run_dir, claim_run_dir, launch_rank, prepare_launch
 
 log = logging.getLogger(__name__)
 
@@ -104,23 +107,37 @@ def build(
     return datamodule, model, trainer
 
 
-def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
+def train(
+    cfg: DictConfig, callbacks: Sequence[L.Callback] = (), one_process_only: bool = False
+) -> dict[str, float]:
     """Fit the model described by ``cfg``; return the best validation figures.
 
     The run directory is held for the length of the run (``claim_run_dir``): a directory
-    holding another run, or being written by one, is refused.
+    holding another run, or being written by one, is refused. In a run of several processes
+    (DDP) rank zero holds it for all. ``one_process_only`` refuses a config that would start
+    more processes (see ``hydra_main``).
     """
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise PneumoError(f"ckpt_path not found: {ckpt_path}")
-    with claim_run_dir(cfg.paths.output_dir, ckpt_path):
-        return _fit(cfg, ckpt_path, callbacks)
+    rank, _ = launch_rank()
+    held = claim_run_dir(cfg.paths.output_dir, ckpt_path) if rank == 0 else contextlib.nullcontext()
+    with held:
+        return _fit(cfg, ckpt_path, callbacks, one_process_only)
 
 
-def _fit(cfg: DictConfig, ckpt_path: str | None, callbacks: Sequence[L.Callback]) -> dict[str, float]:
+def _fit(
+    cfg: DictConfig, ckpt_path: str | None, callbacks: Sequence[L.Callback], one_process_only: bool
+) -> dict[str, float]:
     """Build, check a resume against its checkpoint, train and report."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg, callbacks)
+    if one_process_only and trainer.world_size > 1:
+        raise PneumoError(
+            f"-m runs its jobs one after another in this process, and a run of {trainer.world_size} "
+            "processes (trainer.devices, trainer.num_nodes) would start the whole sweep again in each; "
+            "sweep with a cluster launcher instead: hydra/launcher=submitit_slurm (or submitit_local)"
+        )
     if ckpt_path:
         saved = read_checkpoint(ckpt_path)
         saved_meta = read_meta(saved, ckpt_path)
@@ -178,8 +195,17 @@ def optimized_value(cfg: DictConfig, results: dict[str, float]) -> float | None:
 @hydra.main(version_base="1.3", config_path="pkg://pneumo.conf", config_name="train")
 @exit_on_user_error
 def hydra_main(cfg: DictConfig) -> float | None:
-    """Train; return ``optimized_metric`` for Hydra sweepers to optimise."""
-    return optimized_value(cfg, train(cfg))
+    """Train; return ``optimized_metric`` for Hydra sweepers to optimise.
+
+    Hydra's basic launcher runs ``-m`` jobs in this process, and Lightning's DDP launcher
+    would start each further process with this whole command line, sweep included; such
+    jobs must stay in one process.
+    """
+    hydra_cfg = HydraConfig.get()
+    in_process_sweep = hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher._target_.endswith(
+        ".BasicLauncher"
+    )
+    return optimized_value(cfg, train(cfg, one_process_only=in_process_sweep))
 
 
 @exit_on_user_error

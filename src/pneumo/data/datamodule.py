@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Sampler
 
 from pneumo.data.cache import DecodedImages, cache_mode, decoded_images
@@ -296,19 +298,38 @@ class XrayDataModule(L.LightningDataModule):
             counts = self.class_counts()
             weights = [1.0 / max(counts[label], 1) for label in self.train_set.labels]
         # BatchNorm cannot train on a last batch of one image; that image is drawn again in
-        # another epoch, since the order changes every epoch
-        single = len(self.train_set) % self.batch_size == 1
+        # another epoch, since the order changes every epoch. Under DDP each process loads
+        # ceil(n / processes) images of the epoch (Lightning pads the last shares).
+        per_process = math.ceil(len(self.train_set) / self._processes())
+        single = per_process % self.batch_size == 1
         if single:
             log.info(
-                "%d training images at data.batch_size=%d leave a last batch of one image: it is "
-                "left out of each epoch",
-                len(self.train_set),
+                "%d training images per process at data.batch_size=%d leave a last batch of one "
+                "image: it is left out of each epoch",
+                per_process,
                 self.batch_size,
             )
         return self._loader(self.train_set, EpochSampler(len(self.train_set), self.seed, weights), single)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        processes = self._processes()
+        if processes == 1:
+            return self._loader(self.val_set)
+        # Each film to exactly one process: Lightning's own DistributedSampler would repeat films
+        # to even out the shares, and count them twice in the figures and the threshold.
+        if len(self.val_set) < processes:
+            raise PneumoError(
+                f"{len(self.val_set)} validation images cannot give each of {processes} processes one; "
+                "use fewer processes (trainer.devices, trainer.num_nodes) or more validation images"
+            )
+        shares = UnrepeatedDistributedSampler(
+            self.val_set, num_replicas=processes, rank=self.trainer.global_rank, shuffle=False
+        )
+        return self._loader(self.val_set, shares)
+
+    def _processes(self) -> int:
+        """How many processes share each epoch's images (DDP); 1 outside a Trainer."""
+        return self.trainer.world_size if self.trainer is not None else 1
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Augmenting and normalising on the device after transfer: one batched resampling
