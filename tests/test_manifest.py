@@ -324,6 +324,10 @@ BAD_ROWS = {  # what to plant in GOOD, and the message: file row N, column C
         (7, 0, "PNEUMONIA_1.png"),
         r"row 9, column 'path': duplicated path PNEUMONIA_1.png \(also row 7\)",
     ),
+    "same film by another path": (
+        (6, 0, "../films/PNEUMONIA_1.png"),
+        r"row 8, column 'path': duplicated path \.\./films/PNEUMONIA_1.png \(also row 7\)",
+    ),
     "empty patient": ((3, 2, " "), r"row 5, column 'patient': empty patient"),
     "absolute path": ((4, 0, "/tmp/x.png"), r"row 6, column 'path': /tmp/x.png is absolute"),
 }
@@ -359,7 +363,7 @@ def test_missing_column_and_verify_listing_every_bad_row(film_dir, capsys):
     assert stop.value.code == 1 and "row 5, column 'patient': empty patient" in capsys.readouterr().out
 
 
-def test_split_column_replaces_the_carved_validation_and_verify_finds_a_shared_patient(film_dir, caplog):
+def test_split_column_replaces_the_carved_validation_and_a_shared_patient_stops_it(film_dir):
     folds = ["train", "train", "val", "test"] * 4  # per class: films 0, 1 train, 2 val, 3 test
     rows = [[f"{label}_{n}.png", label, f"p{label[0]}{n}", folds[n]] for label in CLASSES for n in range(4)]
     manifest = _manifest(film_dir, rows, header=("path", "label", "patient", "fold"))
@@ -374,8 +378,10 @@ def test_split_column_replaces_the_carved_validation_and_verify_finds_a_shared_p
 
     rows[2][2] = rows[0][2]  # NORMAL_2 (val) belongs to NORMAL_0's patient (train)
     _manifest(film_dir, rows, header=("path", "label", "patient", "fold"))
-    _datamodule(manifest, columns={"split": "fold"}).split_samples()
-    assert "1 patients have films in both train and val rows (e.g. pN0)" in caplog.text
+    with pytest.raises(
+        PneumoError, match=r"labels.csv rows 2 and 4: patient pN0 has films in both train and val"
+    ):
+        _datamodule(manifest, columns={"split": "fold"}).split_samples()
     report = verify(Manifest(manifest, ManifestColumns(split="fold")))
     assert report.patients_across == {"pN0": ["train", "val"]} and report.patient_source == "column 'patient'"
     assert report.counts == {split: {"NORMAL": 1 + (split == "train"), "PNEUMONIA": 1 + (split == "train")}

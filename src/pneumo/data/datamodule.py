@@ -24,7 +24,7 @@ from pneumo.data.dataset import (
     scan_split,
     split_dirs,
 )
-from pneumo.data.manifest import Manifest, check_split_classes, load_manifest
+from pneumo.data.manifest import Manifest, check_patients_apart, check_split_classes, load_manifest
 from pneumo.data.preprocess import MIN_SIDE, to_model_input, to_unit
 from pneumo.data.split import HOLDOUTS, known_patient_name, patient_split
 from pneumo.data.transforms import BatchAugment
@@ -184,23 +184,16 @@ class XrayDataModule(L.LightningDataModule):
     def _split_manifest(self, manifest: Manifest) -> tuple[list[Sample], list[Sample]]:
         """A manifest's train and validation rows: its val rows if it has any, else a patient split.
 
-        Test rows are left out; an explicit split is used as it is, whatever its size.
+        Test rows are left out; an explicit split is used as it is, whatever its size, but a
+        patient with both train and val rows stops it.
         """
         listing = load_manifest(manifest, self.classes)
         train, patients = listing.split("train")
         check_split_classes(train, self.classes, "training", manifest.file)
-        val, val_patients = listing.split("val")
+        val, _ = listing.split("val")
         if val:
             check_split_classes(val, self.classes, "validation", manifest.file)
-            shared = sorted(set(patients) & set(val_patients))
-            if shared:
-                log.warning(
-                    "%s: %d patients have films in both train and val rows (e.g. %s): validation then "
-                    "partly measures memory; move each patient's films to one split",
-                    manifest.file,
-                    len(shared),
-                    shared[0],
-                )
+            check_patients_apart(listing, manifest.file, "train", "val")
             return train, val
         if manifest.columns.patient is None:
             self._check_patient_names(train)

@@ -101,13 +101,14 @@ class Manifest:
 class ManifestListing:
     """A manifest read row by row: the kept films, and every problem found.
 
-    ``samples``, ``patients`` and ``splits`` run in parallel, one entry per kept row;
-    ``dropped`` counts the rows whose label maps to ``None``.
+    ``samples``, ``patients``, ``splits`` and ``rows`` (the row numbers) run in parallel, one
+    entry per kept row; ``dropped`` counts the rows whose label maps to ``None``.
     """
 
     samples: list[Sample] = field(default_factory=list)
     patients: list[str] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
     dropped: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -130,7 +131,7 @@ class _RowReader:
         self.manifest = manifest
         self.classes = list(classes)
         self.listing = listing
-        self.first_row: dict[str, int] = {}  # normalised path -> row that listed it
+        self.first_row: dict[str, int] = {}  # the film's real path -> row that listed it
 
     def problem(self, row: int, column: str, text: str) -> None:
         self.listing.problems.append(f"{self.manifest.file} row {row}, column {column!r}: {text}")
@@ -156,7 +157,12 @@ class _RowReader:
         return None
 
     def path(self, row: int, value: str) -> Path | None:
-        """The film's file, checked: relative, listed once, present."""
+        """The film's file, checked: relative, listed once, present.
+
+        Once means once as a file: ``x.png``, ``./x.png``, ``../films/x.png`` from a manifest
+        in ``films/``, or a link to it are the same film, which must not get two labels or
+        sit on both sides of the split.
+        """
         column = self.manifest.columns.path
         if not value:
             self.problem(row, column, "empty path; give the film's file, relative to the manifest's folder")
@@ -164,14 +170,14 @@ class _RowReader:
         if Path(value).is_absolute():
             self.problem(row, column, f"{value} is absolute; write paths relative to {self.manifest.folder}")
             return None
-        key = os.path.normpath(value)
+        path = self.manifest.folder / value
+        key = os.path.realpath(path)
         if key in self.first_row:
             self.problem(
                 row, column, f"duplicated path {value} (also row {self.first_row[key]}); list each film once"
             )
             return None
         self.first_row[key] = row
-        path = self.manifest.folder / value
         if not path.is_file():
             self.problem(row, column, f"file not found: {path}; fix the path or remove the row")
             return None
@@ -197,6 +203,7 @@ class _RowReader:
         self.listing.samples.append(Sample(path, label))
         self.listing.patients.append(patient or patient_id(path))
         self.listing.splits.append(split)
+        self.listing.rows.append(row)
 
 
 def read_manifest(manifest: Manifest, classes: Sequence[str]) -> ManifestListing:
@@ -249,4 +256,16 @@ def check_split_classes(samples: Sequence[Sample], classes: Sequence[str], split
             raise PneumoError(
                 f"{file} has no {name} rows for {split}; add some, or check data.manifest.labels and the "
                 "split column"
+            )
+
+
+def check_patients_apart(listing: ManifestListing, file: Path, first: str, second: str) -> None:
+    """Stop when a patient has rows in both splits: validation would then partly measure memory."""
+    kept = list(zip(listing.patients, listing.splits, listing.rows))
+    row_of = {patient: row for patient, split, row in kept if split == first}
+    for patient, split, row in kept:
+        if split == second and patient in row_of:
+            raise PneumoError(
+                f"{file} rows {row_of[patient]} and {row}: patient {patient} has films in both {first} "
+                f"and {second} rows; move all of a patient's films to one split"
             )
