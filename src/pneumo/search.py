@@ -147,7 +147,7 @@ def _compose(overrides: list[str], run_dir: str | Path) -> DictConfig:
     try:
         return compose_config(overrides, run_dir)
     except HydraException as err:
-        raise PneumoError("; ".join(line for line in str(err).splitlines() if line.strip())) from None
+        raise PneumoError(" ".join(line.strip() for line in str(err).splitlines() if line.strip())) from None
 
 
 def _record(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
