@@ -244,6 +244,23 @@ def test_import_refuses_another_formats_option_a_missing_film_and_a_doubled_name
         data_main.__wrapped__(["import", "--format", "nih", str(nih), "--to", str(tmp_path / "m.csv")])
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_import_writes_its_manifest_whole_and_refuses_a_film_listed_twice(nih, nih_manifest):
+    before = nih_manifest.read_bytes()
+    partial = nih_manifest.with_name(f".{nih_manifest.name}.partial")
+    partial.symlink_to("/dev/full")  # the next write of the manifest meets a full disk
+    with pytest.raises(PneumoError, match=r"no space left on device writing .*nih.csv"):
+        data_main.__wrapped__(["import", "--format", "nih", str(nih), "--to", str(nih_manifest)])
+    assert nih_manifest.read_bytes() == before and not partial.is_symlink()  # never half a manifest
+
+    with open(nih, "a", newline="") as handle:  # the table's row 3 once more, as row 19
+        csv.writer(handle).writerow(list(csv.reader(nih.open()))[2])
+    with pytest.raises(
+        PneumoError, match=r"row 19, column 'Image Index': 00000001_001.png is listed again \(also row 3\)"
+    ):
+        data_main.__wrapped__(["import", "--format", "nih", str(nih), "--to", str(nih_manifest)])
+
+
 def _datamodule(manifest: Path, **block) -> XrayDataModule:
     return XrayDataModule(
         "no/such/root", image_size=32, val_fraction=0.25, manifest={"file": str(manifest), **block}

@@ -17,6 +17,7 @@ label NORMAL or PNEUMONIA, patient), leaving out what they drop:
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from collections import Counter, defaultdict
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from pneumo.data.manifest import ManifestColumns
 from pneumo.errors import PneumoError
+from pneumo.output import write_text_atomically
 
 NORMAL, PNEUMONIA, DROP = "NORMAL", "PNEUMONIA", "drop"
 
@@ -266,12 +268,29 @@ def import_table(
             f"file not found: {first.image} ({len(missing)} of {len(kept)} films missing); unpack the "
             "whole set, or point --images at the folder of its films",
         )
-    to.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_doubled(table, kept)
     columns = ManifestColumns()
-    with open(to, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow([columns.path, columns.label, columns.patient])
-        for entry in kept:
-            path = Path(os.path.relpath(entry.image, to.parent)).as_posix()
-            writer.writerow([path, entry.label, entry.patient])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow([columns.path, columns.label, columns.patient])
+    for entry in kept:
+        writer.writerow(
+            [Path(os.path.relpath(entry.image, to.parent)).as_posix(), entry.label, entry.patient]
+        )
+    # whole or not at all: a manifest cut short by a full disk would train on part of the set
+    write_text_atomically(to, text.getvalue())
     return summary
+
+
+def _refuse_doubled(table: Path, kept: Sequence[Entry]) -> None:
+    """Stop at a film the table lists twice: it would be one film with two rows in the manifest."""
+    first: dict[Path, int] = {}
+    for entry in kept:
+        if entry.image in first:
+            raise _bad_cell(
+                table,
+                entry.row,
+                entry.column,
+                f"{entry.image.name} is listed again (also row {first[entry.image]})",
+            )
+        first[entry.image] = entry.row
