@@ -300,6 +300,25 @@ def test_manifest_run_records_its_validation_files_and_resumes_from_moved_data(n
                               for s in val]  # fmt: skip
     assert meta.val_files[0][0].startswith("../nih/images_00")
     assert validation_samples(meta, nih_manifest.parent, last) == val  # pneumo-eval data.split=val
+    with pytest.raises(PneumoError, match=r"set data.root to the folder of the run's manifest \(.*nih.csv\)"):
+        validation_samples(meta, tmp_path, last)
+
+    # one training film fewer: the same validation split, but another training set
+    rows = _rows(nih_manifest)
+    in_val = {s.path for s in val}
+    dropped = next(r for r in rows if nih_manifest.parent / r["path"] not in in_val)
+    fewer = _table(
+        nih_manifest.with_name("fewer.csv"),
+        list(rows[0]),
+        [list(r.values()) for r in rows if r is not dropped],
+    )
+    with pytest.raises(
+        PneumoError,
+        match=r"the training files under data.manifest.file=.*fewer.csv differ.*11 files now, 12 then",
+    ):
+        train(
+            make_cfg(run, [*FAST, f"data.manifest.file={fewer}", "trainer.max_epochs=2", f"ckpt_path={last}"])
+        )
 
     with pytest.raises(
         PneumoError, match=r"data.manifest.columns=.*'patient': None.*but it was trained with"

@@ -18,7 +18,7 @@ from pneumo.data.preprocess import preprocessing_spec
 from pneumo.errors import PneumoError
 from pneumo.network import NUM_CLASSES, build_resnet18
 from pneumo.output import atomic_path
-from pneumo.provenance import record_files
+from pneumo.provenance import files_fingerprint, record_files
 from pneumo.threshold import POSITIVE_IF
 
 if TYPE_CHECKING:
@@ -32,7 +32,9 @@ class CheckpointMeta:
     Enough to use the file alone later: the classes and which one is positive, the
     preprocessing (``preprocessing_spec``), the decision threshold chosen on validation,
     the validation files (paths relative to the data root, with class names; ``None`` in
-    checkpoints written before they were recorded) and the run's resolved config.
+    checkpoints written before they were recorded), a fingerprint of the training files
+    (``provenance.files_fingerprint``; ``None`` in older checkpoints) and the run's resolved
+    config.
     """
 
     classes: list[str]
@@ -41,6 +43,7 @@ class CheckpointMeta:
     threshold: float = 0.5
     val_files: list[list[str]] | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    train_files: dict[str, Any] | None = None
 
     @property
     def positive_index(self) -> int:
@@ -73,6 +76,8 @@ class CheckpointMeta:
             # file by file, so pneumo-eval data.split=val and a resume use exactly this split
             val_files=record_files(datamodule.split_samples()[1], datamodule.root, datamodule.classes),
             config=config,
+            # a resume must train on the same films, which the validation files alone do not show
+            train_files=files_fingerprint(datamodule.split_samples()[0], datamodule.root, datamodule.classes),
         )
 
 
@@ -96,6 +101,7 @@ def read_meta(checkpoint: dict[str, Any], path: str | Path) -> CheckpointMeta:
             threshold=float(raw.get("threshold", 0.5)),
             val_files=raw.get("val_files"),
             config=dict(raw.get("config") or {}),
+            train_files=raw.get("train_files"),
         )
         if len(meta.mean) != 3 or len(meta.std) != 3 or meta.image_size < 1:
             raise ValueError(f"preprocessing {preprocessing!r} lacks a size and 3-channel mean and std")

@@ -9,6 +9,7 @@ preprocessing, or it would silently become another experiment.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,17 @@ def record_files(samples: Sequence[Sample], root: str | Path, classes: Sequence[
     return [[Path(s.path).relative_to(root).as_posix(), classes[s.label]] for s in samples]
 
 
+def files_fingerprint(samples: Sequence[Sample], root: str | Path, classes: Sequence[str]) -> dict[str, Any]:
+    """``{"count": n, "sha256": hex}`` of a split's files and classes, whatever their order.
+
+    Kept for the training files, where a list would weigh megabytes: enough to tell that a
+    resumed run would train on other films (a manifest's test row moved to train, say).
+    """
+    lines = sorted(f"{path}\t{name}" for path, name in record_files(samples, root, classes))
+    digest = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+    return {"count": len(lines), "sha256": digest}
+
+
 def _examples(paths: Sequence[str], limit: int = 3) -> str:
     """The first few of ``paths``, for a one-line message."""
     more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
@@ -72,10 +84,15 @@ def validation_samples(meta: CheckpointMeta, root: str | Path, ckpt_path: str | 
     refuse_unrecorded(meta, ckpt_path, "evaluate its validation split")
     missing = [path for path, _ in meta.val_files if not (root / path).is_file()]
     if missing:
+        manifest = _setting(meta.config, "data.manifest.file")
+        where = (
+            "the data the run was trained on"
+            if manifest in (None, _ABSENT)
+            else f"the folder of the run's manifest ({manifest}): its paths are relative to it"
+        )
         raise PneumoError(
             f"{len(missing)} of the {len(meta.val_files)} validation files recorded in {ckpt_path} are "
-            f"missing under data.root={root} ({_examples(missing)}); set data.root to the data the "
-            "run was trained on"
+            f"missing under data.root={root} ({_examples(missing)}); set data.root to {where}"
         )
     return [Sample(root / path, meta.classes.index(name)) for path, name in meta.val_files]
 
@@ -107,6 +124,12 @@ def check_resume(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str 
                 f"changes the validation split or the preprocessing; resume with {key}={then}, or "
                 "start a new run"
             )
+    _check_validation_files(saved, current, ckpt_path)
+    _check_training_files(saved, current, ckpt_path)
+
+
+def _check_validation_files(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str | Path) -> None:
+    """Refuse a resume whose validation files differ from the recorded ones, naming a few."""
     then, now = saved.val_files, current.val_files
     if then is None or now is None or then == now:
         return
@@ -115,10 +138,26 @@ def check_resume(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str 
     changed = f"{len(gone)} recorded files not in it, e.g. {_examples(gone)}" if gone else ""
     if new:
         changed += ("; " if changed else "") + f"{len(new)} files new to it, e.g. {_examples(new)}"
-    manifest = _setting(current.config, "data.manifest.file")
-    source = "data.root" if manifest in (None, _ABSENT) else "data.manifest.file"
     raise PneumoError(
-        f"resuming {ckpt_path}: the validation split under {source}={_setting(current.config, source)} "
-        f"differs from the one it was trained with ({changed or 'labels changed'}); resume with the "
-        "same data, or start a new run"
+        f"resuming {ckpt_path}: the validation split under {_source(current)} differs from the one it "
+        f"was trained with ({changed or 'labels changed'}); resume with the same data, or start a new run"
+    )
+
+
+def _source(meta: CheckpointMeta) -> str:
+    """Where a run's data came from, as its setting: ``data.root=...`` or ``data.manifest.file=...``."""
+    manifest = _setting(meta.config, "data.manifest.file")
+    key = "data.root" if manifest in (None, _ABSENT) else "data.manifest.file"
+    return f"{key}={_setting(meta.config, key)}"
+
+
+def _check_training_files(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str | Path) -> None:
+    """Refuse a resume whose training files differ from the recorded ones (when both are known)."""
+    then, now = saved.train_files, current.train_files
+    if then is None or now is None or then == now:
+        return
+    raise PneumoError(
+        f"resuming {ckpt_path}: the training files under {_source(current)} differ from the ones it was "
+        f"trained with ({now['count']} files now, {then['count']} then, or other files or labels); "
+        "resume with the same data, or start a new run"
     )
