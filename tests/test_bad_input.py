@@ -258,7 +258,8 @@ def test_a_folder_predict_cannot_read_stops_it_in_one_line(tmp_path):
         (locked / film.name).write_bytes(film.read_bytes())
     locked.chmod(0)
     try:
-        with pytest.raises(PneumoError, match=f"cannot read folder {re.escape(str(locked))}: permission denied"):
+        said = f"cannot read folder {re.escape(str(locked))}: permission denied"
+        with pytest.raises(PneumoError, match=said):
             collect_images([locked.parent])
     finally:
         locked.chmod(0o755)

@@ -164,7 +164,7 @@ def test_a_sweep_of_ddp_runs_in_one_process_is_refused_in_one_line(tmp_path, odd
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: -m runs its jobs")
-    assert "hydra/launcher=submitit_slurm" in result.stderr
+    assert "launcher=slurm" in result.stderr
     assert "GLOBAL_RANK" not in result.stdout + result.stderr  # no second process was started
 
 

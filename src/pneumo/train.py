@@ -136,7 +136,7 @@ def _fit(
         raise PneumoError(
             f"-m runs its jobs one after another in this process, and a run of {trainer.world_size} "
             "processes (trainer.devices, trainer.num_nodes) would start the whole sweep again in each; "
-            "sweep with the cluster launcher instead: launcher=slurm (each job its own SLURM job of that size)"
+            "sweep with the cluster launcher instead: launcher=slurm (each job a SLURM job of that size)"
         )
     if ckpt_path:
         saved = read_checkpoint(ckpt_path)
