@@ -217,6 +217,9 @@ def test_dicom_applies_the_modality_lut_before_the_window(tmp_path):
     lut = {"RescaleSlope": 1, "RescaleIntercept": -2048, "WindowCenter": 1000, "WindowWidth": 200}
     white = (np.asarray(read_grey(_dicom(tmp_path / "film.dcm", RAMP, **lut))) > 200).mean()
     assert 0.15 < white < 0.3
+    # and an exported model's preprocessing.json tells a deployment the same order
+    dicom = preprocessing_spec(64)["decode"]["dicom"]
+    assert dicom.index("apply_modality_lut") < dicom.index("apply_voi_lut")
 
 
 @pytest.mark.parametrize(

@@ -191,9 +191,11 @@ def preprocessing_spec(image_size: int) -> dict:
                 ),
             },
             "dicom": (
-                "pydicom: pixel_array through apply_voi_lut (the file's VOI LUT or window centre "
-                "and width) as float32; MONOCHROME1 inverted as max - value; colour averaged over "
-                "its channels; then the 16-bit stretch below"
+                "pydicom: single-frame files only, Rows x Columns checked like any image; "
+                "pixel_array through apply_modality_lut (rescale slope and intercept, or the "
+                "modality LUT) and then apply_voi_lut (the file's VOI LUT or window centre and "
+                "width), as float32; MONOCHROME1 inverted as max - value; colour averaged over its "
+                "channels; then the 16-bit stretch below"
             ),
         },
         "grey": {
