@@ -138,9 +138,6 @@ def export(
     model = load_model(ckpt)
     out_dir = Path(out_dir)
     writer, file_name = WRITERS[fmt]
-    with atomic_path(out_dir / file_name) as partial:
-        difference = check_parity(model, fmt, writer(model, partial), check_batch(model, check_images))
-    write_text_atomically(out_dir / "labels.txt", "".join(f"{c}\n" for c in model.classes))
     spec = {
         **model.preprocessing,
         "input": INPUT_NAME,
@@ -151,7 +148,13 @@ def export(
         ),
         "classes": model.classes,
     }
-    write_text_atomically(out_dir / "preprocessing.json", json.dumps(spec, indent=2, allow_nan=False) + "\n")
+    with atomic_path(out_dir / file_name) as partial:
+        difference = check_parity(model, fmt, writer(model, partial), check_batch(model, check_images))
+        # the files that describe the model first, the model last: a failure never pairs a new
+        # model with an earlier export's labels or preprocessing
+        write_text_atomically(out_dir / "labels.txt", "".join(f"{c}\n" for c in model.classes))
+        spec_text = json.dumps(spec, indent=2, allow_nan=False) + "\n"
+        write_text_atomically(out_dir / "preprocessing.json", spec_text)
     return out_dir / file_name, difference
 
 
