@@ -59,6 +59,30 @@ def tiny_root(tmp_path: Path) -> Path:
     return root
 
 
+def write_dicom(path: Path, pixels, **tags) -> Path:
+    """A real DICOM file (MONOCHROME2, 12 bits stored in 16) holding ``pixels``; ``tags`` add or
+    override header fields (``PhotometricInterpretation``, ``WindowCenter``, ``RescaleSlope``, ...)."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.PixelData = np.asarray(pixels).astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def make_cfg(output_dir: Path, overrides: list[str], config_name: str = "train") -> DictConfig:
     """Compose a config as the entry point would, with its run directory at ``output_dir``."""
     return compose_config(overrides, output_dir, config_name)

@@ -20,7 +20,7 @@ from pneumo.predict import main as predict_main
 from pneumo.predict import write_predictions
 from pneumo.rundir import prepare_launch
 from pneumo.train import train
-from tests.conftest import FAST, make_cfg, run_cli, sample_files
+from tests.conftest import FAST, make_cfg, run_cli, sample_files, write_dicom
 
 # (override, what the one line must say): each stops before any image is decoded.
 BAD_SETTINGS = [
@@ -185,28 +185,6 @@ def test_a_full_disk_leaves_no_partial_predictions(tmp_path, trained_ckpt):
     assert not out.exists() and not partial.is_symlink()
 
 
-def _dicom(path: Path, pixels: np.ndarray, **tags) -> Path:
-    """A real DICOM file (12 bits stored in 16) holding ``pixels``, with extra ``tags``."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 RAMP = np.tile(np.linspace(0, 4095, 64), (64, 1))  # raw values, dark left to bright right
 
 
@@ -215,7 +193,7 @@ def test_dicom_applies_the_modality_lut_before_the_window(tmp_path):
     # stored 0..4095 mean -2048..2047 after rescaling; the window 900..1100 is in those units,
     # so only the brightest quarter of the ramp is white (windowing raw values would whiten 3/4)
     lut = {"RescaleSlope": 1, "RescaleIntercept": -2048, "WindowCenter": 1000, "WindowWidth": 200}
-    white = (np.asarray(read_grey(_dicom(tmp_path / "film.dcm", RAMP, **lut))) > 200).mean()
+    white = (np.asarray(read_grey(write_dicom(tmp_path / "film.dcm", RAMP, **lut))) > 200).mean()
     assert 0.15 < white < 0.3
     # and an exported model's preprocessing.json tells a deployment the same order
     dicom = preprocessing_spec(64)["decode"]["dicom"]
@@ -233,7 +211,7 @@ def test_dicom_applies_the_modality_lut_before_the_window(tmp_path):
 )
 def test_dicom_is_checked_before_its_pixels_are_decoded(tmp_path, pixels, tags, said):
     pytest.importorskip("pydicom")
-    path = _dicom(tmp_path / "film.dcm", pixels)
+    path = write_dicom(tmp_path / "film.dcm", pixels)
     if tags:  # rewrite the header only, as a damaged or hostile file would
         import pydicom
 

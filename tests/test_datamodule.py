@@ -9,7 +9,7 @@ from pneumo.data.preprocess import BadImageError, load_image, to_model_input
 from pneumo.data.split import patient_id
 from pneumo.data.transforms import TTA_VIEWS, BatchAugment, tta_views
 from pneumo.errors import PneumoError
-from tests.conftest import sample_files
+from tests.conftest import sample_files, write_dicom
 
 
 def _datamodule(root, **kwargs) -> XrayDataModule:
@@ -186,30 +186,12 @@ def test_to_model_input_is_channels_last():
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 
-def _dicom(path, pixels: np.ndarray, photometric: str):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 @pytest.mark.parametrize(("photometric", "left_is_bright"), [("MONOCHROME2", False), ("MONOCHROME1", True)])
 def test_dicom_is_windowed_and_monochrome1_inverted(tmp_path, photometric, left_is_bright):
     ramp = np.tile(np.linspace(0, 4095, 64), (64, 1))  # dark left, bright right in raw values
-    image = load_image(_dicom(tmp_path / "film.dcm", ramp, photometric), 32)[0].float()
+    window = {"WindowCenter": 2048, "WindowWidth": 4096}
+    film = write_dicom(tmp_path / "film.dcm", ramp, PhotometricInterpretation=photometric, **window)
+    image = load_image(film, 32)[0].float()
     left, right = image[:, :4].mean(), image[:, -4:].mean()
     assert (left > right + 150) if left_is_bright else (right > left + 150)
 

@@ -26,7 +26,7 @@ from pneumo.data.verify import verify
 from pneumo.errors import PneumoError
 from pneumo.provenance import validation_samples
 from pneumo.train import train
-from tests.conftest import FAST, SAMPLE, make_cfg, sample_files
+from tests.conftest import FAST, SAMPLE, make_cfg, sample_files, write_dicom
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 NIH_HEADER = [
@@ -148,14 +148,12 @@ def test_nih_import_follows_the_findings_rule(nih, tmp_path, capsys):
 
 def test_rsna_import_keeps_one_row_per_patient_and_verify_decodes_its_dicom(tmp_path):
     pytest.importorskip("pydicom")
-    from tests.test_datamodule import _dicom
-
     root = tmp_path / "rsna"
     ids = [str(uuid.UUID(int=n)) for n in range(1, 5)]
     ramp = np.tile(np.linspace(0, 4095, 64), (64, 1))
     for n, patient in enumerate(ids):
         (root / "stage_2_train_images").mkdir(parents=True, exist_ok=True)
-        _dicom(root / "stage_2_train_images" / f"{patient}.dcm", np.roll(ramp, 8 * n, axis=1), "MONOCHROME2")
+        write_dicom(root / "stage_2_train_images" / f"{patient}.dcm", np.roll(ramp, 8 * n, axis=1))
     rows = [
         [ids[0], 264, 152, 213, 379, 1],  # two boxes: one film
         [ids[0], 562, 152, 256, 453, 1],
