@@ -83,6 +83,27 @@ def test_another_image_size_is_another_cache(tmp_path):
     assert large.image(0).shape == (1, 48, 48)
 
 
+def test_a_film_replaced_with_its_size_and_time_kept_rebuilds_the_cache(tmp_path):
+    """``cp -p`` of another film of the same size: size and mtime alone would serve stale pixels."""
+    from PIL import Image
+
+    films = [tmp_path / name for name in ("a.png", "b.png")]
+    for film, seed in zip(films, (1, 2)):
+        noise = np.random.default_rng(seed).integers(0, 256, (40, 40), dtype=np.uint8)
+        Image.fromarray(noise).save(film, compress_level=0)  # stored: the size is the shape's
+    before = films[0].stat()
+    first = decoded_images([str(films[0])], 32, "disk", tmp_path / "cache")
+    films[0].write_bytes(films[1].read_bytes())
+    os.utime(films[0], ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = films[0].stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+    second = decoded_images([str(films[0])], 32, "disk", tmp_path / "cache")
+    assert second.decoded == 1 and second.file != first.file
+    assert torch.equal(second.image(0), decode_in_memory([str(films[1])], 32).image(0))
+    assert not torch.equal(second.image(0), first.image(0))
+
+
 def test_bad_images_are_skipped_alike_from_a_reused_disk_cache(tmp_path, tiny_root, caplog):
     bad = sorted((tiny_root / "train" / "PNEUMONIA").glob("*.jpeg"))[0]
     bad.write_text("not an X-ray")

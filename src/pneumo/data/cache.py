@@ -6,8 +6,8 @@ rank and loader worker), ``off`` (files decoded at every access) or ``auto`` (me
 cache takes at most a quarter of the available memory, disk otherwise).
 
 A disk cache is one folder, ``CACHE_DIR/<S>px-<key>/`` holding ``images.npy`` and
-``samples.json`` (the files, their sizes and modification times, and the message of every
-file that could not be decoded). The key hashes that file list with the image size, the
+``samples.json`` (the files, their sizes, modification and status-change times, and the
+message of every file that could not be decoded). The key hashes that file list with the image size, the
 decode version and the Pillow version, so a changed, added or removed file, or a change to
 decoding, makes a new cache. A cache is built under a lock file, into a temporary folder
 renamed into place when complete: a killed build leaves only a temporary folder, which the
@@ -47,7 +47,7 @@ CACHE_MODES = ("auto", "memory", "disk", "off")
 # available memory: the rest is for PyTorch, the model, batches and loader workers.
 AUTO_MEMORY_SHARE = 0.25
 # Layout of a cache folder; a different layout is a different key.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 IMAGES_FILE = "images.npy"
 SAMPLES_FILE = "samples.json"
 
@@ -258,18 +258,22 @@ def open_or_build(paths: Sequence[str], image_size: int, cache_dir: Path, thread
 
 
 def _file_list(paths: Sequence[str]) -> list[list[Any]]:
-    """``[path, size, mtime_ns]`` of each file: what the cache must be rebuilt for when it changes.
+    """``[path, size, mtime_ns, ctime_ns]`` of each file: what the cache is rebuilt for when it changes.
 
-    A file that cannot be read (a broken link) counts with size and time -1: a bad image
+    The status-change time (ctime) catches what size and modification time miss: a film
+    replaced by another of the same size whose modification time was kept (``cp -p``,
+    ``rsync -t``, an archive unpacked again), a link pointed at another film, a permission
+    fixed on a film recorded as unreadable. No program can set it back.
+    A file that cannot be read (a broken link) counts with size and times -1: a bad image
     in the cache, until it is fixed.
     """
     files = []
     for path in paths:
         try:
             stat = os.stat(path)
-            files.append([path, stat.st_size, stat.st_mtime_ns])
+            files.append([path, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns])
         except OSError:
-            files.append([path, -1, -1])
+            files.append([path, -1, -1, -1])
     return files
 
 
