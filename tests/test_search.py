@@ -103,3 +103,13 @@ def test_search_space_in_hydra_sweep_syntax():
     assert (space["trainer.max_epochs"].low, space["trainer.max_epochs"].high) == (5, 20)
     with pytest.raises(PneumoError, match="search.params.data.batch_size=range"):
         parse_space({"data.batch_size": "range(8, 64, 8)"})
+
+
+def test_a_search_continued_with_another_goal_is_refused(tmp_path):
+    # Optuna would load the study with its first direction whatever this launch asks for
+    study = search([*TINY, f"search.dir={tmp_path}", "search.n_trials=0"])
+    assert study.direction.name == "MAXIMIZE" and not study.trials
+    for other in (["monitor.metric=val/loss", "monitor.mode=min"], ["optimized_metric=val/auroc"]):
+        with pytest.raises(PneumoError, match=rf"{tmp_path}/study.db is a search to maximize best/val/auroc"):
+            search([*TINY, f"search.dir={tmp_path}", "search.n_trials=0", *other])
+    assert search([*TINY, f"search.dir={tmp_path}", "search.n_trials=0"]).direction.name == "MAXIMIZE"

@@ -217,21 +217,44 @@ def _open_study(cfg: DictConfig, search_dir: Path) -> optuna.Study:
 
     A continued search's sampler is seeded with ``search.sampler.seed`` plus the number of
     trials already there: seeded alike, it would propose the first launch's settings again.
+    A continued search must score trials as the study does (``_check_goal``).
     """
     optuna = _optuna()
     search_dir.mkdir(parents=True, exist_ok=True)
+    direction = "maximize" if cfg.monitor.mode == "max" else "minimize"
     study = optuna.create_study(
         storage=f"sqlite:///{search_dir.absolute() / STUDY_FILE}",
         study_name=STUDY_NAME,
         load_if_exists=True,
         pruner=instantiate(cfg.search.pruner),
-        direction="maximize" if cfg.monitor.mode == "max" else "minimize",
+        direction=direction,
     )
+    _check_goal(study, {"optimized_metric": cfg.optimized_metric, "direction": direction}, search_dir)
     seed = cfg.search.sampler.get("seed")
     study.sampler = instantiate(
         cfg.search.sampler, **({} if seed is None else {"seed": seed + len(study.trials)})
     )
     return study
+
+
+def _check_goal(study: optuna.Study, goal: dict[str, str], search_dir: Path) -> None:
+    """Record what the study optimises, or stop a continued search that would optimise another thing.
+
+    Optuna loads an existing study with its own direction whatever it is asked for, so a launch
+    with another ``monitor.mode`` or ``optimized_metric`` would rank its trials against the
+    earlier ones by the wrong figure, or the wrong way round.
+    """
+    recorded = dict(study.user_attrs.get("goal") or {})
+    recorded.setdefault("direction", study.direction.name.lower())
+    recorded.setdefault("optimized_metric", goal["optimized_metric"])  # studies from before the record
+    if recorded != goal:
+        raise PneumoError(
+            f"{search_dir / STUDY_FILE} is a search to {recorded['direction']} "
+            f"{recorded['optimized_metric']}, this launch asks to {goal['direction']} "
+            f"{goal['optimized_metric']}; launch with the study's monitor and optimized_metric, or "
+            "give a new search.dir"
+        )
+    study.set_user_attr("goal", goal)
 
 
 def search(overrides: list[str]) -> optuna.Study:
