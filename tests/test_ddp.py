@@ -131,13 +131,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_machines_by_torchrun_share_one_run_directory(tmp_path, odd_root):
-    overrides = _overrides(odd_root)
-    run_dir = tmp_path / "run"
+def _two_machines(overrides: list[str], run_dir: Path) -> list[subprocess.Popen]:
+    """pneumo-train as two machines of one process each, started by torchrun, into ``run_dir``."""
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    nodes = [
+    return [
         subprocess.Popen(
             [
                 sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
@@ -149,6 +147,13 @@ def test_two_machines_by_torchrun_share_one_run_directory(tmp_path, odd_root):
         )
         for rank in (0, 1)
     ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_machines_by_torchrun_share_one_run_directory(tmp_path, odd_root):
+    overrides = _overrides(odd_root)
+    run_dir = tmp_path / "run"
+    nodes = _two_machines(overrides, run_dir)
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     assert " epoch " not in outputs[1]  # rank 1 prints warnings only
@@ -225,21 +230,8 @@ class RankGoneThenInterrupt(L.Callback):
 @pytest.mark.slow
 def test_ctrl_c_saves_on_rank_zero_when_another_rank_is_gone(tmp_path, odd_root):
     run_dir = tmp_path / "run"
-    port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    nodes = [
-        subprocess.Popen(
-            [
-                sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-                f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
-                "-m", "pneumo.train", *_overrides(odd_root), *DDP_CPU, "trainer.devices=1",
-                "trainer.num_nodes=2", "trainer.max_epochs=5", f"hydra.run.dir={run_dir}",
-                "+callbacks.fault._target_=tests.test_ddp.RankGoneThenInterrupt",
-            ],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        for rank in (0, 1)
-    ]  # fmt: skip
+    fault = "+callbacks.fault._target_=tests.test_ddp.RankGoneThenInterrupt"
+    nodes = _two_machines([*_overrides(odd_root), "trainer.max_epochs=5", fault], run_dir)
     output = nodes[0].communicate(timeout=240)[0]
     nodes[1].communicate(timeout=60)
     saved = run_dir / "checkpoints" / "interrupted.ckpt"
