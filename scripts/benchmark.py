@@ -1,47 +1,161 @@
 #!/usr/bin/env python3
-"""Training and prediction throughput: pneumo beside a plain PyTorch loop and the model's limit.
+"""Training speed as a user waits for it: pneumo beside a plain PyTorch loop and the model's limit.
 
     python scripts/benchmark.py --data data/chest_xray/train --images 1024 --image-size 128
+    python scripts/benchmark.py --data data/chest_xray/train --device cuda --precision bf16 --image-size 224
 
-Modes, each in its own process so peak memory is its own:
-  model_bound  training steps on real images already decoded and normalised in memory: the ceiling
-  baseline     a plain loop the original trainer's way: ImageFolder, PIL decode and
-               RandomResizedCrop every epoch, fp32, NCHW, DataLoader workers
-  pneumo       the project's DataModule + LightningModule + Trainer, as pneumo-train runs them
-Train throughput is images/s over one epoch after a warm-up epoch (pneumo: its second
-epoch's time/train_epoch_s). Also: prediction on full-resolution JPEGs (pneumo-predict's
-code path), pneumo's epoch time at 1/4, 1/2 and all of the images, and the memory of
-caching the whole train split. Prints a table, then one JSON line.
+Every mode trains the same ResNet18 on the same work: --epochs epochs (the first is the
+warm-up) of --images training images, each epoch followed by validation on --val-images
+images. Each mode runs in a fresh interpreter, timed by wall clock:
+  model_bound  training and validation steps on the same images decoded, normalised and on the
+               device beforehand: the ceiling. Excludes decoding (done before the first batch),
+               augmentation, metrics, logging and checkpoints.
+  baseline     a plain loop the original trainer's way: ImageFolder, PIL decode, RandomResizedCrop
+               and flip every epoch, NCHW, --workers DataLoader workers; saves model and optimizer
+               state after every epoch. Excludes metrics and logging.
+  pneumo       pneumo-train itself (DataModule with its default cache, LightningModule, Trainer):
+               an epoch is from one epoch's start to the next, so it includes validation, metrics,
+               logging, the epoch report and the checkpoint writes (last.ckpt, best.ckpt).
+  predict      pneumo-predict's path on full-resolution films (decode, resize, classify);
+               excludes loading the checkpoint.
+  startup      pneumo-train on the whole --data folder up to its first training batch: imports,
+               listing, patient split, cache build and the sanity validation.
+A mode may carry variants, joined by "+": compile (model.compile=--compile-backend, inductor
+by default, with an empty compile cache, so the first epoch pays what a first run pays), bf16
+(bf16 autocast; validation figures from fp32 logits) and films (--images drawn with repetition
+from the full-resolution films of --films, which the plain loop decodes every epoch and pneumo
+once). Modes without +bf16 run at --precision, without +compile eagerly.
+
+Per mode: train images/s over the last epoch (training images / its wall time), the first
+epoch's time, startup (from launching the mode's interpreter to its first training batch),
+the whole run's time, and peak memory: the peak PSS of the mode's process and all its children
+(DataLoader workers, compile workers) summed, sampled every 0.25 s (PSS splits each shared page
+among the processes sharing it, so forked workers' pages count once), and the main process's
+own peak RSS. Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path("data/chest_xray/train")
-DEFAULT_PREDICT = REPO / "data" / "sample"
+DEFAULT_FILMS = REPO / "data" / "sample"
+DEFAULT_MODES = (
+    "model_bound,baseline,pneumo,model_bound+compile,pneumo+compile,model_bound+bf16,pneumo+bf16,"
+    "baseline+films,pneumo+films,predict,startup"
+)
+VARIANTS = ("compile", "bf16", "films")
+SAMPLE_SECONDS = 0.25
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process and its (largest) child, in MB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) / 1024
+# -- memory ----------------------------------------------------------------------------------
+def _process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
 
 
+def _pss_kb(pid: int) -> int:
+    """Proportional set size of one process in KB (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            return next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+class PeakMemory:
+    """The peak of this process tree's summed PSS, sampled in a thread while the block runs.
+
+    ``peak_mb`` is ``None`` where the kernel offers no ``smaps_rollup`` (not Linux).
+    """
+
+    def __init__(self) -> None:
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            total = sum(_pss_kb(pid) for pid in _process_tree(os.getpid())) / 1024
+            self.peak_mb = max(self.peak_mb or 0.0, total)
+            if self._stop.wait(SAMPLE_SECONDS):
+                return
+
+    def __enter__(self) -> PeakMemory:
+        if Path("/proc/self/smaps_rollup").exists():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+# -- clocks ----------------------------------------------------------------------------------
+class EpochClock(L.Callback):
+    """Wall-clock marks of a pneumo-train run: its first training batch, each epoch's start, its end.
+
+    Hydra builds the instance inside ``pneumo.train.train``, so the marks are kept on the class.
+    """
+
+    marks: dict[str, Any] = {"first_batch": None, "epoch_starts": [], "end": None}
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.marks["epoch_starts"].append(time.time())
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.marks["first_batch"] = self.marks["first_batch"] or time.time()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # checkpoints are written at each train epoch's end (save_on_train_epoch_end), before this
+        self.marks["end"] = time.time()
+
+
+def timings(started: float, first_batch: float, epoch_starts: list[float], end: float, images: int) -> dict:
+    """A mode's figures from its wall-clock marks (``time.time()``; ``started``: its launch)."""
+    bounds = [*epoch_starts, end]
+    epochs = [b - a for a, b in zip(bounds, bounds[1:])]
+    return {
+        "images_per_s": images / epochs[-1],
+        "epoch_s": epochs,
+        "startup_s": first_batch - started,
+        "run_s": end - started,
+    }
+
+
+# -- data ------------------------------------------------------------------------------------
 def pick_images(data: Path, n: int, seed: int = 0) -> list[Path]:
-    """A seeded sample of ``n`` images from ``data/CLASS/*``: one of each class first, then any."""
+    """A seeded sample of ``n`` images from ``data/CLASS/*`` (repeated when fewer): one of each
+    class first, then any."""
     files = sorted(p for p in data.glob("*/*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     if not files:
         raise SystemExit(f"error: no images in {data}/CLASS/ (use --data)")
@@ -51,7 +165,7 @@ def pick_images(data: Path, n: int, seed: int = 0) -> list[Path]:
     return (files * (n // len(files) + 1))[:n]
 
 
-def link_tree(files: list[Path], root: Path, split: str = "train") -> Path:
+def link_tree(files: list[Path], root: Path, split: str) -> Path:
     """Lay ``files`` out as root/split/CLASS/NAME with symbolic links (names kept unique)."""
     for index, path in enumerate(files):
         target = root / split / path.parent.name / f"{index:05d}_{path.name}"
@@ -60,150 +174,171 @@ def link_tree(files: list[Path], root: Path, split: str = "train") -> Path:
     return root
 
 
-def new_model(device: str) -> torch.nn.Module:
-    from pneumo.network import build_resnet18
-
-    return build_resnet18(2).to(device, memory_format=torch.channels_last).train()
-
-
-def autocast(device: str, precision: str):
-    enabled = precision == "bf16"
-    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=enabled)
+def data_tree(args: argparse.Namespace, tmp: Path) -> Path:
+    """The mode's training and validation images as DATA/train and DATA/val."""
+    root = link_tree(pick_images(args.data, args.images), tmp / "data", "train")
+    return link_tree(pick_images(args.data, args.val_images, seed=1), root, "val")
 
 
-def run_model_bound(args: argparse.Namespace) -> dict:
-    """Training steps on the same real images, decoded and normalised in memory beforehand.
+# -- the plain loops -------------------------------------------------------------------------
+def new_model(args: argparse.Namespace, memory_format: torch.memory_format) -> torch.nn.Module:
+    """The network as pneumo builds it, on the device; compiled in a +compile mode."""
+    from pneumo.network import build_resnet18, compile_network
 
-    Real pixels matter: on this CPU a step on random-noise input ran ~20 % slower than on
-    X-rays, so noise would understate the ceiling.
-    """
-    from pneumo.data.preprocess import load_image, to_model_input
+    model = build_resnet18().to(args.device, memory_format=memory_format)
+    if args.compile:
+        compile_network(model, args.compile)
+    return model
 
-    model = new_model(args.device)
+
+def autocast(args: argparse.Namespace):
+    return torch.autocast(device_type=args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+
+def plain_loop(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    train: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    val: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    checkpoint: Path | None = None,
+) -> dict:
+    """--epochs epochs of training on ``train`` and validation on ``val``, timed by wall clock;
+    model and optimizer state saved to ``checkpoint`` after each epoch when given."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    files = pick_images(args.data, args.images)
-    steps = max(1, args.images // args.batch_size)
-    batches = []
-    for step in range(steps):
-        chunk = files[step * args.batch_size : (step + 1) * args.batch_size]
-        images = torch.stack([load_image(p, args.image_size) for p in chunk])
-        labels = torch.tensor([int(p.parent.name == "PNEUMONIA") for p in chunk])
-        batches.append((to_model_input(images).to(args.device), labels.to(args.device)))
-
-    def epoch() -> None:
-        for x, y in batches:
-            with autocast(args.device, args.precision):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
+    first_batch, epoch_starts = None, []
+    for _ in range(args.epochs):
+        epoch_starts.append(time.time())
+        model.train()
+        for images, labels in train:
+            first_batch = first_batch or time.time()
+            images, labels = images.to(args.device), labels.to(args.device)
+            with autocast(args):
+                loss = torch.nn.functional.cross_entropy(model(images).float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        model.eval()
+        with torch.no_grad(), autocast(args):
+            for images, _ in val:
+                model(images.to(args.device)).float().softmax(dim=1)
+        if checkpoint is not None:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
         if args.device == "cuda":
             torch.cuda.synchronize()
+    return timings(args.started, first_batch, epoch_starts, time.time(), args.images)
 
-    epoch()  # warm-up
-    start = time.perf_counter()
-    epoch()
-    return {"images_per_s": steps * args.batch_size / (time.perf_counter() - start)}
+
+def decoded_batches(args: argparse.Namespace, files: list[Path]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``files`` decoded as pneumo decodes them, normalised, channels-last, on the device."""
+    from pneumo.data.preprocess import load_image, to_model_input
+
+    batches = []
+    for start in range(0, len(files), args.batch_size):
+        chunk = files[start : start + args.batch_size]
+        images = to_model_input(torch.stack([load_image(p, args.image_size) for p in chunk]))
+        labels = torch.tensor([int(p.parent.name == "PNEUMONIA") for p in chunk])
+        batches.append((images.to(args.device), labels.to(args.device)))
+    return batches
+
+
+def run_model_bound(args: argparse.Namespace) -> dict:
+    """Steps on real images decoded and normalised beforehand (noise input ran ~20 % slower on a CPU)."""
+    train = decoded_batches(args, pick_images(args.data, args.images))
+    val = decoded_batches(args, pick_images(args.data, args.val_images, seed=1))
+    return plain_loop(args, new_model(args, torch.channels_last), train, val)
 
 
 def run_baseline(args: argparse.Namespace) -> dict:
     """The original trainer's loop: decode, crop and normalise every image every epoch."""
     from torchvision import datasets, transforms
 
+    normalise = [transforms.ToTensor(), transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    augment = [transforms.RandomResizedCrop(args.image_size), transforms.RandomHorizontalFlip()]
     with tempfile.TemporaryDirectory() as tmp:
-        root = link_tree(pick_images(args.data, args.images), Path(tmp))
-        transform = transforms.Compose(
-            [
-                transforms.RandomResizedCrop(args.image_size),
-                transforms.RandomHorizontalFlip(),
-                transforms.ToTensor(),
-                transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-            ]
+        root = data_tree(args, Path(tmp))
+
+        def loader(split: str, steps: list, shuffle: bool) -> torch.utils.data.DataLoader:
+            dataset = datasets.ImageFolder(str(root / split), transforms.Compose([*steps, *normalise]))
+            return torch.utils.data.DataLoader(
+                dataset,
+                args.batch_size,
+                shuffle=shuffle,
+                num_workers=args.workers,
+                persistent_workers=args.workers > 0,
+            )
+
+        resize = [transforms.Resize((args.image_size, args.image_size))]
+        model = new_model(args, torch.contiguous_format)  # NCHW, as it was
+        return plain_loop(
+            args, model, loader("train", augment, True), loader("val", resize, False), Path(tmp) / "last.pt"
         )
-        dataset = datasets.ImageFolder(str(root / "train"), transform)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers
-        )
-        model = new_model(args.device).to(memory_format=torch.contiguous_format)  # fp32 NCHW, as it was
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
-
-        def epoch() -> int:
-            seen = 0
-            for images, labels in loader:
-                images, labels = images.to(args.device), labels.to(args.device)
-                with autocast(args.device, args.precision):
-                    loss = torch.nn.functional.cross_entropy(model(images), labels)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                seen += len(labels)
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            return seen
-
-        epoch()  # warm-up
-        start = time.perf_counter()
-        seen = epoch()
-        return {"images_per_s": seen / (time.perf_counter() - start)}
 
 
-def pneumo_epoch(args: argparse.Namespace, n_images: int) -> dict:
-    """Two epochs of pneumo-train on ``n_images``; the second epoch's training time."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from pneumo.train import compose_config, train
-
-    with tempfile.TemporaryDirectory() as tmp:
-        root = link_tree(pick_images(args.data, n_images), Path(tmp) / "data")
-        link_tree(pick_images(args.data, args.batch_size, seed=1), root, split="val")
-        overrides = [
-            f"data.root={root}",
-            f"data.image_size={args.image_size}",
-            f"data.batch_size={args.batch_size}",
-            f"data.num_workers={args.pneumo_workers}",
-            "data.min_val_images=1",
-            "model.weights=null",
-            "trainer.max_epochs=2",
-            "trainer.limit_val_batches=1",
-            "callbacks.progress_bar=null",
-            "callbacks.early_stopping=null",
-            f"trainer.accelerator={args.device}",
-            f"trainer.precision={'bf16-mixed' if args.precision == 'bf16' else '32-true'}",
+# -- pneumo ----------------------------------------------------------------------------------
+def pneumo_overrides(args: argparse.Namespace, root: Path) -> list[str]:
+    """pneumo-train's settings for this benchmark; everything else is the default config."""
+    overrides = [
+        f"data.root={root}",
+        f"data.image_size={args.image_size}",
+        f"data.batch_size={args.batch_size}",
+        f"data.num_workers={args.pneumo_workers}",
+        "model.weights=null",
+        f"model.compile={args.compile or 'false'}",
+        "callbacks.progress_bar=null",
+        "callbacks.early_stopping=null",
+        f"+callbacks.epoch_clock._target_={__name__}.EpochClock",
+        f"trainer.accelerator={args.device}",
+        f"trainer.precision={'bf16-mixed' if args.precision == 'bf16' else '32-true'}",
+    ]
+    if args.profile_dir:
+        overrides += [
+            "+trainer.profiler._target_=lightning.pytorch.profilers.SimpleProfiler",
+            f"+trainer.profiler.dirpath={args.profile_dir.resolve()}",
+            f"+trainer.profiler.filename={args.mode_name}-profile",
         ]
-        run_dir = Path(tmp) / "run"
-        start = time.perf_counter()
-        train(compose_config(overrides, run_dir))
-        total = time.perf_counter() - start
-        events = EventAccumulator(str(run_dir / "tensorboard"))
-        events.Reload()
-        seconds = events.Scalars("time/train_epoch_s")[-1].value
-        first = events.Scalars("time/train_epoch_s")[0].value
-    return {
-        "images_per_s": n_images / seconds,
-        "epoch_s": seconds,
-        "first_epoch_s": first,
-        "run_s": total,
-    }
+    return overrides
 
 
 def run_pneumo(args: argparse.Namespace) -> dict:
-    return pneumo_epoch(args, args.images)
+    """pneumo-train for --epochs epochs; the figures are the whole run's, validation included."""
+    from pneumo.train import compose_config, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = data_tree(args, Path(tmp))
+        overrides = [
+            *pneumo_overrides(args, root),
+            "data.min_val_images=1",  # validate on DATA/val
+            f"trainer.max_epochs={args.epochs}",
+        ]
+        results = train(compose_config(overrides, Path(tmp) / "run"))
+    marks = EpochClock.marks
+    figures = timings(args.started, marks["first_batch"], marks["epoch_starts"], marks["end"], args.images)
+    return {**figures, "val_auroc": results.get("val/auroc"), "val_loss": results.get("val/loss")}
 
 
-def run_scaling(args: argparse.Namespace) -> dict:
-    """pneumo's steady epoch time at 1/4, 1/2 and all of ``--images``."""
-    sizes = [args.images // 4, args.images // 2, args.images]
-    return {"epoch_s": {str(n): pneumo_epoch(args, n)["epoch_s"] for n in sizes}}
+def run_startup(args: argparse.Namespace) -> dict:
+    """pneumo-train on the whole --data folder, stopped after its first training step."""
+    from pneumo.data.dataset import scan_split
+    from pneumo.train import compose_config, train
+
+    overrides = [*pneumo_overrides(args, args.data), "++trainer.max_steps=1", "trainer.limit_val_batches=2"]
+    with tempfile.TemporaryDirectory() as tmp:
+        train(compose_config(overrides, Path(tmp) / "run"))
+    first_batch = EpochClock.marks["first_batch"]
+    return {
+        "startup_s": first_batch - args.started,
+        "images": len(scan_split(args.data, ["NORMAL", "PNEUMONIA"])),
+    }
 
 
 def run_predict(args: argparse.Namespace) -> dict:
-    """pneumo-predict's path on full-resolution JPEGs: decode, resize, classify."""
+    """pneumo-predict's path on full-resolution films: decode, resize, classify."""
     from pneumo.checkpoint import CheckpointMeta, LoadedModel
     from pneumo.data.preprocess import preprocessing_spec
     from pneumo.inference import collect_images, predict
     from pneumo.network import build_resnet18
 
-    files = collect_images([args.predict_images])
+    files = collect_images([args.films])
     files = (files * (args.predict_count // len(files) + 1))[: args.predict_count]
     meta = CheckpointMeta(["NORMAL", "PNEUMONIA"], "PNEUMONIA", preprocessing_spec(args.image_size))
     model = LoadedModel(build_resnet18().eval(), meta, Path("-"))
@@ -213,37 +348,127 @@ def run_predict(args: argparse.Namespace) -> dict:
     return {"images_per_s": len(rows) / (time.perf_counter() - start), "images": len(rows)}
 
 
-def run_cache_full(args: argparse.Namespace) -> dict:
-    """Memory and time of decoding the whole train split into pneumo's uint8 cache at 224 px."""
-    from pneumo.data.dataset import XrayDataset, scan_split
-
-    samples = scan_split(args.data, ["NORMAL", "PNEUMONIA"])
-    start = time.perf_counter()
-    dataset = XrayDataset(samples, 224, threads=2)
-    return {
-        "images": len(dataset),
-        "cache_mb": dataset.decoded.nbytes / 2**20,
-        "build_s": time.perf_counter() - start,
-    }
-
-
 MODES = {
     "model_bound": run_model_bound,
     "baseline": run_baseline,
     "pneumo": run_pneumo,
     "predict": run_predict,
-    "scaling": run_scaling,
-    "cache_full": run_cache_full,
+    "startup": run_startup,
 }
 
 
+def parse_mode(name: str) -> tuple[str, list[str]]:
+    """``pneumo+compile+bf16`` -> ("pneumo", ["compile", "bf16"]); SystemExit for unknown parts."""
+    base, *variants = name.split("+")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if base not in MODES or unknown:
+        raise SystemExit(
+            f"error: --modes: {name!r} is not a mode; use one of {', '.join(MODES)}, "
+            f"optionally with +{'/+'.join(VARIANTS)}"
+        )
+    return base, variants
+
+
+def with_variants(args: argparse.Namespace, variants: list[str]) -> argparse.Namespace:
+    """``args`` as a mode's variants change them."""
+    changed = argparse.Namespace(**vars(args), compile=False)
+    if "compile" in variants:
+        changed.compile = args.compile_backend
+    if "bf16" in variants:
+        changed.precision = "bf16"
+    if "films" in variants:
+        changed.data = args.films
+    return changed
+
+
+def run_mode(args: argparse.Namespace) -> dict:
+    """Run ``args.only`` in this process; its figures with peak memory."""
+    base, variants = parse_mode(args.only)
+    mode_args = with_variants(args, variants)
+    mode_args.mode_name = args.only
+    with PeakMemory() as memory:
+        result = MODES[base](mode_args)
+    own_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures = {**result, "peak_pss_mb": memory.peak_mb, "main_rss_mb": own_rss_mb}
+    if args.device == "cuda":
+        figures["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return figures
+
+
 def run_in_child(mode: str, argv: list[str]) -> dict:
-    """Run one mode in a fresh interpreter; return its JSON result (peak memory included)."""
-    done = subprocess.run([sys.executable, __file__, *argv, "--only", mode], capture_output=True, text=True)
+    """Run one mode in a fresh interpreter with an empty compile cache; its JSON result."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        command = [sys.executable, __file__, *argv, "--only", mode, "--started", str(time.time())]
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"error: mode {mode} failed:\n{done.stderr[-3000:]}")
     return json.loads(lines[-1])
+
+
+# -- report ----------------------------------------------------------------------------------
+def ratios(results: dict[str, dict]) -> dict[str, float]:
+    """pneumo against the plain loop and the ceiling with the same variants, and each variant
+    against its plain mode."""
+    rate = {mode: r["images_per_s"] for mode, r in results.items() if r.get("images_per_s")}
+    pairs = []
+    for mode in rate:
+        base, variants = parse_mode(mode)
+        suffix = "".join(f"+{v}" for v in variants)
+        if base == "pneumo":
+            pairs += [(mode, f"baseline{suffix}"), (mode, f"model_bound{suffix}")]
+        if variants:
+            pairs.append((mode, base))
+    return {f"{a}/{b}": rate[a] / rate[b] for a, b in pairs if a in rate and b in rate}
+
+
+def compile_payoff(results: dict[str, dict], mode: str = "pneumo") -> dict[str, float | None]:
+    """The images (epochs x images per epoch) after which compiling ``mode`` has paid for itself."""
+    plain, compiled = results.get(mode), results.get(f"{mode}+compile")
+    if not plain or not compiled:
+        return {}
+    cost = compiled["epoch_s"][0] - plain["epoch_s"][0]
+    saved_per_image = 1 / plain["images_per_s"] - 1 / compiled["images_per_s"]
+    return {
+        "compile_first_epoch_extra_s": cost,
+        "compile_break_even_images": cost / saved_per_image if saved_per_image > 0 else None,
+    }
+
+
+def print_report(settings: dict, results: dict[str, dict], summary: dict) -> None:
+    """One row per mode, then the ratios, then everything as one JSON line."""
+
+    def cell(value: Any, width: int, fmt: str = ".1f") -> str:
+        return f"{value:{width}{fmt}}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
+
+    print(f"settings: {json.dumps(settings)}")
+    print(
+        f"{'mode':<22} {'img/s':>7} {'epoch s':>8} {'1st ep s':>8} {'startup s':>9} {'run s':>7} "
+        f"{'PSS MB':>7} {'main MB':>7} {'val auroc':>9}"
+    )
+    for mode, r in results.items():
+        last = r["epoch_s"][-1] if "epoch_s" in r else None
+        first = r["epoch_s"][0] if "epoch_s" in r else None
+        print(
+            f"{mode:<22} {cell(r.get('images_per_s'), 7)} {cell(last, 8)} {cell(first, 8)} "
+            f"{cell(r.get('startup_s'), 9)} {cell(r.get('run_s'), 7)} {cell(r.get('peak_pss_mb'), 7, '.0f')} "
+            f"{cell(r.get('main_rss_mb'), 7, '.0f')} {cell(r.get('val_auroc'), 9, '.4f')}"
+        )
+    for name, value in summary.items():
+        print(f"{name}: {value:.2f}" if isinstance(value, float) else f"{name}: {value}")
+    print(json.dumps({"settings": settings, "results": results, **summary}))
+
+
+def compile_setting(backend: str) -> str:
+    """--compile-backend, checked as model.compile checks it."""
+    from pneumo.errors import PneumoError
+    from pneumo.network import compile_backend
+
+    try:
+        return compile_backend(backend)
+    except PneumoError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -251,23 +476,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of CLASS/ image folders")
+    parser.add_argument("--films", type=Path, default=DEFAULT_FILMS, help="full-resolution films (CLASS/)")
     parser.add_argument("--images", type=int, default=1024, help="training images per epoch")
+    parser.add_argument("--val-images", type=int, default=256, help="validation images per epoch")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per mode; the first is the warm-up")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
     parser.add_argument("--pneumo-workers", type=int, default=0, help="data.num_workers for pneumo")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--precision", choices=["32", "bf16"], default="32")
-    parser.add_argument("--predict-images", type=Path, default=DEFAULT_PREDICT, help="full-size JPEGs")
+    parser.add_argument("--precision", choices=["32", "bf16"], default="32", help="for every mode")
+    parser.add_argument(
+        "--compile-backend", type=compile_setting, default="inductor", help="what +compile compiles with"
+    )
     parser.add_argument("--predict-count", type=int, default=64)
-    parser.add_argument("--modes", default="model_bound,baseline,pneumo,predict,scaling,cache_full")
-    parser.add_argument("--only", choices=sorted(MODES), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--profile-dir", type=Path, help="write Lightning's SimpleProfiler report of pneumo modes here"
+    )
+    parser.add_argument("--modes", default=DEFAULT_MODES, help="comma-separated, e.g. pneumo,pneumo+compile")
+    parser.add_argument("--only", help=argparse.SUPPRESS)
+    parser.add_argument("--started", type=float, default=time.time(), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: PyTorch sees no CUDA GPU on this machine; use --device cpu")
-    if not args.data.is_dir():
-        parser.error(f"--data {args.data}: no such folder (it needs CLASS/ image folders)")
+    for name, folder in (("--data", args.data), ("--films", args.films)):
+        if not folder.is_dir():
+            parser.error(f"{name} {folder}: no such folder (it needs CLASS/ image folders)")
+    if args.epochs < 2:
+        parser.error(f"--epochs {args.epochs}: use 2 or more (the first is the warm-up)")
+    for mode in args.modes.split(","):
+        parse_mode(mode)
     return args
 
 
@@ -275,36 +514,28 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.only:
-        result = MODES[args.only](args)
-        print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
+        print(json.dumps(run_mode(args)))
         return
-    results = {mode: run_in_child(mode, argv) for mode in args.modes.split(",")}
+    results = {}
+    for mode in args.modes.split(","):
+        print(f"running {mode} ...", file=sys.stderr, flush=True)
+        results[mode] = run_in_child(mode, argv)
     settings = {
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
-        "precision": args.precision,
-        "image_size": args.image_size,
-        "batch_size": args.batch_size,
-        "images": args.images,
-        "threads": args.threads,
-        "baseline_workers": args.workers,
-        "pneumo_workers": args.pneumo_workers,
+        "torch": torch.__version__,
+        **{
+            k: getattr(args, k)
+            for k in ("precision", "compile_backend", "image_size", "batch_size", "images")
+        },
+        **{k: getattr(args, k) for k in ("val_images", "epochs", "threads", "workers", "pneumo_workers")},
     }
-    ratios = {}
-    if {"pneumo", "baseline"} <= results.keys():
-        ratios["pneumo/baseline"] = results["pneumo"]["images_per_s"] / results["baseline"]["images_per_s"]
-    if {"pneumo", "model_bound"} <= results.keys():
-        ratios["pneumo/model_bound"] = (
-            results["pneumo"]["images_per_s"] / results["model_bound"]["images_per_s"]
-        )
-    print(f"settings: {json.dumps(settings)}")
-    print(f"{'mode':<12} {'images/s':>9} {'peak MB':>8}  notes")
-    for mode, result in results.items():
-        rate = f"{result['images_per_s']:9.1f}" if "images_per_s" in result else f"{'-':>9}"
-        notes = {k: v for k, v in result.items() if k not in ("images_per_s", "peak_rss_mb")}
-        print(f"{mode:<12} {rate} {result['peak_rss_mb']:8.0f}  {json.dumps(notes)}")
-    for name, value in ratios.items():
-        print(f"{name}: {value:.2f}")
-    print(json.dumps({"settings": settings, "results": results, "ratios": ratios}))
+    summary = {**ratios(results), **compile_payoff(results)}
+    for variant in ("compile", "bf16"):
+        if f"pneumo+{variant}" in results and "pneumo" in results:
+            got, plain = results[f"pneumo+{variant}"]["val_auroc"], results["pneumo"]["val_auroc"]
+            if got is not None and plain is not None:
+                summary[f"val_auroc pneumo+{variant} - pneumo"] = got - plain
+    print_report(settings, results, summary)
 
 
 if __name__ == "__main__":

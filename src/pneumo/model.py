@@ -15,7 +15,14 @@ from torchmetrics.aggregation import CatMetric, MeanMetric
 from pneumo.checkpoint import CheckpointMeta, read_meta
 from pneumo.errors import PneumoError
 from pneumo.metrics import classification_metrics
-from pneumo.network import NUM_CLASSES, build_resnet18, load_backbone_weights, positive_probability
+from pneumo.network import (
+    NUM_CLASSES,
+    build_resnet18,
+    compile_backend,
+    compile_network,
+    load_backbone_weights,
+    positive_probability,
+)
 from pneumo.threshold import THRESHOLD_METHODS, choose_threshold
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,7 @@ class XrayClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         threshold_method: str = "youden",
         target_sensitivity: float = 0.95,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if threshold_method not in THRESHOLD_METHODS:
@@ -61,6 +69,7 @@ class XrayClassifier(L.LightningModule):
             raise PneumoError(f"model.target_sensitivity={target_sensitivity} is not valid: use (0, 1]")
         if not 0.0 <= label_smoothing < 1.0:
             raise PneumoError(f"model.label_smoothing={label_smoothing} is not valid: use a value in [0, 1)")
+        self._compile_backend = compile_backend(compile)
         self.save_hyperparameters(logger=False)
         self.net = build_resnet18(NUM_CLASSES)
         if weights:
@@ -87,6 +96,11 @@ class XrayClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits for a normalised ``N x 3 x H x W`` batch."""
         return self.net(x)
+
+    def configure_model(self) -> None:
+        """Compile the network when ``model.compile`` asks for it, once the Trainer runs."""
+        if self._compile_backend:
+            compile_network(self.net, self._compile_backend)
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -68,6 +68,34 @@ def load_backbone_weights(net: nn.Module, weights: str) -> None:
         )
 
 
+def compile_backend(setting: bool | str | None) -> str | None:
+    """The ``torch.compile`` backend that ``model.compile`` asks for; ``None`` for eager.
+
+    ``true`` means inductor, PyTorch's code generator for CPU and GPU; a backend name
+    (``aot_eager``, ``cudagraphs``, ...) is passed on as it is.
+    """
+    if setting in (None, False):
+        return None
+    backend = "inductor" if setting is True else str(setting)
+    known = torch.compiler.list_backends(exclude_tags=())
+    if backend not in known:
+        raise PneumoError(
+            f"model.compile={setting!r} is not valid: use false, true (inductor) or a torch.compile "
+            f"backend ({', '.join(torch.compiler.list_backends())})"
+        )
+    return backend
+
+
+def compile_network(net: nn.Module, backend: str) -> None:
+    """Compile ``net``'s forward in place (``nn.Module.compile``).
+
+    In place, not ``torch.compile(net)``: the module stays the same object, so its
+    ``state_dict`` keys, checkpoints, export and DDP see the plain network. The first batches
+    of each mode (training, evaluation) pay the compilation.
+    """
+    net.compile(backend=backend)
+
+
 def positive_probability(logits: torch.Tensor, positive_index: int) -> torch.Tensor:
     """P(positive class) from the network's logits: the softmax column of ``positive_index``."""
     return logits.softmax(dim=1)[:, positive_index]
