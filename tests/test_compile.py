@@ -1,6 +1,7 @@
-"""model.compile: a compiled run trains like an eager one and leaves ordinary checkpoints.
+"""The faster model paths: model.compile trains like eager and leaves ordinary checkpoints; under
+bf16 autocast the validation figures still come from fp32 logits.
 
-The runs here use the ``aot_eager`` backend: the same graph capture and autograd tracing as
+The compiled runs here use the ``aot_eager`` backend: the same graph capture and autograd tracing as
 inductor without its C++ code generation, which takes about a minute on a 2-core CPU.
 """
 
@@ -12,7 +13,7 @@ from pneumo.checkpoint import load_model
 from pneumo.errors import PneumoError
 from pneumo.export import export
 from pneumo.model import XrayClassifier
-from pneumo.train import train
+from pneumo.train import build, train
 from tests.conftest import FAST, SAMPLE, make_cfg, sample_files
 
 RUN = [*FAST, f"data.root={SAMPLE}", "callbacks.early_stopping=null"]
@@ -43,3 +44,13 @@ def test_compiled_run_matches_eager_and_its_checkpoints_save_load_export_and_res
 def test_unknown_compile_backend_is_one_line_naming_the_key():
     with pytest.raises(PneumoError, match=r"model.compile='fastest' is not valid"):
         XrayClassifier(weights=None, compile="fastest")
+
+
+def test_bf16_autocast_scores_validation_from_fp32_logits(tmp_path):
+    datamodule, model, trainer = build(make_cfg(tmp_path, [*RUN, "trainer.precision=bf16-mixed"]))
+    trainer.fit(model, datamodule=datamodule)
+    probs, _ = model.val_predictions
+    assert probs.dtype == torch.float32
+    # a softmax of bf16 logits in bf16 gives only bf16 numbers (8-bit mantissa): thresholds and
+    # AUROC would see ties that fp32 logits do not have
+    assert (probs.to(torch.bfloat16).float() != probs).any()
