@@ -29,7 +29,7 @@ once). Modes without +bf16 run at --precision, without +compile eagerly.
 Per mode: train images/s over the last epoch (training images / its wall time), the first
 epoch's time, startup (from launching the mode's interpreter to its first training batch),
 the whole run's time, and peak memory: the peak PSS of the mode's process and all its children
-(DataLoader workers, compile workers) summed, sampled every 0.25 s (PSS splits each shared page
+(DataLoader workers, compile workers) summed, sampled every 0.5 s (PSS splits each shared page
 among the processes sharing it, so forked workers' pages count once), and the main process's
 own peak RSS. Prints a table, then one JSON line.
 """
@@ -61,7 +61,7 @@ DEFAULT_MODES = (
     "baseline+films,pneumo+films,predict,startup"
 )
 VARIANTS = ("compile", "bf16", "films")
-SAMPLE_SECONDS = 0.25
+SAMPLE_SECONDS = 0.5  # a sample costs a few ms of one core
 
 
 # -- memory ----------------------------------------------------------------------------------
