@@ -57,8 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path("data/chest_xray/train")
 DEFAULT_FILMS = REPO / "data" / "sample"
 DEFAULT_MODES = (
-    "model_bound,baseline,pneumo,model_bound+compile,pneumo+compile,model_bound+bf16,pneumo+bf16,"
-    "baseline+films,pneumo+films,predict,startup"
+    "model_bound,baseline,pneumo,model_bound+compile,pneumo+compile,model_bound+bf16,baseline+bf16,"
+    "pneumo+bf16,baseline+films,pneumo+films,predict,startup"
 )
 VARIANTS = ("compile", "bf16", "films")
 SAMPLE_SECONDS = 0.5  # a sample costs a few ms of one core
