@@ -54,3 +54,17 @@ def test_bf16_autocast_scores_validation_from_fp32_logits(tmp_path):
     # a softmax of bf16 logits in bf16 gives only bf16 numbers (8-bit mantissa): thresholds and
     # AUROC would see ties that fp32 logits do not have
     assert (probs.to(torch.bfloat16).float() != probs).any()
+
+
+@torch._dynamo.register_backend
+def _no_compiler(graph, example_inputs):
+    """A backend that fails as inductor does on a machine without a C++ compiler."""
+    raise RuntimeError("no C++ compiler found (g++)\nmore compiler output")
+
+
+def test_a_failing_compile_is_one_line_naming_model_compile(tmp_path):
+    with pytest.raises(PneumoError) as caught:
+        train(make_cfg(tmp_path, [*RUN, "model.compile=_no_compiler"]))
+    message = str(caught.value)
+    assert "model.compile='_no_compiler': compiling the network failed" in message
+    assert "no C++ compiler found (g++)" in message and "\n" not in message

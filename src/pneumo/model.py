@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from torch._dynamo.exc import BackendCompilerFailed
 from torchmetrics.aggregation import CatMetric, MeanMetric
 
 from pneumo.checkpoint import CheckpointMeta, read_meta
@@ -95,7 +96,16 @@ class XrayClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits for a normalised ``N x 3 x H x W`` batch."""
-        return self.net(x)
+        try:
+            return self.net(x)
+        except BackendCompilerFailed as err:
+            # compilation runs on the first batch; its error is pages of compiler internals
+            cause = str(getattr(err, "inner_exception", None) or err).strip().splitlines()
+            raise PneumoError(
+                f"model.compile={self.hparams.compile!r}: compiling the network failed "
+                f"({cause[0] if cause else type(err).__name__}); use model.compile=false to "
+                "train without compiling"
+            ) from err
 
     def configure_model(self) -> None:
         """Compile the network when ``model.compile`` asks for it, once the Trainer runs."""
