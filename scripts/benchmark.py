@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -82,6 +81,13 @@ def _process_tree(root: int) -> list[int]:
     return tree
 
 
+def own_peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ``ru_maxrss``: that keeps the peak of the process
+    that launched this one (it carries over an exec), so a small mode reported its parent's."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
 def _pss_kb(pid: int) -> int:
     """Proportional set size of one process in KB (0 once it is gone)."""
     try:
@@ -103,11 +109,14 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
+        """Sample until the block ends, then once more: a block shorter than a period (or a peak
+        held at its end) would otherwise be seen only as it started."""
         while True:
             total = sum(_pss_kb(pid) for pid in _process_tree(os.getpid())) / 1024
             self.peak_mb = max(self.peak_mb or 0.0, total)
-            if self._stop.wait(SAMPLE_SECONDS):
+            if self._stop.is_set():
                 return
+            self._stop.wait(SAMPLE_SECONDS)
 
     def __enter__(self) -> PeakMemory:
         if Path("/proc/self/smaps_rollup").exists():
@@ -124,10 +133,14 @@ class PeakMemory:
 class EpochClock(L.Callback):
     """Wall-clock marks of a pneumo-train run: its first training batch, each epoch's start, its end.
 
-    Hydra builds the instance inside ``pneumo.train.train``, so the marks are kept on the class.
+    Hydra builds the instance inside ``pneumo.train.train``, so the marks are kept on the class,
+    fresh for each run.
     """
 
-    marks: dict[str, Any] = {"first_batch": None, "epoch_starts": [], "end": None}
+    marks: dict[str, Any] = {}
+
+    def __init__(self) -> None:
+        EpochClock.marks = {"first_batch": None, "epoch_starts": [], "end": None}
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.marks["epoch_starts"].append(time.time())
@@ -191,7 +204,8 @@ def new_model(args: argparse.Namespace, memory_format: torch.memory_format) -> t
     return model
 
 
-def autocast(args: argparse.Namespace):
+def autocast(args: argparse.Namespace) -> torch.autocast:
+    """bf16 autocast on the device when --precision bf16 (or +bf16) asks for it; a no-op otherwise."""
     return torch.autocast(device_type=args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
 
@@ -283,6 +297,7 @@ def pneumo_overrides(args: argparse.Namespace, root: Path) -> list[str]:
         f"data.batch_size={args.batch_size}",
         f"data.num_workers={args.pneumo_workers}",
         "model.weights=null",
+        f"seed={args.seed}",
         f"model.compile={args.compile or 'false'}",
         "callbacks.progress_bar=null",
         "callbacks.early_stopping=null",
@@ -386,10 +401,10 @@ def run_mode(args: argparse.Namespace) -> dict:
     base, variants = parse_mode(args.only)
     mode_args = with_variants(args, variants)
     mode_args.mode_name = args.only
+    L.seed_everything(args.seed, workers=True)  # the plain loops start where pneumo does
     with PeakMemory() as memory:
         result = MODES[base](mode_args)
-    own_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    figures = {**result, "peak_pss_mb": memory.peak_mb, "main_rss_mb": own_rss_mb}
+    figures = {**result, "peak_pss_mb": memory.peak_mb, "main_rss_mb": own_peak_rss_mb()}
     if args.device == "cuda":
         figures["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return figures
@@ -472,6 +487,7 @@ def compile_setting(backend: str) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line, checked: folders, device, epochs and modes fail here in one line."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -491,6 +507,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--compile-backend", type=compile_setting, default="inductor", help="what +compile compiles with"
     )
     parser.add_argument("--predict-count", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=42, help="weights and shuffling of every mode")
     parser.add_argument(
         "--profile-dir", type=Path, help="write Lightning's SimpleProfiler report of pneumo modes here"
     )
@@ -511,6 +528,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> None:
+    """Each mode in a fresh interpreter, then the report; with --only, that one mode here."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.only:
@@ -525,9 +543,9 @@ def main(argv: list[str]) -> None:
         "torch": torch.__version__,
         **{
             k: getattr(args, k)
-            for k in ("precision", "compile_backend", "image_size", "batch_size", "images")
+            for k in ("precision", "compile_backend", "image_size", "batch_size", "images", "val_images")
         },
-        **{k: getattr(args, k) for k in ("val_images", "epochs", "threads", "workers", "pneumo_workers")},
+        **{k: getattr(args, k) for k in ("epochs", "seed", "threads", "workers", "pneumo_workers")},
     }
     summary = {**ratios(results), **compile_payoff(results)}
     for variant in ("compile", "bf16"):
