@@ -146,7 +146,7 @@ def test_a_file_name_that_is_not_utf8_is_written_whole(tmp_path, trained_ckpt):
     assert "IM-9995-caf\\xe9.jpeg" in shown.stdout
 
 
-def test_a_bad_file_with_a_name_that_is_not_utf8_is_named_printably(tmp_path, tiny_root):
+def test_a_bad_file_with_a_name_that_is_not_utf8_is_named_printably(tmp_path, tiny_root, caplog):
     odd = _non_utf8_copy(tiny_root / "train" / "NORMAL")
     odd.write_bytes(b"not an image")
     with pytest.raises(PneumoError) as stopped:
@@ -154,6 +154,9 @@ def test_a_bad_file_with_a_name_that_is_not_utf8_is_named_printably(tmp_path, ti
     message = str(stopped.value)
     assert "IM-9995-caf\\xe9.jpeg" in message
     message.encode("utf-8")  # a log file or terminal can take it
+    assert any("IM-9995-caf\\xe9.jpeg" in r.getMessage() for r in caplog.records)  # no patient ID
+    for record in caplog.records:
+        record.getMessage().encode("utf-8")
 
 
 def _disk_full(path: Path) -> Path:

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from pneumo.checkpoint import LoadedModel, load_model
 from pneumo.data.dataset import Sample, scan_split
-from pneumo.errors import PneumoError, exit_on_user_error
+from pneumo.errors import PneumoError, exit_on_user_error, printable
 from pneumo.inference import label_for, predict
 from pneumo.metrics import evaluation_metrics
 from pneumo.output import write_text_atomically
@@ -70,7 +70,7 @@ def evaluate(
     rows = predict(model, [s.path for s in samples], batch_size, progress=len(samples) > batch_size, tta=tta)
     failed = [r for r in rows if r.error]
     for row in failed:
-        log.warning("left out %s: %s", row.path, row.error)
+        log.warning("left out %s: %s", printable(row.path), row.error)
     # 1 for the positive class, whatever its place in data.classes
     label_of = {str(s.path): int(s.label == model.positive_index) for s in samples}
     kept = [r for r in rows if not r.error]

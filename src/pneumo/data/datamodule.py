@@ -28,7 +28,7 @@ from pneumo.data.manifest import Manifest, check_patients_apart, check_split_cla
 from pneumo.data.preprocess import MIN_SIDE, to_model_input, to_unit
 from pneumo.data.split import HOLDOUTS, known_patient_name, patient_split
 from pneumo.data.transforms import BatchAugment
-from pneumo.errors import PneumoError
+from pneumo.errors import PneumoError, printable
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class XrayDataModule(L.LightningDataModule):
             "films of one patient may sit on both sides of the validation split",
             len(unknown),
             len(samples),
-            unknown[0],
+            printable(str(unknown[0])),
         )
 
     def class_counts(self) -> list[int]:
