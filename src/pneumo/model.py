@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -33,6 +33,36 @@ log = logging.getLogger(__name__)
 _KEEP_NAN = float("nan")
 
 
+class Mix(NamedTuple):
+    """The labels of a mixup batch: each image is ``lam`` of a film labelled ``targets_a`` and
+    ``1 - lam`` of one labelled ``targets_b``."""
+
+    targets_a: torch.Tensor
+    targets_b: torch.Tensor
+    lam: float
+
+    @property
+    def major(self) -> torch.Tensor:
+        """Each image's label with the larger share."""
+        return self.targets_a if self.lam >= 0.5 else self.targets_b
+
+
+def mix_batch(images: torch.Tensor, targets: torch.Tensor, alpha: float) -> tuple[torch.Tensor, Mix | None]:
+    """Mixup (Zhang et al. 2018): blend the batch with a shuffled copy of itself by one share
+    ``lam ~ Beta(alpha, alpha)``. ``alpha == 0`` leaves the batch as it is (no ``Mix``).
+
+    ``lam`` and the shuffle are drawn on the CPU from torch's global generator, so the run's
+    seed governs them and every device draws the same.
+    """
+    if alpha == 0:
+        return images, None
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(len(images)).to(images.device)
+    # a Python float keeps the images' dtype and channels_last layout
+    mixed = lam * images + (1.0 - lam) * images[perm]
+    return mixed, Mix(targets, targets[perm], lam)
+
+
 class XrayClassifier(L.LightningModule):
     """ResNet18 sorting films into two classes; ``positive_index`` is the positive one's column
     (``data.positive_class``'s place in ``data.classes``, set by ``pneumo.train.build``).
@@ -59,6 +89,7 @@ class XrayClassifier(L.LightningModule):
         threshold_method: str = "youden",
         target_sensitivity: float = 0.95,
         compile: bool | str = False,
+        mixup_alpha: float = 0.0,
     ) -> None:
         super().__init__()
         if threshold_method not in THRESHOLD_METHODS:
@@ -70,6 +101,8 @@ class XrayClassifier(L.LightningModule):
             raise PneumoError(f"model.target_sensitivity={target_sensitivity} is not valid: use (0, 1]")
         if not 0.0 <= label_smoothing < 1.0:
             raise PneumoError(f"model.label_smoothing={label_smoothing} is not valid: use a value in [0, 1)")
+        if not mixup_alpha >= 0.0:
+            raise PneumoError(f"model.mixup_alpha={mixup_alpha} is not valid: use 0 (off) or more")
         self._compile_backend = compile_backend(compile)
         self.save_hyperparameters(logger=False)
         self.net = build_resnet18(NUM_CLASSES)
@@ -119,14 +152,34 @@ class XrayClassifier(L.LightningModule):
             self.class_weights = weights.to(self.device)
             log.info("class-weighted loss: %s", [round(w, 3) for w in weights.tolist()])
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics, epoch_loss: MeanMetric):
+    def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The class-weighted, label-smoothed mean cross-entropy of a batch."""
+        return F.cross_entropy(
+            logits, targets, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing
+        )
+
+    def _step(
+        self,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        metrics,
+        epoch_loss: MeanMetric,
+        mix: Mix | None = None,
+    ):
+        """Score a batch and add it to the epoch's loss and metrics; ``mix``: its images are
+        mixup blends, scored against both labels of each (training only)."""
         images, targets = batch
         # fp32 under bf16 autocast too: loss, probabilities and threshold at full precision
         logits = self(images).float()
-        loss = F.cross_entropy(
-            logits, targets, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing
-        )
+        loss = self._cross_entropy(logits, targets)
+        if mix is not None:
+            # two class-weighted means with shares summing to 1: on the scale of the unmixed loss
+            loss = mix.lam * loss + (1.0 - mix.lam) * self._cross_entropy(logits, mix.targets_b)
+        # The batch counts by its films' class weights. A mixed batch's would be
+        # lam * w[targets_a].sum() + (1 - lam) * w[targets_b].sum(): the same sum, as targets_b
+        # is targets_a shuffled.
         epoch_loss.update(loss.detach(), self.class_weights[targets].sum())
+        if mix is not None:
+            targets = mix.major  # train metrics under mixup: against the label with the larger share
         probs = positive_probability(logits.detach(), self.hparams.positive_index)
         positive = (targets == self.hparams.positive_index).long()
         metrics.update(probs, positive)
@@ -135,7 +188,9 @@ class XrayClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx):
         if batch[0].numel() == 0:
             return None
-        loss, _, _ = self._step(batch, self.train_metrics, self.train_loss)
+        images, targets = batch
+        images, mix = mix_batch(images, targets, self.hparams.mixup_alpha)
+        loss, _, _ = self._step((images, targets), self.train_metrics, self.train_loss, mix)
         if not torch.isfinite(loss):
             raise PneumoError(
                 f"training loss became {loss.item()} at epoch {self.current_epoch}, step "
