@@ -25,6 +25,8 @@ BUMPY = [
     "callbacks.early_stopping.patience=100",
 ]
 COSINE = [*FAST, f"data.root={SAMPLE}", "model/scheduler=cosine", "model.scheduler.T_max=4"]
+# the averaged weights are what validation sees: they must resume as well as the raw ones
+EMA = [*COSINE, "ablation=ema", "callbacks.weight_averaging.decay=0.5"]
 EPOCHS = 4
 
 
@@ -39,7 +41,7 @@ def _epoch(path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [BUMPY, COSINE], ids=["plateau", "cosine"])
+@pytest.mark.parametrize("overrides", [BUMPY, COSINE, EMA], ids=["plateau", "cosine", "ema"])
 def test_run_resumed_after_the_learning_rate_moved_matches_an_uninterrupted_one(tmp_path, overrides):
     straight = tmp_path / "straight"
     train(make_cfg(straight, [*overrides, f"trainer.max_epochs={EPOCHS}"]))
@@ -193,6 +195,8 @@ def _resume_refused(run, tiny_root, *overrides: str, match: str) -> None:
         ("data.min_val_images=2", "data.min_val_images=2, but it was trained with data.min_val_images=100"),
         ("data.image_size=64", "data.image_size=64, but it was trained with data.image_size=32"),
         ("data.classes=[PNEUMONIA,NORMAL]", r"data.classes=\['PNEUMONIA', 'NORMAL'\], but it was trained"),
+        # not the split, but the averaged weights a resume would start without
+        ("ablation=ema", r"weight_averaging=\{.*EMAWeightAveraging.*\}, but it was trained with .*=None"),
     ],
 )
 def test_resume_with_a_setting_that_changes_the_split_is_refused(

@@ -35,6 +35,9 @@ SPLIT_SETTINGS = (
     "data.manifest.columns",
     "data.manifest.labels",
 )
+# Settings whose change would not continue the training that the checkpoint holds: weight
+# averaging keeps a second set of weights, which a resume without it would drop.
+TRAINING_STATE_SETTINGS = ("callbacks.weight_averaging",)
 
 
 def record_files(samples: Sequence[Sample], root: str | Path, classes: Sequence[str]) -> list[list[str]]:
@@ -110,8 +113,14 @@ def _setting(config: dict[str, Any], key: str) -> Any:
     return node
 
 
+def _shown(value: Any) -> Any:
+    """A setting as a user would type it (an absent one was null)."""
+    return None if value is _ABSENT else value
+
+
 def check_resume(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str | Path) -> None:
-    """Refuse to resume when ``current`` would split or preprocess the data unlike ``saved``.
+    """Refuse to resume when ``current`` would split or preprocess the data unlike ``saved``,
+    or would drop training state that ``saved`` holds (averaged weights).
 
     ``saved`` is read from ``ckpt_path``, ``current`` built for this run.
     """
@@ -123,6 +132,14 @@ def check_resume(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str 
                 f"resuming {ckpt_path} with {key}={now}, but it was trained with {key}={then}: that "
                 f"changes the validation split or the preprocessing; resume with {key}={then}, or "
                 "start a new run"
+            )
+    for key in TRAINING_STATE_SETTINGS:
+        then, now = _shown(_setting(saved.config, key)), _shown(_setting(current.config, key))
+        if then != now:
+            raise PneumoError(
+                f"resuming {ckpt_path} with {key}={now}, but it was trained with {key}={then}: "
+                "the run would not continue the weights it holds; resume with the same "
+                "setting, or start a new run"
             )
     _check_validation_files(saved, current, ckpt_path)
     _check_training_files(saved, current, ckpt_path)

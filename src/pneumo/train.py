@@ -155,6 +155,8 @@ def _fit(
     with warnings.catch_warnings():
         # claim_run_dir admits a used checkpoints/ folder only to the run that wrote it
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        # configure_model here only compiles (model.compile), it shards nothing
+        warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback with a model")
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     results = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
