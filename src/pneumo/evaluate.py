@@ -4,13 +4,15 @@
 
 Writes metrics.json, confusion_matrix.png and roc.png into the run directory and logs
 the pictures to TensorBoard. Figures are given at the threshold chosen on validation
-during training (stored in the checkpoint) and at 0.5.
+during training (stored in the checkpoint) and at 0.5, and per acquisition group (the
+file-naming families of Kermany's archive) at the stored threshold.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,10 @@ from rich.table import Table
 
 from pneumo.checkpoint import LoadedModel, load_model
 from pneumo.data.dataset import Sample, scan_split
+from pneumo.data.split import acquisition_group
 from pneumo.errors import PneumoError, exit_on_user_error, printable
 from pneumo.inference import label_for, predict
-from pneumo.metrics import evaluation_metrics
+from pneumo.metrics import evaluation_metrics, group_metrics
 from pneumo.output import write_text_atomically
 from pneumo.plots import plot_confusion, plot_roc
 from pneumo.provenance import validation_samples
@@ -59,6 +62,30 @@ def print_table(metrics: dict[str, Any]) -> None:
             f"(5th to 95th percentile, median {cuts['p50']:.3f})",
             highlight=False,
         )
+    if metrics["groups"]:
+        print_groups(metrics["groups"], metrics["threshold"])
+
+
+def print_groups(groups: dict[str, dict[str, Any]], threshold: float) -> None:
+    """One row per acquisition group at the stored threshold; a figure with nothing to count is '-'."""
+
+    def shown(value: float, count: int) -> str:
+        return "-" if math.isnan(value) else f"{value:.4f} ({count})"
+
+    table = Table(title=f"by acquisition group, at threshold {threshold:.3f}")
+    table.add_column("group")
+    for name in ("films", "neg/pos", "specificity\n(FP)", "sensitivity\n(missed)", "AUROC"):
+        table.add_column(name, justify="right")
+    for group, row in groups.items():
+        table.add_row(
+            group,
+            str(row["n"]),
+            f"{row['n_negative']} / {row['n_positive']}",
+            shown(row["specificity"], row["false_positives"]),
+            shown(row["sensitivity"], row["false_negatives"]),
+            "-" if math.isnan(row["auroc"]) else f"{row['auroc']:.4f}",
+        )
+    Console().print(table)
 
 
 def evaluate(
@@ -81,6 +108,8 @@ def evaluate(
         **evaluation_metrics(probs, targets, model.threshold),
         # where each threshold rule would land on resampled films: its reliability
         "threshold_spread": threshold_spread(probs, targets, target) if targets.unique().numel() == 2 else {},
+        # per file-naming family: a source or era the pooled figures can hide
+        "groups": group_metrics(probs, targets, [acquisition_group(r.path) for r in kept], model.threshold),
         "checkpoint": str(Path(ckpt_path).resolve()),
         "data_root": str(Path(root).resolve()),
         "split": split,

@@ -8,6 +8,7 @@ count (no positive film, say) is NaN, not 0.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -76,15 +77,52 @@ def metrics_at(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> 
     return {"threshold": threshold, **ratios(tp, fp, tn, fn), "confusion_matrix": [[tn, fp], [fn, tp]]}
 
 
-def evaluation_metrics(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> dict[str, Any]:
-    """The figures of metrics.json: counts (positive class and the other), AUROC, and everything
-    at ``threshold`` and at 0.5."""
-    both = targets.unique().numel() == 2
+def class_counts(targets: torch.Tensor) -> dict[str, int]:
+    """How many films in all, of the other class and of the positive class."""
     return {
         "n": int(targets.numel()),
         "n_negative": int((targets == 0).sum()),
         "n_positive": int((targets == 1).sum()),
-        "auroc": float(BinaryAUROC()(probs, targets.long())) if both else float("nan"),
+    }
+
+
+def auroc(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """AUROC of the probabilities; NaN unless both classes are present."""
+    return float(BinaryAUROC()(probs, targets.long())) if targets.unique().numel() == 2 else float("nan")
+
+
+def evaluation_metrics(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> dict[str, Any]:
+    """The figures of metrics.json: counts (positive class and the other), AUROC, and everything
+    at ``threshold`` and at 0.5."""
+    return {
+        **class_counts(targets),
+        "auroc": auroc(probs, targets),
         **metrics_at(probs, targets, threshold),
         "at_0.5": metrics_at(probs, targets, 0.5),
     }
+
+
+def group_metrics(
+    probs: torch.Tensor, targets: torch.Tensor, groups: Sequence[str | None], threshold: float
+) -> dict[str, dict[str, Any]]:
+    """Per group (films whose group is None belong to none): counts, and at ``threshold``
+    specificity with its false positives, sensitivity with its misses, and AUROC.
+
+    A group usually holds one class only (Kermany's naming families do), so the figures of
+    the missing class are NaN, as ``ratios`` gives them, and AUROC too.
+    """
+    figures: dict[str, dict[str, Any]] = {}
+    for group in sorted({g for g in groups if g is not None}):
+        members = torch.tensor([g == group for g in groups])
+        p, t = probs[members], targets[members]
+        tp, fp, tn, fn = confusion_counts(p, t, threshold).tolist()
+        rates = ratios(tp, fp, tn, fn)
+        figures[group] = {
+            **class_counts(t),
+            "specificity": rates["specificity"],
+            "false_positives": fp,
+            "sensitivity": rates["sensitivity"],
+            "false_negatives": fn,
+            "auroc": auroc(p, t),
+        }
+    return figures

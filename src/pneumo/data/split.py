@@ -47,6 +47,27 @@ def _patient_number(patient: str) -> tuple[str, int]:
     return (match.group(1), int(match.group(2))) if match else (patient, 0)
 
 
+# The naming families' groups as pneumo-eval reports them; ``person`` films split by kind.
+_FAMILY_GROUPS = {"im-": "IM-", "normal2-im-": "NORMAL2-IM-"}
+_PERSON_KIND = re.compile(r"^person\d+_(bacteria|virus)_", re.IGNORECASE)
+
+
+def acquisition_group(path: str | Path) -> str | None:
+    """The film's acquisition group, read from its name: ``IM-``, ``NORMAL2-IM-``,
+    ``person bacteria`` or ``person virus``; None for a name that follows none of these.
+
+    The families come from different sources and eras, so a model can do worse on one of
+    them than the pooled figures show.
+    """
+    if not known_patient_name(path):
+        return None
+    family = _patient_number(patient_id(path))[0]
+    if family == "person":
+        kind = _PERSON_KIND.match(Path(path).stem)
+        return f"person {kind.group(1).lower()}" if kind else None
+    return _FAMILY_GROUPS.get(family)
+
+
 def _earliest_first(patients: list[str]) -> list[str]:
     """Patients ordered by how early they come in their naming family.
 
