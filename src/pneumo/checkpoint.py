@@ -34,7 +34,9 @@ class CheckpointMeta:
     the validation files (paths relative to the data root, with class names; ``None`` in
     checkpoints written before they were recorded), a fingerprint of the training files
     (``provenance.files_fingerprint``; ``None`` in older checkpoints) and the run's resolved
-    config.
+    config. A file written by pneumo-ensemble holds its first member's metadata with the
+    ensemble's threshold, and under ``ensemble`` the member files and their thresholds
+    (``{"members": [{"file": ..., "threshold": ...}, ...]}``; ``None`` for a trained run).
     """
 
     classes: list[str]
@@ -44,6 +46,7 @@ class CheckpointMeta:
     val_files: list[list[str]] | None = None
     config: dict[str, Any] = field(default_factory=dict)
     train_files: dict[str, Any] | None = None
+    ensemble: dict[str, Any] | None = None
 
     @property
     def positive_index(self) -> int:
@@ -61,6 +64,16 @@ class CheckpointMeta:
     @property
     def std(self) -> tuple[float, ...]:
         return tuple(self.preprocessing["std"])
+
+    def refuse_ensemble(self, path: str | Path, action: str, instead: str) -> None:
+        """Stop ``action``, which needs one trained network, when ``path`` is an ensemble; the
+        line names its members and says what to do ``instead``."""
+        if self.ensemble is not None:
+            files = ", ".join(m["file"] for m in self.ensemble["members"])
+            raise PneumoError(
+                f"{path} is an ensemble of {len(self.ensemble['members'])} models ({files}) written by "
+                f"pneumo-ensemble: {action} needs one trained network; {instead}"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data, loadable with ``torch.load(weights_only=True)``."""
@@ -102,6 +115,7 @@ def read_meta(checkpoint: dict[str, Any], path: str | Path) -> CheckpointMeta:
             val_files=raw.get("val_files"),
             config=dict(raw.get("config") or {}),
             train_files=raw.get("train_files"),
+            ensemble=raw.get("ensemble"),
         )
         if len(meta.mean) != 3 or len(meta.std) != 3 or meta.image_size < 1:
             raise ValueError(f"preprocessing {preprocessing!r} lacks a size and 3-channel mean and std")
@@ -110,6 +124,10 @@ def read_meta(checkpoint: dict[str, Any], path: str | Path) -> CheckpointMeta:
             raise ValueError("val_files is not a list of [path, class name] pairs")
         if not isinstance(meta.config, dict) or not isinstance(meta.config.get("model", {}), dict):
             raise ValueError("config is not a mapping")
+        if meta.ensemble is not None and not all(
+            isinstance(m["file"], str) and isinstance(m["threshold"], float) for m in meta.ensemble["members"]
+        ):
+            raise ValueError("ensemble is not a list of members, each a file and its threshold")
     except (KeyError, TypeError, ValueError) as err:
         raise PneumoError(
             f"{path}: its pneumo metadata is incomplete or malformed ({type(err).__name__}: {err}); "
@@ -229,17 +247,29 @@ def refuse_diverged(path: str | Path, state: dict[str, torch.Tensor], threshold:
         )
 
 
+def _untrained_network(meta: CheckpointMeta) -> tuple[nn.Module, str]:
+    """A network of the checkpoint's shape, and that shape in words: a ResNet18, or for a file
+    written by pneumo-ensemble the ``ensemble.Ensemble`` of its members."""
+    if meta.ensemble is None:
+        return build_resnet18(len(meta.classes)), "ResNet18"
+    from pneumo.ensemble import Ensemble  # ensemble.py builds on this module
+
+    members = [build_resnet18(len(meta.classes)) for _ in meta.ensemble["members"]]
+    return Ensemble(members), f"ensemble of {len(members)} ResNet18s"
+
+
 def load_model(path: str | Path) -> LoadedModel:
-    """Rebuild the trained network from a checkpoint, in eval mode on the CPU."""
+    """Rebuild the trained network (``_untrained_network``) from a checkpoint, in eval mode on the CPU."""
     checkpoint = read_checkpoint(path)
     meta = read_meta(checkpoint, path)
-    state = network_state_dict(checkpoint)
+    # a trained run's weights carry Lightning's net. prefix; an ensemble's are its own (members.K.)
+    state = network_state_dict(checkpoint) if meta.ensemble is None else checkpoint["state_dict"]
     refuse_diverged(path, state, meta.threshold)
-    net = build_resnet18(len(meta.classes))
+    net, shape = _untrained_network(meta)
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
-        raise PneumoError(f"{path}: weights do not fit a {len(meta.classes)}-class ResNet18 ({err})") from err
+        raise PneumoError(f"{path}: weights do not fit a {len(meta.classes)}-class {shape} ({err})") from err
     net.eval()
     return LoadedModel(net=net, meta=meta, path=Path(path))
 
