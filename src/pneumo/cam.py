@@ -15,11 +15,17 @@ from pneumo.data.preprocess import load_image, read_grey, to_model_input
 from pneumo.errors import PneumoError
 
 
+def refuse_ensemble(model: LoadedModel) -> None:
+    """Grad-CAM reads one network's last block, and an ensemble has one per member: refused."""
+    model.meta.refuse_ensemble(model.path, "Grad-CAM (--cam)", "run --cam with one of its members")
+
+
 def grad_cam(model: LoadedModel, image: torch.Tensor) -> np.ndarray:
     """Grad-CAM of the positive class's logit on the last ResNet block, scaled to 0..1.
 
     ``image`` is one ``1 x S x S`` uint8 tensor; the map has the network's input size.
     """
+    refuse_ensemble(model)
     try:
         from captum.attr import LayerAttribution, LayerGradCam
     except ImportError as err:

@@ -30,6 +30,9 @@ def write_model_dir(ckpt: Path, model_dir: Path) -> list[Path]:
     under ``state_dict`` with ``arch``, ``resolution``, ``num_classes`` and ``epoch``.
     """
     meta = load_model(ckpt).meta  # refuses a diverged or malformed checkpoint before writing
+    meta.refuse_ensemble(
+        ckpt, "model_best.pth.tar", "use one of its members (pneumo-export writes the ensemble's ONNX)"
+    )
     checkpoint = read_checkpoint(ckpt)
     best = model_dir / "model_best.pth.tar"
     torch.save(

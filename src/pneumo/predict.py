@@ -80,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     model = load_model(args.ckpt)
+    if args.cam is not None:
+        from pneumo.cam import refuse_ensemble
+
+        refuse_ensemble(model)  # before predicting: a refused --cam costs nothing
     print(DISCLAIMER, file=sys.stderr)
     files = collect_images(args.paths)
     if not files:

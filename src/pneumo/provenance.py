@@ -122,8 +122,10 @@ def check_resume(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str 
     """Refuse to resume when ``current`` would split or preprocess the data unlike ``saved``,
     or would drop training state that ``saved`` holds (averaged weights).
 
-    ``saved`` is read from ``ckpt_path``, ``current`` built for this run.
+    ``saved`` is read from ``ckpt_path``, ``current`` built for this run. An ensemble holds
+    no training state (optimiser, epoch) to continue, and is refused first.
     """
+    saved.refuse_ensemble(ckpt_path, "resuming training", "resume one of its members, or start a new run")
     refuse_unrecorded(saved, ckpt_path, "resume")
     for key in SPLIT_SETTINGS:
         then, now = _setting(saved.config, key), _setting(current.config, key)
