@@ -170,6 +170,7 @@ def test_command_line(sweep, tmp_path):
     out = tmp_path / "ens.ckpt"
     result = run_cli("-m", "pneumo.ensemble", str(sweep / "0"), str(sweep / "1"), "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
+    assert f"member 2: {sweep / '1' / 'checkpoints' / 'best.ckpt'}" in result.stdout
     assert "ensemble" in result.stdout and "auroc" in result.stdout and out.is_file()
     assert f"wrote {out} (2 members" in result.stdout
     refused = run_cli("-m", "pneumo.ensemble", str(sweep / "0"), "--out", str(tmp_path / "one.ckpt"))

@@ -32,7 +32,7 @@ from pneumo import DISCLAIMER
 from pneumo.checkpoint import AtomicCheckpointIO, CheckpointMeta, LoadedModel, load_model
 from pneumo.data.dataset import Sample
 from pneumo.data.manifest import Manifest
-from pneumo.errors import PneumoError, exit_on_user_error
+from pneumo.errors import PneumoError, exit_on_user_error, printable
 from pneumo.inference import predict
 from pneumo.metrics import evaluation_metrics
 from pneumo.provenance import refuse_unrecorded, validation_samples
@@ -210,15 +210,19 @@ def make_ensemble(
 
 
 def print_figures(figures: dict[str, dict[str, Any]]) -> None:
-    """The ensemble and its members on the shared validation films, each at its threshold."""
-    n = figures["ensemble"]["n"]
-    table = Table(title=f"validation: {n} films, each model at its own threshold")
-    table.add_column("model", overflow="fold")
+    """The ensemble and its members on the shared validation films, each at its threshold;
+    members by number, their files listed above (sweep folders' names are long)."""
+    names = [name for name in figures if name != "ensemble"]
+    for number, name in enumerate(names, 1):
+        print(f"member {number}: {printable(name)}")
+    table = Table(title=f"validation: {figures['ensemble']['n']} films, each model at its own threshold")
+    table.add_column("model")
     table.add_column("threshold", justify="right")
     for key in SHOWN:
         table.add_column(key, justify="right")
-    for name, row in figures.items():
-        table.add_row(name, f"{row['threshold']:.3f}", *(f"{row[k]:.4f}" for k in SHOWN))
+    rows = [(f"member {number}", figures[name]) for number, name in enumerate(names, 1)]
+    for label, row in [*rows, ("ensemble", figures["ensemble"])]:
+        table.add_row(label, f"{row['threshold']:.3f}", *(f"{row[k]:.4f}" for k in SHOWN))
     Console().print(table)
 
 
