@@ -1,10 +1,15 @@
 """Weight averaging (ablation=ema): the averaged weights are the ones validated, kept and used."""
 
+import signal
+
 import lightning as L
+import pytest
 import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from pneumo.checkpoint import load_model
 from pneumo.inference import predict
+from pneumo.model import XrayClassifier
 from pneumo.train import build, train
 from tests.conftest import FAST, make_cfg
 
@@ -36,3 +41,46 @@ def test_best_checkpoint_holds_the_averaged_weights_that_validation_scored(tmp_p
     logged, _ = model.val_predictions
     rows = predict(load_model(best), [s.path for s in datamodule.val_set.samples])
     assert torch.allclose(torch.tensor([r.p_pneumonia for r in rows]), logged.float(), atol=1e-5)
+
+
+def test_validation_keeps_the_runs_class_weights():
+    # the averaged copy is made before on_fit_start sets the class weights, and a resumed
+    # average would only drift towards them: they must not be averaged nor swapped in
+    model = XrayClassifier(weights=None)
+    callback = EMAWeightAveraging(decay=0.998)
+    callback.setup(None, model, "fit")
+    weights = torch.tensor([2.0, 0.667])
+    model.class_weights = weights.clone()  # as on_fit_start sets them
+    callback.on_validation_epoch_start(None, model)
+    assert torch.equal(model.class_weights, weights)
+
+
+class _InterruptValidation(L.Callback):
+    """Ctrl-C in the middle of the second epoch's validation; notes both sets of weights then."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, torch.Tensor] = {}
+
+    def on_validation_batch_end(self, trainer, pl_module, *args, **kwargs):
+        if trainer.current_epoch == 1 and not trainer.sanity_checking:
+            (averaging,) = (c for c in trainer.callbacks if isinstance(c, EMAWeightAveraging))
+            # swapped for validation: the model holds the average, the callback the raw weights
+            self.seen["averaged"] = pl_module.net.conv1.weight.detach().clone()
+            self.seen["raw"] = averaging._average_model.module.net.conv1.weight.detach().clone()
+            raise KeyboardInterrupt
+
+
+def test_interrupted_validation_saves_averaged_and_raw_weights_in_their_places(tmp_path, tiny_root):
+    cfg = make_cfg(tmp_path / "run", [*FAST, f"data.root={tiny_root}", "data.image_size=48", *EMA])
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, model, trainer = build(cfg, [interrupt := _InterruptValidation()])
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl-C
+            trainer.fit(model, datamodule=datamodule)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C from then on
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "interrupted.ckpt", weights_only=True)
+    assert torch.equal(saved["state_dict"]["net.conv1.weight"], interrupt.seen["averaged"])
+    assert torch.equal(saved["current_model_state"]["net.conv1.weight"], interrupt.seen["raw"])
+    assert not torch.equal(interrupt.seen["averaged"], interrupt.seen["raw"])

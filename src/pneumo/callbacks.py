@@ -6,6 +6,7 @@ import logging
 import time
 
 import lightning as L
+from lightning.pytorch.callbacks import WeightAveraging
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +86,29 @@ class SaveOnInterrupt(L.Callback):
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
+        self._validating = False
+
+    # Weight averaging (callbacks.weight_averaging) swaps the averaged weights into the model
+    # for each validation epoch and back after it: interrupted in between, the model holds the
+    # averaged weights and the averaging callback the raw ones, and the file would hold them
+    # the wrong way round.
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validating = True
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validating = False
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if not isinstance(exception, KeyboardInterrupt) and type(exception).__name__ != "SIGTERMException":
             return
+        if self._validating:
+            # every process: each holds its model swapped
+            for callback in trainer.callbacks:
+                if isinstance(callback, WeightAveraging):
+                    callback.on_validation_epoch_end(trainer, pl_module)  # swaps the raw weights back
+            self._validating = False
         if not trainer.is_global_zero:
             return
         path = f"{self.dirpath}/interrupted.ckpt"

@@ -119,7 +119,10 @@ class XrayClassifier(L.LightningModule):
         # this epoch's validation predictions, gathered from every process for the threshold
         self._val_probs = CatMetric(nan_strategy=_KEEP_NAN)
         self._val_positive = CatMetric(nan_strategy=_KEEP_NAN)
-        self.register_buffer("class_weights", torch.ones(NUM_CLASSES), persistent=False)
+        # A plain tensor, not a buffer: weight averaging (callbacks.weight_averaging) averages
+        # and swaps every buffer, and would validate a resumed run with weights drifting back
+        # from the averaged copy's ones. Moved to the batch's device where it is used.
+        self.class_weights = torch.ones(NUM_CLASSES)
         self.threshold = 0.5
         # (P(positive), is positive) of the last validation epoch, every process's films
         self.val_predictions: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -155,7 +158,10 @@ class XrayClassifier(L.LightningModule):
     def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The class-weighted, label-smoothed mean cross-entropy of a batch."""
         return F.cross_entropy(
-            logits, targets, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing
+            logits,
+            targets,
+            weight=self.class_weights.to(logits.device),
+            label_smoothing=self.hparams.label_smoothing,
         )
 
     def _step(
@@ -177,7 +183,7 @@ class XrayClassifier(L.LightningModule):
         # The batch counts by its films' class weights. A mixed batch's would be
         # lam * w[targets_a].sum() + (1 - lam) * w[targets_b].sum(): the same sum, as targets_b
         # is targets_a shuffled.
-        epoch_loss.update(loss.detach(), self.class_weights[targets].sum())
+        epoch_loss.update(loss.detach(), self.class_weights.to(targets.device)[targets].sum())
         if mix is not None:
             targets = mix.major  # train metrics under mixup: against the label with the larger share
         probs = positive_probability(logits.detach(), self.hparams.positive_index)
