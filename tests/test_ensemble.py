@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pneumo import DISCLAIMER
-from pneumo.checkpoint import load_model, read_checkpoint
+from pneumo.checkpoint import CheckpointMeta, load_model, read_checkpoint
+from pneumo.data.preprocess import preprocessing_spec
 from pneumo.ensemble import Ensemble, main, make_ensemble
 from pneumo.errors import PneumoError
 from pneumo.evaluate import evaluate
@@ -179,3 +180,25 @@ def test_command_line(sweep, tmp_path):
         f"error: an ensemble needs at least two members, got 1 ({best}); "
         "give more checkpoints, or a sweep directory"
     ]
+
+
+@pytest.mark.parametrize(
+    ("members", "held", "match"),
+    [
+        ([], 0, "ensemble is not a list of two members or more"),
+        (
+            [{"file": "a.ckpt", "threshold": 0.5}] * 1000,
+            1,
+            "lists 1000 ensemble members, but it holds the weights of 1",
+        ),
+    ],
+)
+def test_a_malformed_ensemble_file_is_refused_in_one_line(tmp_path, members, held, match):
+    # before any member network is built: the list alone could ask for any number of them
+    meta = CheckpointMeta(
+        ["NORMAL", "PNEUMONIA"], "PNEUMONIA", preprocessing_spec(32), ensemble={"members": members}
+    )
+    state = {f"members.{k}.fc.bias": torch.zeros(2) for k in range(held)}
+    torch.save({"pneumo": meta.as_dict(), "state_dict": state}, tmp_path / "forged.ckpt")
+    with pytest.raises(PneumoError, match=match):
+        load_model(tmp_path / "forged.ckpt")

@@ -15,7 +15,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from pneumo.data.preprocess import preprocessing_spec
-from pneumo.errors import PneumoError
+from pneumo.errors import PneumoError, printable
 from pneumo.network import NUM_CLASSES, build_resnet18
 from pneumo.output import atomic_path
 from pneumo.provenance import files_fingerprint, record_files
@@ -69,7 +69,7 @@ class CheckpointMeta:
         """Stop ``action``, which needs one trained network, when ``path`` is an ensemble; the
         line names its members and says what to do ``instead``."""
         if self.ensemble is not None:
-            files = ", ".join(m["file"] for m in self.ensemble["members"])
+            files = ", ".join(printable(m["file"]) for m in self.ensemble["members"])
             raise PneumoError(
                 f"{path} is an ensemble of {len(self.ensemble['members'])} models ({files}) written by "
                 f"pneumo-ensemble: {action} needs one trained network; {instead}"
@@ -124,10 +124,15 @@ def read_meta(checkpoint: dict[str, Any], path: str | Path) -> CheckpointMeta:
             raise ValueError("val_files is not a list of [path, class name] pairs")
         if not isinstance(meta.config, dict) or not isinstance(meta.config.get("model", {}), dict):
             raise ValueError("config is not a mapping")
-        if meta.ensemble is not None and not all(
-            isinstance(m["file"], str) and isinstance(m["threshold"], float) for m in meta.ensemble["members"]
+        if meta.ensemble is not None and not (
+            isinstance(meta.ensemble["members"], list)
+            and len(meta.ensemble["members"]) >= 2
+            and all(
+                isinstance(m["file"], str) and isinstance(m["threshold"], float)
+                for m in meta.ensemble["members"]
+            )
         ):
-            raise ValueError("ensemble is not a list of members, each a file and its threshold")
+            raise ValueError("ensemble is not a list of two members or more, each a file and its threshold")
     except (KeyError, TypeError, ValueError) as err:
         raise PneumoError(
             f"{path}: its pneumo metadata is incomplete or malformed ({type(err).__name__}: {err}); "
@@ -265,6 +270,18 @@ def load_model(path: str | Path) -> LoadedModel:
     # a trained run's weights carry Lightning's net. prefix; an ensemble's are its own (members.K.)
     state = network_state_dict(checkpoint) if meta.ensemble is None else checkpoint["state_dict"]
     refuse_diverged(path, state, meta.threshold)
+    if meta.ensemble is not None:
+        # checked before one network per listed member is built: the list alone could ask for any number
+        held = {
+            k.split(".")[1]
+            for k in state
+            if isinstance(k, str) and k.startswith("members.") and k.count(".") > 1
+        }
+        if len(held) != len(meta.ensemble["members"]):
+            raise PneumoError(
+                f"{path}: its metadata lists {len(meta.ensemble['members'])} ensemble members, but it "
+                f"holds the weights of {len(held)}; use a file written by pneumo-ensemble"
+            )
     net, shape = _untrained_network(meta)
     try:
         net.load_state_dict(state)
