@@ -27,6 +27,8 @@ BUMPY = [
 COSINE = [*FAST, f"data.root={SAMPLE}", "model/scheduler=cosine", "model.scheduler.T_max=4"]
 # the averaged weights are what validation sees: they must resume as well as the raw ones
 EMA = [*COSINE, "ablation=ema", "callbacks.weight_averaging.decay=0.5"]
+# mixup's draws follow the seed, epoch and batch, not the process's random state
+MIXUP = [*COSINE, "ablation=mixup"]
 EPOCHS = 4
 
 
@@ -41,7 +43,9 @@ def _epoch(path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [BUMPY, COSINE, EMA], ids=["plateau", "cosine", "ema"])
+@pytest.mark.parametrize(
+    "overrides", [BUMPY, COSINE, EMA, MIXUP], ids=["plateau", "cosine", "ema", "mixup"]
+)
 def test_run_resumed_after_the_learning_rate_moved_matches_an_uninterrupted_one(tmp_path, overrides):
     straight = tmp_path / "straight"
     train(make_cfg(straight, [*overrides, f"trainer.max_epochs={EPOCHS}"]))

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any, NamedTuple
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -47,17 +48,19 @@ class Mix(NamedTuple):
         return self.targets_a if self.lam >= 0.5 else self.targets_b
 
 
-def mix_batch(images: torch.Tensor, targets: torch.Tensor, alpha: float) -> tuple[torch.Tensor, Mix | None]:
+def mix_batch(
+    images: torch.Tensor, targets: torch.Tensor, alpha: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, Mix | None]:
     """Mixup (Zhang et al. 2018): blend the batch with a shuffled copy of itself by one share
     ``lam ~ Beta(alpha, alpha)``. ``alpha == 0`` leaves the batch as it is (no ``Mix``).
 
-    ``lam`` and the shuffle are drawn on the CPU from torch's global generator, so the run's
-    seed governs them and every device draws the same.
+    ``lam`` and the shuffle come from ``rng`` alone, which training seeds with the run's seed,
+    the epoch and the batch: a resumed run continues the draws, and every device draws the same.
     """
     if alpha == 0:
         return images, None
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    perm = torch.randperm(len(images)).to(images.device)
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.from_numpy(rng.permutation(len(images))).to(images.device)
     # a Python float keeps the images' dtype and channels_last layout
     mixed = lam * images + (1.0 - lam) * images[perm]
     return mixed, Mix(targets, targets[perm], lam)
@@ -124,6 +127,7 @@ class XrayClassifier(L.LightningModule):
         # from the averaged copy's ones. Moved to the batch's device where it is used.
         self.class_weights = torch.ones(NUM_CLASSES)
         self.threshold = 0.5
+        self._seed = 0  # data.seed, read at fit start: it fixes each batch's mixup draws
         # (P(positive), is positive) of the last validation epoch, every process's films
         self.val_predictions: tuple[torch.Tensor, torch.Tensor] | None = None
         self._validated_epoch = -1  # a plateau schedule steps only on a fresh val/loss
@@ -150,6 +154,7 @@ class XrayClassifier(L.LightningModule):
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
+        self._seed = datamodule.seed if datamodule is not None else 0
         weights = datamodule.class_weights() if datamodule is not None else None
         if weights is not None:
             self.class_weights = weights.to(self.device)
@@ -195,7 +200,8 @@ class XrayClassifier(L.LightningModule):
         if batch[0].numel() == 0:
             return None
         images, targets = batch
-        images, mix = mix_batch(images, targets, self.hparams.mixup_alpha)
+        rng = np.random.default_rng([self._seed, self.current_epoch, batch_idx])
+        images, mix = mix_batch(images, targets, self.hparams.mixup_alpha, rng)
         loss, _, _ = self._step((images, targets), self.train_metrics, self.train_loss, mix)
         if not torch.isfinite(loss):
             raise PneumoError(
