@@ -215,7 +215,11 @@ def print_figures(figures: dict[str, dict[str, Any]]) -> None:
     names = [name for name in figures if name != "ensemble"]
     for number, name in enumerate(names, 1):
         print(f"member {number}: {printable(name)}")
-    table = Table(title=f"validation: {figures['ensemble']['n']} films, each model at its own threshold")
+    table = Table(
+        title=f"validation: {figures['ensemble']['n']} films, each model at its own threshold",
+        # every best epoch and threshold was picked on these very films
+        caption="optimistic: models and thresholds were chosen on these films",
+    )
     table.add_column("model")
     table.add_column("threshold", justify="right")
     for key in SHOWN:
