@@ -6,7 +6,8 @@
 Each argument is a checkpoint, a run directory (its checkpoints/best.ckpt) or a sweep
 directory (the checkpoints/best.ckpt of every run in it); at least two members in all. They
 must share classes, positive class, preprocessing, validation films and threshold rule: train
-them alike but for the seed, e.g. pneumo-train -m experiment=kermany_cpu seed=1,2,3.
+them alike but for the seed, e.g. pneumo-train -m experiment=kermany_cpu seed=1,2,3
+(or train and average in one command: pneumo-train experiment=kermany_cpu ensemble=seeds).
 The ensemble's threshold is chosen on those validation films (found under --data-root, by
 default the data.root the first member was trained on) by the members' own rule, and the
 figures of the ensemble and of each member on them are printed. The file is used like any
@@ -16,6 +17,7 @@ checkpoint by pneumo-eval, pneumo-predict and pneumo-export.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -37,6 +41,8 @@ from pneumo.inference import predict
 from pneumo.metrics import evaluation_metrics
 from pneumo.provenance import refuse_unrecorded, validation_samples
 from pneumo.threshold import choose_threshold
+
+log = logging.getLogger(__name__)
 
 BEST = Path("checkpoints") / "best.ckpt"
 # Figures printed for the ensemble and each member, all at their own thresholds.
@@ -230,6 +236,46 @@ def print_figures(figures: dict[str, dict[str, Any]]) -> None:
     Console().print(table)
 
 
+def write_ensemble(
+    args: Sequence[str | Path], out: str | Path, data_root: str | Path | None = None
+) -> dict[str, dict[str, Any]]:
+    """``make_ensemble``, then print its figures and the file written: all pneumo-ensemble does."""
+    figures = make_ensemble(args, out, data_root)
+    print_figures(figures)
+    print(f"wrote {out} ({len(figures) - 1} members, threshold {figures['ensemble']['threshold']:.3f})")
+    return figures
+
+
+class EnsembleSweep(Callback):
+    """The end of an ``ensemble=seeds`` sweep: ``pneumo-ensemble SWEEP_DIR --out SWEEP_DIR/ensemble.ckpt``.
+
+    Hydra calls ``on_multirun_end`` in the launching process once every job has returned (with
+    a submitit launcher too), and not at all when a job failed. The runs are the sweep's result:
+    an ensemble that cannot be built is one logged line, never a traceback over them.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        jobs = sorted(d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith("."))
+        missing = [job.name for job in jobs if not (job / BEST).is_file()]
+        finished = len(jobs) - len(missing)
+        if finished < 2:
+            others = f" ({', '.join(missing)} did not)" if missing else ""
+            log.error(
+                f"no ensemble built: it needs two members or more, and {finished} of the {len(jobs)} jobs "
+                f"in {sweep} wrote {BEST}{others}; the members that finished stay usable with pneumo-ensemble"
+            )
+            return
+        if missing:
+            log.warning(
+                "%s wrote no %s: the ensemble averages the other %d jobs", ", ".join(missing), BEST, finished
+            )
+        try:
+            write_ensemble([sweep], sweep / "ensemble.ckpt")
+        except PneumoError as err:
+            log.error("no ensemble built: %s (the members stay usable with pneumo-ensemble)", err)
+
+
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of pneumo-ensemble."""
@@ -253,9 +299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="where the members' validation films lie (default: the data.root of the first member)",
     )
     args = parser.parse_args(argv)
-    figures = make_ensemble(args.members, args.out, args.data_root)
-    print_figures(figures)
-    print(f"wrote {args.out} ({len(figures) - 1} members, threshold {figures['ensemble']['threshold']:.3f})")
+    write_ensemble(args.members, args.out, args.data_root)
 
 
 if __name__ == "__main__":
