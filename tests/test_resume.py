@@ -200,7 +200,9 @@ def _resume_refused(run, tiny_root, *overrides: str, match: str) -> None:
         ("data.image_size=64", "data.image_size=64, but it was trained with data.image_size=32"),
         ("data.classes=[PNEUMONIA,NORMAL]", r"data.classes=\['PNEUMONIA', 'NORMAL'\], but it was trained"),
         # not the split, but the averaged weights a resume would start without
-        ("ablation=ema", r"weight_averaging=\{.*EMAWeightAveraging.*\}, but it was trained with .*=None"),
+        ("ablation=ema", r"weight_averaging=\{.*EMAWeightAveraging.*\}, but it was trained with .*=null"),
+        # best.ckpt and early stopping keep their state per monitored figure
+        ("monitor.metric=val/auroc", "metric=val/auroc, but it was trained with monitor.metric=val/loss"),
     ],
 )
 def test_resume_with_a_setting_that_changes_the_split_is_refused(

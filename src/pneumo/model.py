@@ -200,8 +200,11 @@ class XrayClassifier(L.LightningModule):
         if batch[0].numel() == 0:
             return None
         images, targets = batch
-        rng = np.random.default_rng([self._seed, self.current_epoch, batch_idx])
-        images, mix = mix_batch(images, targets, self.hparams.mixup_alpha, rng)
+        if self.hparams.mixup_alpha > 0:
+            rng = np.random.default_rng([self._seed % 2**63, self.current_epoch, batch_idx])
+            images, mix = mix_batch(images, targets, self.hparams.mixup_alpha, rng)
+        else:
+            mix = None
         loss, _, _ = self._step((images, targets), self.train_metrics, self.train_loss, mix)
         if not torch.isfinite(loss):
             raise PneumoError(

@@ -36,8 +36,9 @@ SPLIT_SETTINGS = (
     "data.manifest.labels",
 )
 # Settings whose change would not continue the training that the checkpoint holds: weight
-# averaging keeps a second set of weights, which a resume without it would drop.
-TRAINING_STATE_SETTINGS = ("callbacks.weight_averaging",)
+# averaging keeps a second set of weights, which a resume without it would drop; best.ckpt,
+# early stopping and a plateau schedule keep their state per monitored figure.
+TRAINING_STATE_SETTINGS = ("callbacks.weight_averaging", "monitor.metric", "monitor.mode")
 
 
 def record_files(samples: Sequence[Sample], root: str | Path, classes: Sequence[str]) -> list[list[str]]:
@@ -114,8 +115,8 @@ def _setting(config: dict[str, Any], key: str) -> Any:
 
 
 def _shown(value: Any) -> Any:
-    """A setting as a user would type it (an absent one was null)."""
-    return None if value is _ABSENT else value
+    """A setting as a user would type it in an override (an absent one was null)."""
+    return "null" if value is _ABSENT or value is None else value
 
 
 def check_resume(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str | Path) -> None:
