@@ -54,6 +54,8 @@ def test_a_job_without_best_ckpt_leaves_one_line_and_its_members(tmp_path):
     trained, checked = sorted(d for d in tmp_path.iterdir() if d.is_dir() and not d.name.startswith("."))
     assert (trained / BEST).is_file() and "fast_dev_run=True" in checked.name
     assert f"({checked.name} did not)" in line
+    # said before any training: the sweep varies more than the seed
+    assert "averages every job of this sweep, and it also sweeps trainer.fast_dev_run" in output
 
 
 @pytest.mark.slow

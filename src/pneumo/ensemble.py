@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.console import Console
@@ -254,6 +255,21 @@ class EnsembleSweep(Callback):
     an ensemble that cannot be built is one logged line, never a traceback over them.
     """
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Warn, before any training, when the sweep varies more than the seed: every job
+        becomes a member, so the members would differ in those settings too."""
+        swept = [
+            o.key_or_group
+            for o in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+            if o.is_sweep_override() and o.key_or_group != "seed"
+        ]
+        if swept:
+            log.warning(
+                "ensemble=seeds averages every job of this sweep, and it also sweeps %s: the members "
+                "will differ in that too; sweep only seed for a seed ensemble",
+                ", ".join(swept),
+            )
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
         jobs = sorted(d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -274,6 +290,8 @@ class EnsembleSweep(Callback):
             write_ensemble([sweep], sweep / "ensemble.ckpt")
         except PneumoError as err:
             log.error("no ensemble built: %s (the members stay usable with pneumo-ensemble)", err)
+        except Exception:  # Hydra would turn it into a one-line warning without its cause
+            log.exception("no ensemble built (the members stay usable with pneumo-ensemble)")
 
 
 @exit_on_user_error
