@@ -205,6 +205,9 @@ def make_ensemble(
         ensemble={"members": [{"file": str(m.path), "threshold": m.threshold} for m in members]},
     )
     net = Ensemble([m.net for m in members]).eval()
+    # Through the ensemble network itself, not the mean of the members' probabilities above:
+    # the two differ in the last bits, and a film on the threshold must get the label here that
+    # pneumo-predict will give it.
     probs = validation_probabilities(LoadedModel(net, meta, out), samples)
     rule = shared_settings(meta)
     threshold = choose_threshold(
