@@ -45,7 +45,8 @@ def test_a_job_without_best_ckpt_leaves_one_line_and_its_members(tmp_path):
     result = run_cli(
         "-m", *TINY, "seed=1", "+trainer.fast_dev_run=false,true", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    # the command's product is missing: a script chaining on it must stop
+    assert result.returncode == 1, result.stderr[-2000:]
     output = result.stdout + result.stderr
     (line,) = no_ensemble_lines(output)
     assert "it needs two members or more, and 1 of the 2 jobs" in line
@@ -62,9 +63,33 @@ def test_a_job_without_best_ckpt_leaves_one_line_and_its_members(tmp_path):
 def test_members_that_cannot_be_averaged_leave_one_line(tmp_path):
     # the validation split following each member's seed (what ensemble=seeds's data.seed prevents)
     result = run_cli("-m", *TINY, "data.seed=${seed}", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 1, result.stderr[-2000:]
     output = result.stdout + result.stderr
     (line,) = no_ensemble_lines(output)
     assert "val_files" in line and "ensemble members must share it" in line
     assert "Traceback" not in output and not (tmp_path / "ensemble.ckpt").exists()
     assert len(list(tmp_path.glob(f"*/{BEST}"))) == 2
+
+
+@pytest.mark.slow
+def test_a_resume_is_refused_before_any_training(tmp_path):
+    # every job would resume the one checkpoint: refused in one line saying how to finish a member
+    member = tmp_path / "sweep" / "0_seed_1" / "checkpoints" / "last.ckpt"
+    member.parent.mkdir(parents=True)
+    member.write_bytes(b"not read: refused before")
+    sweep = tmp_path / "new_sweep"
+    result = run_cli("-m", *TINY, f"ckpt_path={member}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith(f"error: ensemble=seeds trains new members and cannot resume ckpt_path={member}")
+    assert "without ensemble=seeds" in line and "pneumo-ensemble SWEEP_DIR" in line
+    assert not list(sweep.glob("*/checkpoints"))
+
+
+@pytest.mark.slow
+def test_a_wiring_check_builds_no_ensemble_and_exits_0(tmp_path):
+    result = run_cli("-m", *TINY, "debug=fast_dev_run", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert "no ensemble built: trainer.fast_dev_run checks the wiring" in output
+    assert "Traceback" not in output and not (tmp_path / "ensemble.ckpt").exists()

@@ -37,7 +37,7 @@ from pneumo import DISCLAIMER
 from pneumo.checkpoint import AtomicCheckpointIO, CheckpointMeta, LoadedModel, load_model
 from pneumo.data.dataset import Sample
 from pneumo.data.manifest import Manifest
-from pneumo.errors import PneumoError, exit_on_user_error, printable
+from pneumo.errors import PneumoError, exit_on_user_error, exit_with, printable
 from pneumo.inference import predict
 from pneumo.metrics import evaluation_metrics
 from pneumo.provenance import refuse_unrecorded, validation_samples
@@ -254,13 +254,22 @@ class EnsembleSweep(Callback):
     """The end of an ``ensemble=seeds`` sweep: ``pneumo-ensemble SWEEP_DIR --out SWEEP_DIR/ensemble.ckpt``.
 
     Hydra calls ``on_multirun_end`` in the launching process once every job has returned (with
-    a submitit launcher too), and not at all when a job failed. The runs are the sweep's result:
-    an ensemble that cannot be built is one logged line, never a traceback over them.
+    a submitit launcher too), and not at all when a job failed. An ensemble that cannot be built
+    is one logged line and exit status 1, never a traceback over the runs, which stay usable.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Warn, before any training, when the sweep varies more than the seed: every job
-        becomes a member, so the members would differ in those settings too."""
+        """Before any training: refuse a resume (every job would resume the one checkpoint), and
+        warn when the sweep varies more than the seed (the members would differ in that too)."""
+        if config.get("ckpt_path"):
+            exit_with(
+                PneumoError(
+                    f"ensemble=seeds trains new members and cannot resume ckpt_path={config.ckpt_path}: "
+                    "resume that member alone, without ensemble=seeds (pneumo-train experiment=... seed=N "
+                    "ckpt_path=MEMBER/checkpoints/last.ckpt hydra.run.dir=MEMBER), then average the sweep "
+                    "with pneumo-ensemble SWEEP_DIR --out SWEEP_DIR/ensemble.ckpt"
+                )
+            )
         swept = [
             o.key_or_group
             for o in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
@@ -274,7 +283,18 @@ class EnsembleSweep(Callback):
             )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep = Path(config.hydra.sweep.dir)
+        """Build SWEEP_DIR/ensemble.ckpt, or say in one line why not and exit 1 (the runs stay)."""
+        if config.trainer.get("fast_dev_run"):
+            log.info("no ensemble built: trainer.fast_dev_run checks the wiring and keeps no checkpoints")
+            return
+        if not self._build(Path(config.hydra.sweep.dir)):
+            # the command's product is the ensemble: a script chaining on it must not go on
+            raise SystemExit(1)
+
+    @staticmethod
+    def _build(sweep: Path) -> bool:
+        """Average the sweep's jobs into ``sweep/ensemble.ckpt``; False, with one logged line, when
+        that is not possible."""
         jobs = sorted(d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith("."))
         missing = [job.name for job in jobs if not (job / BEST).is_file()]
         finished = len(jobs) - len(missing)
@@ -284,7 +304,7 @@ class EnsembleSweep(Callback):
                 f"no ensemble built: it needs two members or more, and {finished} of the {len(jobs)} jobs "
                 f"in {sweep} wrote {BEST}{others}; the members that finished stay usable with pneumo-ensemble"
             )
-            return
+            return False
         if missing:
             log.warning(
                 "%s wrote no %s: the ensemble averages the other %d jobs", ", ".join(missing), BEST, finished
@@ -293,8 +313,11 @@ class EnsembleSweep(Callback):
             write_ensemble([sweep], sweep / "ensemble.ckpt")
         except PneumoError as err:
             log.error("no ensemble built: %s (the members stay usable with pneumo-ensemble)", err)
+            return False
         except Exception:  # Hydra would turn it into a one-line warning without its cause
             log.exception("no ensemble built (the members stay usable with pneumo-ensemble)")
+            return False
+        return True
 
 
 @exit_on_user_error

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -23,6 +23,16 @@ class PneumoError(Exception):
         super().__init__(printable(message))
 
 
+def exit_with(err: PneumoError) -> NoReturn:
+    """End the command with ``err`` as one line on stderr and exit status 2.
+
+    Also for code that runs where exceptions are caught and demoted to warnings (Hydra's
+    callbacks): ``SystemExit`` is not an ``Exception``, so it still ends the command.
+    """
+    print(f"error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
 def exit_on_user_error(func: Callable[..., T]) -> Callable[..., T]:
     """Turn a ``PneumoError`` raised by an entry point into one line on stderr and exit 2."""
 
@@ -31,7 +41,6 @@ def exit_on_user_error(func: Callable[..., T]) -> Callable[..., T]:
         try:
             return func(*args, **kwargs)
         except PneumoError as err:
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+            exit_with(err)
 
     return wrapper
