@@ -3,7 +3,7 @@
 import pytest
 
 from pneumo.checkpoint import load_model
-from pneumo.ensemble import BEST, Ensemble, make_ensemble
+from pneumo.ensemble import BEST, Ensemble, build_sweep_ensemble, make_ensemble
 from tests.conftest import FAST, SAMPLE, run_cli
 
 # 1 epoch: the members only need to exist, and be two different networks
@@ -72,18 +72,20 @@ def test_members_that_cannot_be_averaged_leave_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_resume_is_refused_before_any_training(tmp_path):
+@pytest.mark.parametrize("swept", [False, True], ids=["one", "swept"])
+def test_a_resume_is_refused_before_any_training(tmp_path, swept):
     # every job would resume the one checkpoint: refused in one line saying how to finish a member
     member = tmp_path / "sweep" / "0_seed_1" / "checkpoints" / "last.ckpt"
     member.parent.mkdir(parents=True)
     member.write_bytes(b"not read: refused before")
+    value = f"{member},{member}" if swept else str(member)  # a swept value is not in the sweep's config
     sweep = tmp_path / "new_sweep"
-    result = run_cli("-m", *TINY, f"ckpt_path={member}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    result = run_cli("-m", *TINY, f"ckpt_path={value}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
-    assert line.startswith(f"error: ensemble=seeds trains new members and cannot resume ckpt_path={member}")
+    assert line.startswith(f"error: ensemble=seeds trains new members and cannot resume ckpt_path={value}:")
     assert "without ensemble=seeds" in line and "pneumo-ensemble SWEEP_DIR" in line
-    assert not list(sweep.glob("*/checkpoints"))
+    assert not sweep.exists()
 
 
 @pytest.mark.slow
@@ -93,3 +95,21 @@ def test_a_wiring_check_builds_no_ensemble_and_exits_0(tmp_path):
     output = result.stdout + result.stderr
     assert "no ensemble built: trainer.fast_dev_run checks the wiring" in output
     assert "Traceback" not in output and not (tmp_path / "ensemble.ckpt").exists()
+
+
+def _job(sweep, name: str, fast_dev_run: object) -> None:
+    """A finished sweep job as Hydra leaves it, without a checkpoint."""
+    (sweep / name / ".hydra").mkdir(parents=True)
+    (sweep / name / ".hydra" / "config.yaml").write_text(f"trainer:\n  fast_dev_run: {fast_dev_run}\n")
+
+
+def test_a_sweep_of_wiring_checks_is_no_failure_but_missing_members_are(tmp_path, caplog):
+    # every job a wiring check (fast_dev_run true or a number of batches): nothing to average
+    _job(tmp_path / "checks", "0_seed=1", "true")
+    _job(tmp_path / "checks", "1_seed=2", 5)
+    assert build_sweep_ensemble(tmp_path / "checks")
+    # a real job that kept no best.ckpt beside a wiring check: the command's product is missing
+    _job(tmp_path / "mixed", "0_seed=1", "false")
+    _job(tmp_path / "mixed", "1_seed=2", "true")
+    assert not build_sweep_ensemble(tmp_path / "mixed")
+    assert "0 of the 2 jobs" in caplog.text and not (tmp_path / "mixed" / "ensemble.ckpt").exists()

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -255,26 +255,28 @@ class EnsembleSweep(Callback):
 
     Hydra calls ``on_multirun_end`` in the launching process once every job has returned (with
     a submitit launcher too), and not at all when a job failed. An ensemble that cannot be built
-    is one logged line and exit status 1, never a traceback over the runs, which stay usable.
+    is one logged line (a traceback only for an unexpected error) and exit status 1; the runs stay.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Before any training: refuse a resume (every job would resume the one checkpoint), and
         warn when the sweep varies more than the seed (the members would differ in that too)."""
-        if config.get("ckpt_path"):
+        overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        # a swept ckpt_path is absent from this config, an interpolated one cannot resolve yet
+        resumed = [o.input_line.split("=", 1)[1] for o in overrides if o.key_or_group == "ckpt_path"]
+        for key in ("ckpt_path", "hydra.sweeper.params.ckpt_path"):
+            resumed.append(OmegaConf.select(config, key, throw_on_resolution_failure=False))
+        ckpt_path = next((value for value in resumed if value not in (None, "null")), None)
+        if ckpt_path:
             exit_with(
                 PneumoError(
-                    f"ensemble=seeds trains new members and cannot resume ckpt_path={config.ckpt_path}: "
+                    f"ensemble=seeds trains new members and cannot resume ckpt_path={ckpt_path}: "
                     "resume that member alone, without ensemble=seeds (pneumo-train experiment=... seed=N "
                     "ckpt_path=MEMBER/checkpoints/last.ckpt hydra.run.dir=MEMBER), then average the sweep "
                     "with pneumo-ensemble SWEEP_DIR --out SWEEP_DIR/ensemble.ckpt"
                 )
             )
-        swept = [
-            o.key_or_group
-            for o in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-            if o.is_sweep_override() and o.key_or_group != "seed"
-        ]
+        swept = [o.key_or_group for o in overrides if o.is_sweep_override() and o.key_or_group != "seed"]
         if swept:
             log.warning(
                 "ensemble=seeds averages every job of this sweep, and it also sweeps %s: the members "
@@ -284,40 +286,48 @@ class EnsembleSweep(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Build SWEEP_DIR/ensemble.ckpt, or say in one line why not and exit 1 (the runs stay)."""
-        if config.trainer.get("fast_dev_run"):
-            log.info("no ensemble built: trainer.fast_dev_run checks the wiring and keeps no checkpoints")
-            return
-        if not self._build(Path(config.hydra.sweep.dir)):
+        if not build_sweep_ensemble(Path(config.hydra.sweep.dir)):
             # the command's product is the ensemble: a script chaining on it must not go on
             raise SystemExit(1)
 
-    @staticmethod
-    def _build(sweep: Path) -> bool:
-        """Average the sweep's jobs into ``sweep/ensemble.ckpt``; False, with one logged line, when
-        that is not possible."""
-        jobs = sorted(d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith("."))
-        missing = [job.name for job in jobs if not (job / BEST).is_file()]
-        finished = len(jobs) - len(missing)
-        if finished < 2:
-            others = f" ({', '.join(missing)} did not)" if missing else ""
-            log.error(
-                f"no ensemble built: it needs two members or more, and {finished} of the {len(jobs)} jobs "
-                f"in {sweep} wrote {BEST}{others}; the members that finished stay usable with pneumo-ensemble"
-            )
-            return False
-        if missing:
-            log.warning(
-                "%s wrote no %s: the ensemble averages the other %d jobs", ", ".join(missing), BEST, finished
-            )
-        try:
-            write_ensemble([sweep], sweep / "ensemble.ckpt")
-        except PneumoError as err:
-            log.error("no ensemble built: %s (the members stay usable with pneumo-ensemble)", err)
-            return False
-        except Exception:  # Hydra would turn it into a one-line warning without its cause
-            log.exception("no ensemble built (the members stay usable with pneumo-ensemble)")
-            return False
+
+def _wiring_check(job: Path) -> bool:
+    """Whether a sweep's job ran under ``trainer.fast_dev_run``, which keeps no checkpoints."""
+    saved = job / ".hydra" / "config.yaml"
+    return saved.is_file() and bool(
+        OmegaConf.select(OmegaConf.load(saved), "trainer.fast_dev_run", throw_on_resolution_failure=False)
+    )
+
+
+def build_sweep_ensemble(sweep: Path) -> bool:
+    """Average the jobs of ``sweep`` into ``sweep/ensemble.ckpt``. False, with one logged line, when
+    that is not possible; True also when every job was a wiring check (nothing to average)."""
+    jobs = sorted(d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if jobs and all(_wiring_check(job) for job in jobs):
+        log.info("no ensemble built: trainer.fast_dev_run checks the wiring and keeps no checkpoints")
         return True
+    missing = [job.name for job in jobs if not (job / BEST).is_file()]
+    finished = len(jobs) - len(missing)
+    if finished < 2:
+        others = f" ({', '.join(missing)} did not)" if missing else ""
+        log.error(
+            f"no ensemble built: it needs two members or more, and {finished} of the {len(jobs)} jobs "
+            f"in {sweep} wrote {BEST}{others}; the members that finished stay usable with pneumo-ensemble"
+        )
+        return False
+    if missing:
+        log.warning(
+            "%s wrote no %s: the ensemble averages the other %d jobs", ", ".join(missing), BEST, finished
+        )
+    try:
+        write_ensemble([sweep], sweep / "ensemble.ckpt")
+    except PneumoError as err:
+        log.error("no ensemble built: %s (the members stay usable with pneumo-ensemble)", err)
+        return False
+    except Exception:  # Hydra would turn it into a one-line warning without its cause
+        log.exception("no ensemble built (the members stay usable with pneumo-ensemble)")
+        return False
+    return True
 
 
 @exit_on_user_error
