@@ -20,14 +20,33 @@ TARGETS = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
 
 
 def test_youden_picks_the_cut_with_best_sensitivity_plus_specificity():
-    # >= 0.70: sens 0.6, spec 1.0 (J 0.6); >= 0.40: sens 1.0, spec 0.8 (J 0.8, the best)
-    assert choose_threshold(PROBS, TARGETS, "youden") == pytest.approx(0.40)
+    # >= 0.70: sens 0.6, spec 1.0 (J 0.6); >= 0.40: sens 1.0, spec 0.8 (J 0.8, the best);
+    # the threshold lies halfway to the next lower film (0.30)
+    assert choose_threshold(PROBS, TARGETS, "youden") == pytest.approx(0.35)
 
 
 def test_sensitivity_target_takes_the_highest_cut_that_reaches_it():
-    # sensitivity 0.8 first reached at >= 0.55 (4 of 5 pneumonia cases)
-    assert choose_threshold(PROBS, TARGETS, "sensitivity", 0.8) == pytest.approx(0.55)
-    assert choose_threshold(PROBS, TARGETS, "sensitivity", 1.0) == pytest.approx(0.40)
+    # sensitivity 0.8 first reached at >= 0.55 (4 of 5 pneumonia cases); next film down 0.40
+    assert choose_threshold(PROBS, TARGETS, "sensitivity", 0.8) == pytest.approx(0.475)
+    assert choose_threshold(PROBS, TARGETS, "sensitivity", 1.0) == pytest.approx(0.35)
+    # the lowest film as the cut-off: nothing below it, the threshold is that film
+    assert choose_threshold(
+        torch.tensor([0.1, 0.9]), torch.tensor([1, 0]), "sensitivity", 1.0
+    ) == pytest.approx(0.1)
+
+
+def test_a_film_at_the_cut_off_keeps_its_side_under_other_arithmetic():
+    # neighbouring float32 probabilities: the threshold lies strictly between them, so the
+    # cut-off film stays positive and the next one negative, with a margin either way
+    probs = torch.tensor([0.2, 0.3, 0.3 + 2**-25, 0.8], dtype=torch.float32)
+    targets = torch.tensor([0, 0, 1, 1])
+    threshold = choose_threshold(probs, targets, "sensitivity", 1.0)
+    assert is_positive(probs, threshold).tolist() == [False, False, True, True]
+    assert float(probs[1]) < threshold < float(probs[2])
+    # a film 0.01 below the cut-off it was chosen at, as bf16 validation vs float32 serving can give
+    assert bool(
+        is_positive(torch.tensor([0.59]), choose_threshold(torch.tensor([0.1, 0.6]), torch.tensor([0, 1])))
+    )
 
 
 def test_fixed_and_one_class_fall_back_to_one_half():

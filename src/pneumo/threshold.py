@@ -34,9 +34,13 @@ def choose_threshold(
     """Pick a decision threshold on validation predictions.
 
     - ``youden``: maximise sensitivity + specificity - 1 (Youden's J);
-    - ``sensitivity``: the highest threshold whose sensitivity still reaches
+    - ``sensitivity``: the highest cut-off whose sensitivity still reaches
       ``target_sensitivity``, i.e. the best specificity at that sensitivity;
     - ``fixed``: 0.5.
+    The threshold returned lies halfway between the chosen cut-off (a film's probability) and
+    the next lower probability: the validation films fall on the same sides, and a film at the
+    cut-off keeps its side when served with slightly different arithmetic (a run validated in
+    bf16 and evaluated in float32, an ONNX export).
     With only one class present there is no curve to read, and 0.5 is returned.
     """
     if method not in THRESHOLD_METHODS:
@@ -51,7 +55,10 @@ def choose_threshold(
     else:
         reaching = torch.nonzero(tpr >= target_sensitivity - 1e-12).flatten()
         best = int(reaching[0])  # thresholds descend, so the first is the highest
-    return float(thresholds[best])
+    cut = float(thresholds[best])
+    # in float64: strictly between two neighbouring float32 probabilities
+    below = float(thresholds[best + 1]) if best + 1 < thresholds.numel() else cut
+    return (cut + below) / 2
 
 
 def threshold_spread(
