@@ -1,19 +1,21 @@
 """The faster model paths: model.compile trains like eager and leaves ordinary checkpoints; under
-bf16 autocast the validation figures still come from fp32 logits.
+bf16 autocast validation still scores films in float32, as serving does.
 
 The compiled runs here use the ``aot_eager`` backend: the same graph capture and autograd tracing as
 inductor without its C++ code generation, which takes about a minute on a 2-core CPU.
 """
 
+import lightning as L
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
 from pneumo.checkpoint import load_model
+from pneumo.data.datamodule import XrayDataModule
 from pneumo.errors import PneumoError
 from pneumo.export import export
 from pneumo.model import XrayClassifier
-from pneumo.train import build, train
+from pneumo.train import train
 from tests.conftest import FAST, SAMPLE, make_cfg, sample_files
 
 RUN = [*FAST, f"data.root={SAMPLE}", "callbacks.early_stopping=null"]
@@ -46,14 +48,32 @@ def test_unknown_compile_backend_is_one_line_naming_the_key():
         XrayClassifier(weights=None, compile="fastest")
 
 
-def test_bf16_autocast_scores_validation_from_fp32_logits(tmp_path):
-    datamodule, model, trainer = build(make_cfg(tmp_path, [*RUN, "trainer.precision=bf16-mixed"]))
-    trainer.fit(model, datamodule=datamodule)
-    probs, _ = model.val_predictions
-    assert probs.dtype == torch.float32
-    # a softmax of bf16 logits in bf16 gives only bf16 numbers (8-bit mantissa): thresholds and
-    # AUROC would see ties that fp32 logits do not have
-    assert (probs.to(torch.bfloat16).float() != probs).any()
+def test_bf16_validation_scores_films_as_serving_does(tiny_root):
+    # the threshold is chosen on these probabilities: under trainer.precision=bf16-mixed they
+    # must still be the float32 ones that pneumo-eval, pneumo-predict and the exports compute
+    torch.manual_seed(0)
+    classifier = XrayClassifier(weights=None)
+    datamodule = XrayDataModule(str(tiny_root), image_size=32, batch_size=4, val_fraction=0.25)
+    trainer = L.Trainer(
+        precision="bf16-mixed",
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.validate(classifier, datamodule=datamodule, verbose=False)
+    validated, _ = classifier.val_predictions
+    classifier.eval()
+    # the batches as validation received them (grey films become 3 normalised channels there)
+    batches = [datamodule.on_after_batch_transfer(batch, 0)[0] for batch in datamodule.val_dataloader()]
+    with torch.no_grad():
+        served = torch.cat(
+            [torch.softmax(classifier(x), 1)[:, classifier.hparams.positive_index] for x in batches]
+        )
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # what validation computed before
+            half = torch.cat([torch.softmax(classifier(x).float(), 1)[:, 1] for x in batches])
+    assert torch.allclose(validated, served, atol=1e-6)
+    assert not torch.allclose(half, served, atol=1e-6)  # the test can tell the two apart
 
 
 @torch._dynamo.register_backend

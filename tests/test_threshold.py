@@ -12,7 +12,7 @@ from pneumo.evaluate import evaluate
 from pneumo.export import export
 from pneumo.inference import collect_images, predict, probabilities
 from pneumo.model import XrayClassifier
-from pneumo.threshold import POSITIVE_IF, choose_threshold, is_positive, threshold_spread
+from pneumo.threshold import CUT_OFF_MARGIN, POSITIVE_IF, choose_threshold, is_positive, threshold_spread
 
 # Ten validation cases: five NORMAL (0) and five PNEUMONIA (1), ranked by P(pneumonia).
 PROBS = torch.tensor([0.05, 0.10, 0.20, 0.30, 0.60, 0.40, 0.55, 0.70, 0.80, 0.90])
@@ -21,32 +21,39 @@ TARGETS = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
 
 def test_youden_picks_the_cut_with_best_sensitivity_plus_specificity():
     # >= 0.70: sens 0.6, spec 1.0 (J 0.6); >= 0.40: sens 1.0, spec 0.8 (J 0.8, the best);
-    # the threshold lies halfway to the next lower film (0.30)
-    assert choose_threshold(PROBS, TARGETS, "youden") == pytest.approx(0.35)
+    # stored just below that film, so that it keeps its side under other arithmetic
+    assert choose_threshold(PROBS, TARGETS, "youden") == pytest.approx(0.40 - CUT_OFF_MARGIN)
 
 
 def test_sensitivity_target_takes_the_highest_cut_that_reaches_it():
-    # sensitivity 0.8 first reached at >= 0.55 (4 of 5 pneumonia cases); next film down 0.40
-    assert choose_threshold(PROBS, TARGETS, "sensitivity", 0.8) == pytest.approx(0.475)
-    assert choose_threshold(PROBS, TARGETS, "sensitivity", 1.0) == pytest.approx(0.35)
-    # the lowest film as the cut-off: nothing below it, the threshold is that film
-    assert choose_threshold(
-        torch.tensor([0.1, 0.9]), torch.tensor([1, 0]), "sensitivity", 1.0
-    ) == pytest.approx(0.1)
+    # sensitivity 0.8 first reached at >= 0.55 (4 of 5 pneumonia cases)
+    assert choose_threshold(PROBS, TARGETS, "sensitivity", 0.8) == pytest.approx(0.55 - CUT_OFF_MARGIN)
+    assert choose_threshold(PROBS, TARGETS, "sensitivity", 1.0) == pytest.approx(0.40 - CUT_OFF_MARGIN)
+    # the lowest film as the cut-off: nothing below it, still the margin
+    lowest = choose_threshold(torch.tensor([0.1, 0.9]), torch.tensor([1, 0]), "sensitivity", 1.0)
+    assert lowest == pytest.approx(0.1 - CUT_OFF_MARGIN)
 
 
-def test_a_film_at_the_cut_off_keeps_its_side_under_other_arithmetic():
-    # neighbouring float32 probabilities: the threshold lies strictly between them, so the
-    # cut-off film stays positive and the next one negative, with a margin either way
-    probs = torch.tensor([0.2, 0.3, 0.3 + 2**-25, 0.8], dtype=torch.float32)
-    targets = torch.tensor([0, 0, 1, 1])
-    threshold = choose_threshold(probs, targets, "sensitivity", 1.0)
-    assert is_positive(probs, threshold).tolist() == [False, False, True, True]
-    assert float(probs[1]) < threshold < float(probs[2])
-    # a film 0.01 below the cut-off it was chosen at, as bf16 validation vs float32 serving can give
-    assert bool(
-        is_positive(torch.tensor([0.59]), choose_threshold(torch.tensor([0.1, 0.6]), torch.tensor([0, 1])))
+def test_the_stored_threshold_keeps_every_validation_film_on_its_side_with_a_margin():
+    generator = torch.Generator().manual_seed(0)
+    # neighbouring float32 probabilities, ties, and a spread of others
+    probs = torch.cat(
+        [torch.tensor([0.3, 0.3 + 2**-25, 0.3 + 2**-25, 0.5, 0.5]), torch.rand(200, generator=generator)]
     )
+    targets = torch.cat([torch.tensor([0, 1, 1, 0, 1]), (torch.rand(200, generator=generator) > 0.4).long()])
+    for method, target in [("youden", 0.95), *(("sensitivity", t) for t in (0.5, 0.9, 0.97, 1.0))]:
+        threshold = choose_threshold(probs, targets, method, target)
+        # the film at the cut-off and every film above it: positive, with the margin to spare
+        above = probs[is_positive(probs, threshold)]
+        cut = float(above.min())
+        lower = probs[probs < cut]
+        gap = (cut - float(lower.max())) / 2 if lower.numel() else cut
+        assert cut - threshold == pytest.approx(min(CUT_OFF_MARGIN, gap))
+        # the same counts as at the cut-off itself
+        assert torch.equal(is_positive(probs, threshold), is_positive(probs, cut))
+    # a film 5e-5 below the cut-off it was chosen at still counts (batch size, ONNX drift)
+    chosen = choose_threshold(torch.tensor([0.1, 0.6]), torch.tensor([0, 1]))
+    assert bool(is_positive(torch.tensor([0.6 - 5e-5]), chosen))
 
 
 def test_fixed_and_one_class_fall_back_to_one_half():

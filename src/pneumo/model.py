@@ -219,7 +219,10 @@ class XrayClassifier(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         if batch[0].numel() == 0:
             return
-        _, probs, positive = self._step(batch, self.val_metrics, self.val_loss)
+        # in float32 under any trainer.precision=*-mixed: the threshold is chosen on the
+        # probabilities that pneumo-eval, pneumo-predict and the exports compute
+        with torch.autocast(batch[0].device.type, enabled=False):
+            _, probs, positive = self._step(batch, self.val_metrics, self.val_loss)
         self._val_probs.update(probs)
         self._val_positive.update(positive)
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)

@@ -13,6 +13,10 @@ from torchmetrics.functional.classification import binary_roc
 THRESHOLD_METHODS = ("youden", "sensitivity", "fixed")
 # The rule as written into exported metadata; ``is_positive`` is its implementation.
 POSITIVE_IF = "p >= threshold"
+# How far below the cut-off film the stored threshold lies: well above the drift of one film's
+# probability between arithmetic paths (about 1e-6: batch size, ONNX Runtime), well below
+# anything that moves the operating point
+CUT_OFF_MARGIN = 1e-4
 
 
 def is_positive(probs: torch.Tensor | float, threshold: float) -> torch.Tensor:
@@ -37,10 +41,10 @@ def choose_threshold(
     - ``sensitivity``: the highest cut-off whose sensitivity still reaches
       ``target_sensitivity``, i.e. the best specificity at that sensitivity;
     - ``fixed``: 0.5.
-    The threshold returned lies halfway between the chosen cut-off (a film's probability) and
-    the next lower probability: the validation films fall on the same sides, and a film at the
-    cut-off keeps its side when served with slightly different arithmetic (a run validated in
-    bf16 and evaluated in float32, an ONNX export).
+    The threshold returned lies ``CUT_OFF_MARGIN`` below the chosen cut-off (a film's
+    probability), or halfway to the next lower probability where that is closer: the
+    validation films fall on the same sides, and the film at the cut-off keeps its side when
+    served with slightly different arithmetic (another batch size, an ONNX export).
     With only one class present there is no curve to read, and 0.5 is returned.
     """
     if method not in THRESHOLD_METHODS:
@@ -56,9 +60,10 @@ def choose_threshold(
         reaching = torch.nonzero(tpr >= target_sensitivity - 1e-12).flatten()
         best = int(reaching[0])  # thresholds descend, so the first is the highest
     cut = float(thresholds[best])
+    if best + 1 == thresholds.numel():  # the lowest film: every film is called positive
+        return max(cut - CUT_OFF_MARGIN, 0.0)
     # in float64: strictly between two neighbouring float32 probabilities
-    below = float(thresholds[best + 1]) if best + 1 < thresholds.numel() else cut
-    return (cut + below) / 2
+    return cut - min(CUT_OFF_MARGIN, (cut - float(thresholds[best + 1])) / 2)
 
 
 def threshold_spread(
