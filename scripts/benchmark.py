@@ -22,7 +22,7 @@ images. Each mode runs in a fresh interpreter, timed by wall clock:
                listing, patient split, cache build and the sanity validation.
 A mode may carry variants, joined by "+": compile (model.compile=--compile-backend, inductor
 by default, with an empty compile cache, so the first epoch pays what a first run pays), bf16
-(bf16 autocast; validation figures from fp32 logits) and films (--images drawn with repetition
+(bf16 autocast in training; pneumo validates in float32) and films (--images drawn with repetition
 from the full-resolution films of --films, which the plain loop decodes every epoch and pneumo
 once). Modes without +bf16 run at --precision, without +compile eagerly.
 

@@ -72,8 +72,8 @@ def test_bf16_validation_scores_films_as_serving_does(tiny_root):
         )
         with torch.autocast("cpu", dtype=torch.bfloat16):  # what validation computed before
             half = torch.cat([torch.softmax(classifier(x).float(), 1)[:, 1] for x in batches])
-    assert torch.allclose(validated, served, atol=1e-6)
-    assert not torch.allclose(half, served, atol=1e-6)  # the test can tell the two apart
+    assert torch.allclose(validated, served, rtol=0, atol=1e-6)
+    assert not torch.allclose(half, served, rtol=0, atol=1e-6)  # the test can tell the two apart
 
 
 @torch._dynamo.register_backend

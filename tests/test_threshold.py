@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import lightning as L
@@ -41,19 +42,20 @@ def test_the_stored_threshold_keeps_every_validation_film_on_its_side_with_a_mar
         [torch.tensor([0.3, 0.3 + 2**-25, 0.3 + 2**-25, 0.5, 0.5]), torch.rand(200, generator=generator)]
     )
     targets = torch.cat([torch.tensor([0, 1, 1, 0, 1]), (torch.rand(200, generator=generator) > 0.4).long()])
-    for method, target in [("youden", 0.95), *(("sensitivity", t) for t in (0.5, 0.9, 0.97, 1.0))]:
-        threshold = choose_threshold(probs, targets, method, target)
-        # the film at the cut-off and every film above it: positive, with the margin to spare
-        above = probs[is_positive(probs, threshold)]
-        cut = float(above.min())
+    positives = sorted(probs[targets == 1].tolist(), reverse=True)
+    for target in (0.5, 0.9, 0.97, 1.0):
+        threshold = choose_threshold(probs, targets, "sensitivity", target)
+        # the rule's cut-off found by hand: the k-th highest P(pneumonia) of the pneumonia films
+        cut = positives[math.ceil(target * len(positives)) - 1]
+        # exactly the films at or above the cut-off are positive, with the margin to spare
+        assert torch.equal(is_positive(probs, threshold), probs >= cut)
         lower = probs[probs < cut]
         gap = (cut - float(lower.max())) / 2 if lower.numel() else cut
         assert cut - threshold == pytest.approx(min(CUT_OFF_MARGIN, gap))
-        # the same counts as at the cut-off itself
-        assert torch.equal(is_positive(probs, threshold), is_positive(probs, cut))
-    # a film 5e-5 below the cut-off it was chosen at still counts (batch size, ONNX drift)
+    # just below the film it was chosen at, not halfway down to the next film
     chosen = choose_threshold(torch.tensor([0.1, 0.6]), torch.tensor([0, 1]))
-    assert bool(is_positive(torch.tensor([0.6 - 5e-5]), chosen))
+    assert bool(is_positive(torch.tensor([0.6 - 5e-5]), chosen))  # batch size, ONNX drift
+    assert not bool(is_positive(torch.tensor([0.6 - 2e-4]), chosen))
 
 
 def test_fixed_and_one_class_fall_back_to_one_half():
