@@ -2,16 +2,19 @@
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
+import lightning as L
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pneumo.errors import PneumoError
 from pneumo.evaluate import evaluate
-from pneumo.train import train
+from pneumo.train import build, train
 from tests.conftest import FAST, SAMPLE, make_cfg, run_cli, sample_files
 
 # A plateau schedule that halves the learning rate after any epoch that does not cut val/loss
@@ -215,3 +218,35 @@ def test_resume_on_data_that_gives_another_validation_split_is_refused(tiny_root
     for index, source in enumerate(sample_files("NORMAL")):
         shutil.copy(source, tiny_root / "train" / "NORMAL" / f"IM-{9000 + index}-0001.jpeg")
     _resume_refused(trained_on_tiny_root, tiny_root, match=r"validation split under data.root=.*xray differs")
+
+
+class _InterruptTraining(L.Callback):
+    """Ctrl-C after the first training batch of the second epoch."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 1 and batch_idx == 0:
+            raise KeyboardInterrupt
+
+
+def test_epoch_resumed_midway_is_timed_from_the_resume(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    overrides = [*FAST, f"data.root={SAMPLE}", "trainer.max_epochs=3"]
+    datamodule, model, trainer = build(make_cfg(run_dir, overrides), [_InterruptTraining()])
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl-C
+            trainer.fit(model, datamodule=datamodule)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C from then on
+    interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
+    shutil.rmtree(run_dir / "tensorboard")  # only the resumed process's times are read below
+    started = time.perf_counter()
+    with caplog.at_level("INFO", logger="pneumo.callbacks"):
+        train(make_cfg(run_dir, [*overrides, f"ckpt_path={interrupted}"]))
+    elapsed = time.perf_counter() - started
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
+    accumulator.Reload()
+    times = [e.value for e in accumulator.Scalars("time/train_epoch_s")]
+    # epochs 1 (its last two batches) and 2; unset, epoch 1 was timed from the clock's origin
+    assert len(times) == 2 and all(0 < t < elapsed for t in times), (times, elapsed)
+    assert "epoch 1 resumes after step 1 of 3" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import lightning as L
@@ -26,6 +27,20 @@ class EpochReport(L.Callback):
         self._train_seconds: float | None = None
         self._val_start = 0.0
         self._val_seconds = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a run resumed mid-epoch enters that epoch without on_train_epoch_start
+        self._epoch_start = time.perf_counter()
+        if trainer.num_training_batches == float("inf") or not trainer.is_global_zero:
+            return
+        steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        if done := trainer.global_step % steps:  # Lightning's own test for a mid-epoch checkpoint
+            log.info(
+                "epoch %d resumes after step %d of %d: its train time counts the steps from here",
+                trainer.current_epoch,
+                done,
+                steps,
+            )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
