@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The original README's command line, kept working: see ``pneumo-jetson-train --help``.
 
-    python scripts/train.py --model-dir=models/NAME DATA_DIR --epochs=35 --batch-size=8 --workers=2
+python scripts/train.py --model-dir=models/NAME DATA_DIR --epochs=35 --batch-size=8 --workers=2
 """
 
 from pneumo.jetson import main

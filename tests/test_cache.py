@@ -23,7 +23,12 @@ from tests.conftest import SAMPLE, sample_files
 
 def _datamodule(root: Path, cache: str, cache_dir: Path, **kwargs) -> XrayDataModule:
     datamodule = XrayDataModule(
-        str(root), image_size=32, batch_size=4, val_fraction=0.25, cache=cache, cache_dir=str(cache_dir),
+        str(root),
+        image_size=32,
+        batch_size=4,
+        val_fraction=0.25,
+        cache=cache,
+        cache_dir=str(cache_dir),
         **kwargs,
     )
     datamodule.setup("fit")
@@ -146,7 +151,12 @@ def test_a_cache_that_cannot_fit_stops_before_decoding(tmp_path):
 
 def test_cache_modes():
     assert [cache_mode(v) for v in ("auto", "memory", "disk", "off", True, False)] == [
-        "auto", "memory", "disk", "off", "auto", "off"
+        "auto",
+        "memory",
+        "disk",
+        "off",
+        "auto",
+        "off",
     ]
     with pytest.raises(PneumoError, match=r"data.cache must be one of auto, memory, disk, off, got 'ram'"):
         XrayDataModule(str(SAMPLE), cache="ram")

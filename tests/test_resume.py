@@ -46,9 +46,7 @@ def _epoch(path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "overrides", [BUMPY, COSINE, EMA, MIXUP], ids=["plateau", "cosine", "ema", "mixup"]
-)
+@pytest.mark.parametrize("overrides", [BUMPY, COSINE, EMA, MIXUP], ids=["plateau", "cosine", "ema", "mixup"])
 def test_run_resumed_after_the_learning_rate_moved_matches_an_uninterrupted_one(tmp_path, overrides):
     straight = tmp_path / "straight"
     train(make_cfg(straight, [*overrides, f"trainer.max_epochs={EPOCHS}"]))

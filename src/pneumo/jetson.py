@@ -53,8 +53,7 @@ def write_model_dir(ckpt: Path, model_dir: Path) -> list[Path]:
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Parse jetson-inference style flags; return them and any Hydra overrides."""
     parser = argparse.ArgumentParser(
-        prog="pneumo-jetson-train",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="pneumo-jetson-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "data", metavar="DATA_DIR", help="dataset root: DATA_DIR/train/NORMAL, DATA_DIR/train/PNEUMONIA, ..."

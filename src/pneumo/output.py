@@ -57,4 +57,3 @@ def write_text_atomically(path: str | Path, text: str) -> None:
     """
     with atomic_path(path) as partial:
         partial.write_text(text, encoding="utf-8", errors="surrogateescape")
-

@@ -1,6 +1,6 @@
 """pneumo-predict: classify X-ray files with a trained checkpoint, optionally with Grad-CAM.
 
-    pneumo-predict --ckpt best.ckpt xrays/ one.jpeg --out preds.csv --cam heatmaps/
+pneumo-predict --ckpt best.ckpt xrays/ one.jpeg --out preds.csv --cam heatmaps/
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from pneumo.rundir import checkpoint_run_dir, claim_run_dir, launch_rank, prepar
 
 log = logging.getLogger(__name__)
 
+
 def compose_config(overrides: list[str], output_dir: str | Path, config_name: str = "train") -> DictConfig:
     """Compose a config in code exactly as ``pneumo-train`` would, writing into ``output_dir``.
 
