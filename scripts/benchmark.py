@@ -112,9 +112,10 @@ class PeakMemory:
         """Sample until the block ends, then once more: a block shorter than a period (or a peak
         held at its end) would otherwise be seen only as it started."""
         while True:
+            stopping = self._stop.is_set()  # read first: a sample under way as the block ends is not the last
             total = sum(_pss_kb(pid) for pid in _process_tree(os.getpid())) / 1024
             self.peak_mb = max(self.peak_mb or 0.0, total)
-            if self._stop.is_set():
+            if stopping:
                 return
             self._stop.wait(SAMPLE_SECONDS)
 

@@ -218,18 +218,68 @@ def test_resume_on_data_that_gives_another_validation_split_is_refused(tiny_root
     _resume_refused(trained_on_tiny_root, tiny_root, match=r"validation split under data.root=.*xray differs")
 
 
-class _InterruptTraining(L.Callback):
-    """Ctrl-C after the first training batch of the second epoch."""
+class _Interrupt(L.Callback):
+    """Ctrl-C once in the second epoch: after its first training batch, within or between
+    validation batches, after validation's metrics, or while the epoch's checkpoint is written."""
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.current_epoch == 1 and batch_idx == 0:
+    def __init__(self, during: str) -> None:
+        self.during = during
+
+    def _stop(self, trainer, during: str) -> None:
+        if self.during == during and trainer.current_epoch == 1 and not trainer.sanity_checking:
+            self.during = None  # once: SaveOnInterrupt's own save calls on_save_checkpoint too
             raise KeyboardInterrupt
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 0:
+            self._stop(trainer, "training")
 
-def test_epoch_resumed_midway_is_timed_from_the_resume(tmp_path, caplog):
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 1 and self.during == "validation step":  # in the second batch's forward pass
+
+            def stop(*_):
+                hook.remove()
+                self._stop(trainer, "validation step")
+
+            hook = pl_module.net.register_forward_hook(stop)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0:
+            self._stop(trainer, "between validation batches")
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self._stop(trainer, "validation end")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self._stop(trainer, "checkpoint")
+
+
+class _CountValidationBatches(L.Callback):
+    def __init__(self) -> None:
+        self.seen: dict[int, int] = {}
+
+    def on_validation_batch_end(self, trainer, *args, **kwargs):
+        if not trainer.sanity_checking:
+            self.seen[trainer.current_epoch] = self.seen.get(trainer.current_epoch, 0) + 1
+
+
+@pytest.mark.parametrize(
+    "during, done, validated",
+    [
+        ("training", 1, 2),
+        ("validation step", 6, 2),
+        ("between validation batches", 6, 2),
+        ("validation end", 6, 2),
+        ("checkpoint", None, 0),  # epoch 1 had been validated: the resume goes on to epoch 2
+    ],
+)
+def test_run_interrupted_anywhere_in_an_epoch_resumes_and_times_it_from_the_resume(
+    tmp_path, caplog, during, done, validated
+):
     run_dir = tmp_path / "run"
-    overrides = [*FAST, f"data.root={SAMPLE}", "trainer.max_epochs=3"]
-    datamodule, model, trainer = build(make_cfg(run_dir, overrides), [_InterruptTraining()])
+    # 6 training and 2 validation batches an epoch
+    overrides = [*FAST, f"data.root={SAMPLE}", "data.batch_size=2", "trainer.max_epochs=3"]
+    datamodule, model, trainer = build(make_cfg(run_dir, overrides), [_Interrupt(during)])
     handler = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl-C
@@ -237,14 +287,21 @@ def test_epoch_resumed_midway_is_timed_from_the_resume(tmp_path, caplog):
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C from then on
     interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
-    shutil.rmtree(run_dir / "tensorboard")  # only the resumed process's times are read below
+    shutil.rmtree(run_dir / "tensorboard")  # only the resumed process's figures are read below
     started = time.perf_counter()
     with caplog.at_level("INFO", logger="pneumo.callbacks"):
-        train(make_cfg(run_dir, [*overrides, f"ckpt_path={interrupted}"]))
+        train(
+            make_cfg(run_dir, [*overrides, f"ckpt_path={interrupted}"]),
+            [counted := _CountValidationBatches()],
+        )
     elapsed = time.perf_counter() - started
+    # the interrupted epoch's validation ran again, whole (Lightning alone would skip it, or run
+    # only as many batches as were left, and early stopping would stop for want of val/loss)
+    assert counted.seen == ({1: validated, 2: 2} if validated else {2: 2})
     accumulator = EventAccumulator(str(run_dir / "tensorboard"))
     accumulator.Reload()
     times = [e.value for e in accumulator.Scalars("time/train_epoch_s")]
-    # epochs 1 (its last two batches) and 2; unset, epoch 1 was timed from the clock's origin
-    assert len(times) == 2 and all(0 < t < elapsed for t in times), (times, elapsed)
-    assert "epoch 1 resumes after step 1 of 3" in caplog.text
+    # before the fix, epoch 1 was timed from the clock's origin (hours)
+    assert len(times) == len(counted.seen) and all(0 <= t < elapsed for t in times), (times, elapsed)
+    assert ("resumes after batch" in caplog.text) == (done is not None)
+    assert done is None or f"epoch 1 resumes after batch {done} of 6" in caplog.text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import lightning as L
@@ -29,17 +28,16 @@ class EpochReport(L.Callback):
         self._val_seconds = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # a run resumed mid-epoch enters that epoch without on_train_epoch_start
+        # a run resumed within an epoch (Ctrl-C's interrupted.ckpt) enters that epoch without
+        # on_train_epoch_start: Lightning's own condition for skipping it, FitLoop.on_advance_start
         self._epoch_start = time.perf_counter()
-        if trainer.num_training_batches == float("inf") or not trainer.is_global_zero:
-            return
-        steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        if done := trainer.global_step % steps:  # Lightning's own test for a mid-epoch checkpoint
+        loop = trainer.fit_loop
+        if trainer.is_global_zero and loop.restarted_mid_epoch:
             log.info(
-                "epoch %d resumes after step %d of %d: its train time counts the steps from here",
+                "epoch %d resumes after batch %d of %s: its train time counts the batches from here",
                 trainer.current_epoch,
-                done,
-                steps,
+                loop.epoch_loop.batch_progress.current.processed,
+                trainer.num_training_batches,
             )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -101,7 +99,11 @@ class SaveOnInterrupt(L.Callback):
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
-        self._validating = False
+        self._validating = False  # the model may hold the averaged weights
+        self._validated = False  # this epoch's validation has begun; its figures are in no file
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = False
 
     # Weight averaging (callbacks.weight_averaging) swaps the averaged weights into the model
     # for each validation epoch and back after it: interrupted in between, the model holds the
@@ -109,6 +111,7 @@ class SaveOnInterrupt(L.Callback):
     # the wrong way round.
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._validating = True
+        self._validated |= not trainer.sanity_checking
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._validating = False
@@ -129,5 +132,26 @@ class SaveOnInterrupt(L.Callback):
         path = f"{self.dirpath}/interrupted.ckpt"
         # Trainer.save_checkpoint without its barrier; Lightning offers no public way to skip it
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        if self._validated:
+            _rerun_validation_on_resume(checkpoint)
         trainer.strategy.save_checkpoint(checkpoint, path)
         log.warning("interrupted: saved %s; resume with ckpt_path=%s", path, path)
+
+
+def _rerun_validation_on_resume(checkpoint: dict) -> None:
+    """Make a resume rerun the interrupted epoch's validation, whole.
+
+    Lightning reruns a validation only when the interruption fell inside a validation step,
+    and then only as many batches as remained; one interrupted between batches, in the
+    epoch-end metrics is skipped, and early stopping then stops the resume for want of
+    ``val/loss``. Validation keeps no state across
+    batches, so the loop state is made to read as interrupted within its first batch.
+    """
+    loops = checkpoint["loops"]["fit_loop"]
+    epochs = loops["epoch_progress"]["total"]
+    if epochs["processed"] == epochs["started"]:
+        return  # the epoch's training and validation are done: a resume goes on to the next
+    progress = loops["epoch_loop.val_loop.batch_progress"]
+    earlier = progress["total"]["completed"] - progress["current"]["completed"]  # other epochs'
+    for counts, done in ((progress["total"], earlier), (progress["current"], 0)):
+        counts.update(ready=done + 1, started=done + 1, processed=done, completed=done)

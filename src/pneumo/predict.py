@@ -1,6 +1,8 @@
 """pneumo-predict: classify X-ray files with a trained checkpoint, optionally with Grad-CAM.
 
-pneumo-predict --ckpt best.ckpt xrays/ one.jpeg --out preds.csv --cam heatmaps/
+    pneumo-predict --ckpt best.ckpt xrays/ one.jpeg --out preds.csv --cam heatmaps/
+
+Prints a table, or writes --out as .csv or .json.
 """
 
 from __future__ import annotations
