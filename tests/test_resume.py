@@ -219,11 +219,11 @@ def test_resume_on_data_that_gives_another_validation_split_is_refused(tiny_root
 
 
 class _Interrupt(L.Callback):
-    """Ctrl-C once in the second epoch: after its first training batch, within or between
+    """Ctrl-C once in the second epoch: after one of its training batches, within or between
     validation batches, after validation's metrics, or while the epoch's checkpoint is written."""
 
-    def __init__(self, during: str) -> None:
-        self.during = during
+    def __init__(self, during: str, batch: int = 0) -> None:
+        self.during, self.batch = during, batch
 
     def _stop(self, trainer, during: str) -> None:
         if self.during == during and trainer.current_epoch == 1 and not trainer.sanity_checking:
@@ -231,7 +231,7 @@ class _Interrupt(L.Callback):
             raise KeyboardInterrupt
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx == 0:
+        if batch_idx == self.batch:
             self._stop(trainer, "training")
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
@@ -263,23 +263,42 @@ class _CountValidationBatches(L.Callback):
             self.seen[trainer.current_epoch] = self.seen.get(trainer.current_epoch, 0) + 1
 
 
+# 6 training and 2 validation batches an epoch, a learning rate that moves every epoch
+SIX_BATCHES = [*COSINE, "data.batch_size=2", "trainer.max_epochs=3"]
+TWICE = ["+trainer.val_check_interval=0.5"]  # validation after batches 3 and 6
+
+
+def _schedule(run_dir) -> tuple[float, int]:
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    return saved["optimizer_states"][0]["param_groups"][0]["lr"], saved["lr_schedulers"][0]["last_epoch"]
+
+
 @pytest.mark.parametrize(
-    "during, done, validated",
+    "interrupt, extra, done, validated",
     [
-        ("training", 1, 2),
-        ("validation step", 6, 2),
-        ("between validation batches", 6, 2),
-        ("validation end", 6, 2),
-        ("checkpoint", None, 0),  # epoch 1 had been validated: the resume goes on to epoch 2
+        (("training", 0), [], 1, {1: 2, 2: 2}),
+        (("validation step",), [], 6, {1: 2, 2: 2}),
+        (("between validation batches",), [], 6, {1: 2, 2: 2}),
+        (("validation end",), [], 6, {1: 2, 2: 2}),
+        (("checkpoint",), [], None, {2: 2}),  # epoch 1 was validated: the resume goes on to epoch 2
+        (("training", 3), TWICE, 4, {1: 2, 2: 4}),  # the mid-epoch validation is not repeated
+    ],
+    ids=[
+        "training",
+        "validation step",
+        "between validation batches",
+        "validation end",
+        "checkpoint",
+        "after a mid-epoch validation",
     ],
 )
 def test_run_interrupted_anywhere_in_an_epoch_resumes_and_times_it_from_the_resume(
-    tmp_path, caplog, during, done, validated
+    tmp_path, caplog, interrupt, extra, done, validated
 ):
+    overrides = [*SIX_BATCHES, *extra]
+    train(make_cfg(tmp_path / "whole", overrides))
     run_dir = tmp_path / "run"
-    # 6 training and 2 validation batches an epoch
-    overrides = [*FAST, f"data.root={SAMPLE}", "data.batch_size=2", "trainer.max_epochs=3"]
-    datamodule, model, trainer = build(make_cfg(run_dir, overrides), [_Interrupt(during)])
+    datamodule, model, trainer = build(make_cfg(run_dir, overrides), [_Interrupt(*interrupt)])
     handler = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl-C
@@ -295,13 +314,14 @@ def test_run_interrupted_anywhere_in_an_epoch_resumes_and_times_it_from_the_resu
             [counted := _CountValidationBatches()],
         )
     elapsed = time.perf_counter() - started
-    # the interrupted epoch's validation ran again, whole (Lightning alone would skip it, or run
-    # only as many batches as were left, and early stopping would stop for want of val/loss)
-    assert counted.seen == ({1: validated, 2: 2} if validated else {2: 2})
+    # the interrupted epoch's validation ran again, whole (Lightning alone would skip it, and
+    # early stopping stop for want of val/loss, or score its first batches again), and once
+    assert counted.seen == validated
+    assert _schedule(run_dir) == _schedule(tmp_path / "whole")  # one learning-rate step an epoch
     accumulator = EventAccumulator(str(run_dir / "tensorboard"))
     accumulator.Reload()
     times = [e.value for e in accumulator.Scalars("time/train_epoch_s")]
     # before the fix, epoch 1 was timed from the clock's origin (hours)
-    assert len(times) == len(counted.seen) and all(0 <= t < elapsed for t in times), (times, elapsed)
+    assert len(times) == len(validated) and all(0 <= t < elapsed for t in times), (times, elapsed)
     assert ("resumes after batch" in caplog.text) == (done is not None)
     assert done is None or f"epoch 1 resumes after batch {done} of 6" in caplog.text

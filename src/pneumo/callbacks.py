@@ -100,10 +100,6 @@ class SaveOnInterrupt(L.Callback):
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
         self._validating = False  # the model may hold the averaged weights
-        self._validated = False  # this epoch's validation has begun; its figures are in no file
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._validated = False
 
     # Weight averaging (callbacks.weight_averaging) swaps the averaged weights into the model
     # for each validation epoch and back after it: interrupted in between, the model holds the
@@ -111,7 +107,6 @@ class SaveOnInterrupt(L.Callback):
     # the wrong way round.
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._validating = True
-        self._validated |= not trainer.sanity_checking
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._validating = False
@@ -121,6 +116,7 @@ class SaveOnInterrupt(L.Callback):
     ) -> None:
         if not isinstance(exception, KeyboardInterrupt) and type(exception).__name__ != "SIGTERMException":
             return
+        rerun = _validation_unfinished(trainer)  # read before the swap below ends the validation
         if self._validating:
             # every process: each holds its model swapped
             for callback in trainer.callbacks:
@@ -132,26 +128,42 @@ class SaveOnInterrupt(L.Callback):
         path = f"{self.dirpath}/interrupted.ckpt"
         # Trainer.save_checkpoint without its barrier; Lightning offers no public way to skip it
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-        if self._validated:
-            _rerun_validation_on_resume(checkpoint)
+        _set_validation_progress(checkpoint, rerun)
         trainer.strategy.save_checkpoint(checkpoint, path)
         log.warning("interrupted: saved %s; resume with ckpt_path=%s", path, path)
 
 
-def _rerun_validation_on_resume(checkpoint: dict) -> None:
-    """Make a resume rerun the interrupted epoch's validation, whole.
+def _validation_unfinished(trainer: L.Trainer) -> bool:
+    """Whether this epoch's end-of-epoch validation has begun, or is due, but the epoch has
+    not yet ended (``fit_loop.epoch_progress``: started, not processed)."""
+    if trainer.sanity_checking:
+        return False
+    epochs = trainer.fit_loop.epoch_progress.total
+    if epochs.processed == epochs.started:
+        return False
+    if trainer.validating:
+        return True
+    every = trainer.check_val_every_n_epoch
+    due = every is None or (trainer.current_epoch + 1) % every == 0
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    return due and done >= trainer.num_training_batches
+
+
+def _set_validation_progress(checkpoint: dict, rerun: bool) -> None:
+    """Make a resume rerun the interrupted epoch's validation, whole, or none of it.
 
     Lightning reruns a validation only when the interruption fell inside a validation step,
-    and then only as many batches as remained; one interrupted between batches, in the
-    epoch-end metrics is skipped, and early stopping then stops the resume for want of
-    ``val/loss``. Validation keeps no state across
-    batches, so the loop state is made to read as interrupted within its first batch.
+    and then scores the first batches again, as many as were left; one interrupted between
+    batches or in the epoch-end metrics is skipped, and early stopping then stops the resume
+    for want of ``val/loss``. Validation keeps no state across batches, so where ``rerun``
+    the loop state is made to read as interrupted within its first batch; elsewhere, as
+    finished, so that an earlier resume's counts cannot read as an unfinished validation.
     """
-    loops = checkpoint["loops"]["fit_loop"]
-    epochs = loops["epoch_progress"]["total"]
-    if epochs["processed"] == epochs["started"]:
-        return  # the epoch's training and validation are done: a resume goes on to the next
-    progress = loops["epoch_loop.val_loop.batch_progress"]
-    earlier = progress["total"]["completed"] - progress["current"]["completed"]  # other epochs'
-    for counts, done in ((progress["total"], earlier), (progress["current"], 0)):
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    total, current = progress["total"], progress["current"]
+    if not rerun:
+        total.update(ready=total["completed"], started=total["completed"], processed=total["completed"])
+        return
+    earlier = total["completed"] - current["completed"]  # this epoch's earlier validations
+    for counts, done in ((total, earlier), (current, 0)):
         counts.update(ready=done + 1, started=done + 1, processed=done, completed=done)
