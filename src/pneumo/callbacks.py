@@ -116,7 +116,7 @@ class SaveOnInterrupt(L.Callback):
     ) -> None:
         if not isinstance(exception, KeyboardInterrupt) and type(exception).__name__ != "SIGTERMException":
             return
-        rerun = _validation_unfinished(trainer)  # read before the swap below ends the validation
+        rerun = _validation_unfinished(trainer)
         if self._validating:
             # every process: each holds its model swapped
             for callback in trainer.callbacks:
@@ -144,8 +144,9 @@ def _validation_unfinished(trainer: L.Trainer) -> bool:
     if trainer.validating:
         return True
     every = trainer.check_val_every_n_epoch
-    due = every is None or (trainer.current_epoch + 1) % every == 0
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    due = trainer.enable_validation and (every is None or (trainer.current_epoch + 1) % every == 0)
+    # processed, not completed: the last batch's on_train_batch_end (weight averaging) counts
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
     return due and done >= trainer.num_training_batches
 
 
@@ -154,16 +155,22 @@ def _set_validation_progress(checkpoint: dict, rerun: bool) -> None:
 
     Lightning reruns a validation only when the interruption fell inside a validation step,
     and then scores the first batches again, as many as were left; one interrupted between
-    batches or in the epoch-end metrics is skipped, and early stopping then stops the resume
-    for want of ``val/loss``. Validation keeps no state across batches, so where ``rerun``
-    the loop state is made to read as interrupted within its first batch; elsewhere, as
-    finished, so that an earlier resume's counts cannot read as an unfinished validation.
+    batches, in the epoch-end metrics or in the last training batch's end is skipped, and
+    early stopping then stops the resume for want of ``val/loss`` (or, from the last batch's
+    end, the epoch is skipped whole). Validation keeps no state across batches, so where
+    ``rerun`` the loop state is made to read as: training batches all done, validation
+    interrupted within its first batch; elsewhere, as finished, so that an earlier resume's
+    counts cannot read as an unfinished validation.
     """
-    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    loops = checkpoint["loops"]["fit_loop"]
+    progress = loops["epoch_loop.val_loop.batch_progress"]
     total, current = progress["total"], progress["current"]
     if not rerun:
         total.update(ready=total["completed"], started=total["completed"], processed=total["completed"])
         return
-    earlier = total["completed"] - current["completed"]  # this epoch's earlier validations
+    for counts in loops["epoch_loop.batch_progress"]["total"], loops["epoch_loop.batch_progress"]["current"]:
+        counts["completed"] = counts["processed"]
+    # this epoch's earlier validations; the totals are bookkeeping, compared only with each other
+    earlier = max(total["completed"] - current["completed"], 0)
     for counts, done in ((total, earlier), (current, 0)):
         counts.update(ready=done + 1, started=done + 1, processed=done, completed=done)
