@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,16 @@ def write_dicom(path: Path, pixels, **tags) -> Path:
 def make_cfg(output_dir: Path, overrides: list[str], config_name: str = "train") -> DictConfig:
     """Compose a config as the entry point would, with its run directory at ``output_dir``."""
     return compose_config(overrides, output_dir, config_name)
+
+
+def fit_until_interrupted(trainer, model, datamodule) -> None:
+    """Fit until a callback raises KeyboardInterrupt, as Ctrl-C would, and Lightning exits."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl-C
+            trainer.fit(model, datamodule=datamodule)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C from then on
 
 
 def run_cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from pneumo.errors import PneumoError
 from pneumo.evaluate import evaluate
 from pneumo.train import build, train
-from tests.conftest import FAST, SAMPLE, make_cfg, run_cli, sample_files
+from tests.conftest import FAST, SAMPLE, fit_until_interrupted, make_cfg, run_cli, sample_files
 
 # A plateau schedule that halves the learning rate after any epoch that does not cut val/loss
 # by half: on the 4 validation films of data/sample the rate moves after the second epoch.
@@ -317,12 +316,7 @@ def test_run_interrupted_anywhere_in_an_epoch_resumes_and_times_it_from_the_resu
     overrides = [*SIX_BATCHES, *extra]
     run_dir = tmp_path / "run"
     datamodule, model, trainer = build(make_cfg(run_dir, overrides), [_Interrupt(*interrupt)])
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl-C
-            trainer.fit(model, datamodule=datamodule)
-    finally:
-        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C from then on
+    fit_until_interrupted(trainer, model, datamodule)
     interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
     shutil.rmtree(run_dir / "tensorboard")  # only the resumed process's figures are read below
     started = time.perf_counter()

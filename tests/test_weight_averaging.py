@@ -1,9 +1,6 @@
 """Weight averaging (ablation=ema): the averaged weights are the ones validated, kept and used."""
 
-import signal
-
 import lightning as L
-import pytest
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
@@ -11,7 +8,7 @@ from pneumo.checkpoint import load_model
 from pneumo.inference import predict
 from pneumo.model import XrayClassifier
 from pneumo.train import build, train
-from tests.conftest import FAST, make_cfg
+from tests.conftest import FAST, fit_until_interrupted, make_cfg
 
 # a short memory, so that a few steps leave the average far from the last step's weights
 EMA = ["ablation=ema", "callbacks.weight_averaging.decay=0.5", "trainer.max_epochs=3"]
@@ -74,12 +71,7 @@ def test_interrupted_validation_saves_averaged_and_raw_weights_in_their_places(t
     cfg = make_cfg(tmp_path / "run", [*FAST, f"data.root={tiny_root}", "data.image_size=48", *EMA])
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg, [interrupt := _InterruptValidation()])
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl-C
-            trainer.fit(model, datamodule=datamodule)
-    finally:
-        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C from then on
+    fit_until_interrupted(trainer, model, datamodule)
     saved = torch.load(tmp_path / "run" / "checkpoints" / "interrupted.ckpt", weights_only=True)
     assert torch.equal(saved["state_dict"]["net.conv1.weight"], interrupt.seen["averaged"])
     assert torch.equal(saved["current_model_state"]["net.conv1.weight"], interrupt.seen["raw"])
