@@ -134,7 +134,7 @@ class PeakMemory:
 class EpochClock(L.Callback):
     """Wall-clock marks of a pneumo-train run: its first training batch, each epoch's start, its end.
 
-    Hydra builds the instance inside ``pneumo.train.train``, so the marks are kept on the class,
+    Hydra builds the instance inside ``pneumo.cli.train.train``, so the marks are kept on the class,
     fresh for each run.
     """
 
@@ -197,7 +197,7 @@ def data_tree(args: argparse.Namespace, tmp: Path) -> Path:
 # -- the plain loops -------------------------------------------------------------------------
 def new_model(args: argparse.Namespace, memory_format: torch.memory_format) -> torch.nn.Module:
     """The network as pneumo builds it, on the device; compiled in a +compile mode."""
-    from pneumo.network import build_resnet18, compile_network
+    from pneumo.model.network import build_resnet18, compile_network
 
     model = build_resnet18().to(args.device, memory_format=memory_format)
     if args.compile:
@@ -317,7 +317,7 @@ def pneumo_overrides(args: argparse.Namespace, root: Path) -> list[str]:
 
 def run_pneumo(args: argparse.Namespace) -> dict:
     """pneumo-train for --epochs epochs; the figures are the whole run's, validation included."""
-    from pneumo.train import compose_config, train
+    from pneumo.cli.train import compose_config, train
 
     with tempfile.TemporaryDirectory() as tmp:
         root = data_tree(args, Path(tmp))
@@ -334,8 +334,8 @@ def run_pneumo(args: argparse.Namespace) -> dict:
 
 def run_startup(args: argparse.Namespace) -> dict:
     """pneumo-train on the whole --data folder, stopped after its first training step."""
+    from pneumo.cli.train import compose_config, train
     from pneumo.data.dataset import scan_split
-    from pneumo.train import compose_config, train
 
     overrides = [*pneumo_overrides(args, args.data), "++trainer.max_steps=1", "trainer.limit_val_batches=2"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -349,10 +349,11 @@ def run_startup(args: argparse.Namespace) -> dict:
 
 def run_predict(args: argparse.Namespace) -> dict:
     """pneumo-predict's path on full-resolution films: decode, resize, classify."""
-    from pneumo.checkpoint import CheckpointMeta, LoadedModel
+    from pneumo.artifacts.checkpoint import CheckpointMeta
     from pneumo.data.preprocess import preprocessing_spec
-    from pneumo.inference import collect_images, predict
-    from pneumo.network import build_resnet18
+    from pneumo.model.inference import collect_images, predict
+    from pneumo.model.loading import LoadedModel
+    from pneumo.model.network import build_resnet18
 
     files = collect_images([args.films])
     files = (files * (args.predict_count // len(files) + 1))[: args.predict_count]
@@ -479,7 +480,7 @@ def print_report(settings: dict, results: dict[str, dict], summary: dict) -> Non
 def compile_setting(backend: str) -> str:
     """--compile-backend, checked as model.compile checks it."""
     from pneumo.errors import PneumoError
-    from pneumo.network import compile_backend
+    from pneumo.model.network import compile_backend
 
     try:
         return compile_backend(backend)

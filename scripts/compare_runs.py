@@ -5,7 +5,7 @@
 
 A run is any folder holding a ``tensorboard/`` folder of event files with validation scalars
 (pneumo-eval's folders, which hold only figures, are left out). Figures are the last
-epoch's (``val/*`` at the decision threshold 0.5, as logged during training), the best
+epoch's (``val/at_threshold/*`` at the threshold the run ships, and accuracy at 0.5), the best
 validation AUROC over all epochs and the median training time an epoch. AUROC is the column
 to compare across runs: val/loss is not comparable when label smoothing or class weights differ.
 """
@@ -24,10 +24,12 @@ COLUMNS = {
     "epochs": "epochs",
     "val/auroc": "AUROC",
     "best val/auroc": "best AUROC",
-    "val/acc": "acc",
-    "val/sensitivity": "sens",
-    "val/specificity": "spec",
-    "train/acc": "train acc",
+    "val/threshold": "threshold",
+    "val/at_threshold/acc": "acc",
+    "val/at_threshold/sensitivity": "sens",
+    "val/at_threshold/specificity": "spec",
+    "val/at_0.5/acc": "acc at 0.5",
+    "train/at_0.5/acc": "train acc at 0.5",
     "time/train_epoch_s": "s/epoch",
 }
 
@@ -69,9 +71,13 @@ def summarise(run: Path) -> dict[str, float]:
         return [e.value for e in events.Scalars(tag)] if tag in tags else []
 
     row: dict[str, float] = {"epochs": len(values("val/auroc"))}
-    for tag in ("val/auroc", "val/acc", "val/sensitivity", "val/specificity", "train/acc"):
-        if values(tag):
-            row[tag] = values(tag)[-1]
+    for tag in COLUMNS:
+        # runs logged before the at_0.5 names: their val/acc, train/acc were at 0.5
+        old = tag.replace("/at_0.5", "") if "/at_0.5/" in tag else None
+        for name in (tag, old):
+            if name and values(name):
+                row[tag] = values(name)[-1]
+                break
     if values("val/auroc"):
         row["best val/auroc"] = max(values("val/auroc"))
     if values("time/train_epoch_s"):

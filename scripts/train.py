@@ -4,7 +4,7 @@
 python scripts/train.py --model-dir=models/NAME DATA_DIR --epochs=35 --batch-size=8 --workers=2
 """
 
-from pneumo.jetson import main
+from pneumo.cli.jetson import main
 
 if __name__ == "__main__":
     main()

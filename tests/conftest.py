@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from pneumo.train import compose_config  # noqa: E402
+from pneumo.cli.train import compose_config
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
@@ -110,7 +110,7 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.Comp
 @pytest.fixture(scope="session")
 def trained_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One short real training run on the bundled sample; its best.ckpt."""
-    from pneumo.train import train
+    from pneumo.cli.train import train
 
     out = tmp_path_factory.mktemp("run")
     cfg = make_cfg(out, [*FAST, f"data.root={SAMPLE}", "data.image_size=64", "trainer.max_epochs=3"])

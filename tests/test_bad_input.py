@@ -11,15 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumo.checkpoint import AtomicCheckpointIO, load_model
+from pneumo.artifacts.checkpoint import AtomicCheckpointIO
+from pneumo.artifacts.rundir import prepare_launch
+from pneumo.cli.predict import main as predict_main
+from pneumo.cli.predict import write_predictions
+from pneumo.cli.train import train
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.preprocess import BadImageError, preprocessing_spec, read_grey
 from pneumo.errors import PneumoError
-from pneumo.inference import collect_images, predict
-from pneumo.predict import main as predict_main
-from pneumo.predict import write_predictions
-from pneumo.rundir import prepare_launch
-from pneumo.train import train
+from pneumo.model.inference import collect_images, predict
+from pneumo.model.loading import load_model
 from tests.conftest import FAST, make_cfg, run_cli, sample_files, write_dicom
 
 # (override, what the one line must say): each stops before any image is decoded.
@@ -141,7 +142,7 @@ def test_a_file_name_that_is_not_utf8_is_written_whole(tmp_path, trained_ckpt):
     rows = json.loads((tmp_path / "p.json").read_text())
     assert str(odd) in [r["path"] for r in rows]
     # the terminal table, in a real process with a UTF-8 terminal
-    shown = run_cli("-m", "pneumo.predict", "--ckpt", str(trained_ckpt), str(folder))
+    shown = run_cli("-m", "pneumo.cli.predict", "--ckpt", str(trained_ckpt), str(folder))
     assert shown.returncode == 0 and "Traceback" not in shown.stderr
     assert "IM-9995-caf\\xe9.jpeg" in shown.stdout
 

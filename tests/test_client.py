@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from pneumo.checkpoint import load_model
-from pneumo.export import export
-from pneumo.inference import collect_images, predict
+from pneumo.model.export import export
+from pneumo.model.inference import collect_images, predict
+from pneumo.model.loading import load_model
 from tests.conftest import REPO, SAMPLE, run_cli, sample_files
 
 # Runs the client as a script, then fails if it pulled in pneumo or PyTorch.

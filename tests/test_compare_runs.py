@@ -27,7 +27,7 @@ def test_ablation_sweep_is_summarised_one_row_a_job(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
         "-m",
-        "pneumo.train",
+        "pneumo.cli.train",
         "-m",
         "experiment=kermany_cpu",
         "ablation=recipe,no_smoothing,no_augment",
@@ -61,7 +61,7 @@ def test_a_folder_without_runs_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_evaluation_folders_are_not_runs(tmp_path, trained_ckpt):
-    from pneumo.evaluate import evaluate
+    from pneumo.model.evaluation import evaluate
 
     evaluate(str(trained_ckpt), str(REPO / "data"), "sample", tmp_path / "eval")
     assert list((tmp_path / "eval" / "tensorboard").glob("events.out.tfevents.*"))

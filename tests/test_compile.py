@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from pneumo.checkpoint import load_model
+from pneumo.cli.train import train
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.errors import PneumoError
-from pneumo.export import export
-from pneumo.model import XrayClassifier
-from pneumo.train import train
+from pneumo.model.export import export
+from pneumo.model.loading import load_model
+from pneumo.model.module import XrayClassifier
+from pneumo.model.network import resnet18_classifier
 from tests.conftest import FAST, SAMPLE, make_cfg, sample_files
 
 RUN = [*FAST, f"data.root={SAMPLE}", "callbacks.early_stopping=null"]
@@ -45,14 +46,14 @@ def test_compiled_run_matches_eager_and_its_checkpoints_save_load_export_and_res
 
 def test_unknown_compile_backend_is_one_line_naming_the_key():
     with pytest.raises(PneumoError, match=r"model.compile='fastest' is not valid"):
-        XrayClassifier(weights=None, compile="fastest")
+        XrayClassifier(resnet18_classifier(), compile="fastest")
 
 
 def test_bf16_validation_scores_films_as_serving_does(tiny_root):
     # the threshold is chosen on these probabilities: under trainer.precision=bf16-mixed they
     # must still be the float32 ones that pneumo-eval, pneumo-predict and the exports compute
     torch.manual_seed(0)
-    classifier = XrayClassifier(weights=None)
+    classifier = XrayClassifier(resnet18_classifier())
     datamodule = XrayDataModule(str(tiny_root), image_size=32, batch_size=4, val_fraction=0.25)
     trainer = L.Trainer(
         precision="bf16-mixed",

@@ -6,9 +6,9 @@ import json
 import lightning as L
 import pytest
 
+from pneumo.cli.train import build
 from pneumo.data.datamodule import XrayDataModule
-from pneumo.model import XrayClassifier
-from pneumo.train import build
+from pneumo.model.module import XrayClassifier
 from tests.conftest import REPO, SAMPLE, make_cfg
 
 
@@ -42,7 +42,7 @@ def test_preset_instantiates_datamodule_module_and_trainer(tmp_path, overrides):
 
 
 def test_eval_defaults_evaluate_the_test_split_without_tta(tmp_path, tiny_root, trained_ckpt):
-    from pneumo.evaluate import main as eval_main
+    from pneumo.cli.evaluate import main as eval_main
 
     # composed as pneumo-eval composes it, given only the checkpoint and the data root
     cfg = make_cfg(tmp_path, [f"ckpt_path={trained_ckpt}", f"data.root={tiny_root}"], config_name="eval")

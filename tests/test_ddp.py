@@ -18,14 +18,14 @@ from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.classification import binary_auroc
 
-from pneumo.checkpoint import load_model
+from pneumo.artifacts.rundir import LOCK_NAME, prepare_launch
+from pneumo.cli.train import build
 from pneumo.data.dataset import EpochSampler
 from pneumo.data.preprocess import to_model_input, to_unit
 from pneumo.errors import PneumoError
-from pneumo.network import positive_probability
-from pneumo.rundir import LOCK_NAME, prepare_launch
-from pneumo.threshold import choose_threshold
-from pneumo.train import build
+from pneumo.model.loading import load_model
+from pneumo.model.network import positive_probability
+from pneumo.model.threshold import choose_threshold
 from tests.conftest import FAST, REPO, make_cfg, run_cli, sample_files
 
 EPOCHS = 2
@@ -102,8 +102,10 @@ def _check_one_run(run_dir: Path, output: str, overrides: list[str], scratch: Pa
     writers = {p.name.split(".")[-2] for p in (run_dir / "tensorboard").glob("events.out.tfevents.*")}
     assert len(writers) == 1, writers  # one process (rank zero) wrote TensorBoard
     # one epoch line an epoch, on the console and in train.log
-    assert output.count("[pneumo.callbacks][INFO] - epoch ") == EPOCHS
-    assert (run_dir / "train.log").read_text().count("[pneumo.callbacks][INFO] - epoch ") == EPOCHS
+    assert output.count("[pneumo.callbacks.epoch_report][INFO] - epoch ") == EPOCHS
+    assert (run_dir / "train.log").read_text().count(
+        "[pneumo.callbacks.epoch_report][INFO] - epoch "
+    ) == EPOCHS
 
     expected = _one_process_figures(run_dir, overrides, scratch)
     assert expected["films"] == 7
@@ -118,7 +120,7 @@ def test_two_processes_on_one_machine_log_the_one_process_figures(tmp_path, odd_
     overrides = _overrides(odd_root)
     run_dir = tmp_path / "run"
     result = run_cli(
-        "-m", "pneumo.train", *overrides, *DDP_CPU, "trainer.devices=2", f"hydra.run.dir={run_dir}"
+        "-m", "pneumo.cli.train", *overrides, *DDP_CPU, "trainer.devices=2", f"hydra.run.dir={run_dir}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
@@ -140,7 +142,7 @@ def _two_machines(overrides: list[str], run_dir: Path) -> list[subprocess.Popen]
             [
                 sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                 f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
-                "-m", "pneumo.train", *overrides, *DDP_CPU, "trainer.devices=1", "trainer.num_nodes=2",
+                "-m", "pneumo.cli.train", *overrides, *DDP_CPU, "trainer.devices=1", "trainer.num_nodes=2",
                 f"hydra.run.dir={run_dir}",
             ],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -163,7 +165,7 @@ def test_two_machines_by_torchrun_share_one_run_directory(tmp_path, odd_root):
 @pytest.mark.slow
 def test_a_sweep_of_ddp_runs_in_one_process_is_refused_in_one_line(tmp_path, odd_root):
     result = run_cli(
-        "-m", "pneumo.train", "-m", *FAST, f"data.root={odd_root}", "data.min_val_images=5",
+        "-m", "pneumo.cli.train", "-m", *FAST, f"data.root={odd_root}", "data.min_val_images=5",
         *DDP_CPU, "trainer.devices=2",
         "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
     )  # fmt: skip

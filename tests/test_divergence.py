@@ -5,11 +5,11 @@ import re
 import pytest
 import torch
 
-from pneumo.checkpoint import load_model
+from pneumo.cli.export import main as export_main
+from pneumo.cli.predict import main as predict_main
 from pneumo.errors import PneumoError
-from pneumo.export import check_batch, check_parity, export_torchscript
-from pneumo.export import main as export_main
-from pneumo.predict import main as predict_main
+from pneumo.model.export import check_batch, check_parity, export_torchscript
+from pneumo.model.loading import load_model
 from tests.conftest import FAST, SAMPLE, run_cli, sample_files
 
 
@@ -17,7 +17,7 @@ from tests.conftest import FAST, SAMPLE, run_cli, sample_files
 def test_a_run_with_a_runaway_learning_rate_stops_in_one_line(tmp_path):
     result = run_cli(
         "-m",
-        "pneumo.train",
+        "pneumo.cli.train",
         *FAST,
         f"data.root={SAMPLE}",
         "model.optimizer.lr=1e6",
@@ -72,7 +72,7 @@ def test_eval_refuses_a_checkpoint_with_a_nan_weight(tmp_path, trained_ckpt):
     torch.save(checkpoint, tmp_path / "diverged.ckpt")
     result = run_cli(
         "-m",
-        "pneumo.evaluate",
+        "pneumo.cli.evaluate",
         f"ckpt_path={tmp_path / 'diverged.ckpt'}",
         f"data.root={SAMPLE.parent}",
         "data.split=sample",

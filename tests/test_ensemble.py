@@ -8,18 +8,21 @@ import pytest
 import torch
 
 from pneumo import DISCLAIMER
-from pneumo.checkpoint import CheckpointMeta, load_model, read_checkpoint
+from pneumo.artifacts.checkpoint import CheckpointMeta, read_checkpoint
+from pneumo.cli.ensemble import main
+from pneumo.cli.jetson import write_model_dir
+from pneumo.cli.predict import main as predict_main
+from pneumo.cli.train import train
 from pneumo.data.preprocess import preprocessing_spec
-from pneumo.ensemble import Ensemble, main, make_ensemble
+from pneumo.data.provenance import validation_samples
 from pneumo.errors import PneumoError
-from pneumo.evaluate import evaluate
-from pneumo.export import ProbabilityModel, check_batch, export
-from pneumo.inference import predict
-from pneumo.jetson import write_model_dir
-from pneumo.predict import main as predict_main
-from pneumo.provenance import validation_samples
-from pneumo.threshold import choose_threshold
-from pneumo.train import train
+from pneumo.model.ensemble import make_ensemble
+from pneumo.model.evaluation import evaluate
+from pneumo.model.export import ProbabilityModel, check_batch, export
+from pneumo.model.inference import predict
+from pneumo.model.loading import load_model
+from pneumo.model.network import Ensemble
+from pneumo.model.threshold import choose_threshold
 from tests.conftest import FAST, SAMPLE, make_cfg, run_cli, sample_files
 
 # the same validation films for every member (data.seed), other weights (seed)
@@ -169,12 +172,12 @@ def test_help_ends_with_the_disclaimer(capsys):
 @pytest.mark.slow
 def test_command_line(sweep, tmp_path):
     out = tmp_path / "ens.ckpt"
-    result = run_cli("-m", "pneumo.ensemble", str(sweep / "0"), str(sweep / "1"), "--out", str(out))
+    result = run_cli("-m", "pneumo.cli.ensemble", str(sweep / "0"), str(sweep / "1"), "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"member 2: {sweep / '1' / 'checkpoints' / 'best.ckpt'}" in result.stdout
     assert "ensemble" in result.stdout and "auroc" in result.stdout and out.is_file()
     assert f"wrote {out} (2 members" in result.stdout
-    refused = run_cli("-m", "pneumo.ensemble", str(sweep / "0"), "--out", str(tmp_path / "one.ckpt"))
+    refused = run_cli("-m", "pneumo.cli.ensemble", str(sweep / "0"), "--out", str(tmp_path / "one.ckpt"))
     best = sweep / "0" / "checkpoints" / "best.ckpt"
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         f"error: an ensemble needs at least two members, got 1 ({best}); "

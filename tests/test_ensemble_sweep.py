@@ -2,12 +2,14 @@
 
 import pytest
 
-from pneumo.checkpoint import load_model
-from pneumo.ensemble import BEST, Ensemble, build_sweep_ensemble, make_ensemble
+from pneumo.cli.ensemble import build_sweep_ensemble
+from pneumo.model.ensemble import BEST, make_ensemble
+from pneumo.model.loading import load_model
+from pneumo.model.network import Ensemble
 from tests.conftest import FAST, SAMPLE, run_cli
 
 # 1 epoch: the members only need to exist, and be two different networks
-TINY = ["pneumo.train", "ensemble=seeds", *FAST, f"data.root={SAMPLE}", "trainer.max_epochs=1"]
+TINY = ["pneumo.cli.train", "ensemble=seeds", *FAST, f"data.root={SAMPLE}", "trainer.max_epochs=1"]
 
 
 def no_ensemble_lines(output: str) -> list[str]:

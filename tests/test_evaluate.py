@@ -7,8 +7,9 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
-from pneumo.evaluate import evaluate
-from pneumo.metrics import evaluation_metrics
+from pneumo.cli.evaluate import print_table
+from pneumo.model.evaluation import evaluate
+from pneumo.model.metrics import evaluation_metrics
 from tests.conftest import SAMPLE, run_cli, sample_files
 
 PROBS = torch.tensor([0.05, 0.10, 0.20, 0.30, 0.60, 0.40, 0.55, 0.70, 0.80, 0.90, 0.45, 0.35])
@@ -47,9 +48,9 @@ def test_eval_writes_metrics_and_pictures(tmp_path, tiny_root, trained_ckpt):
 
 
 def test_eval_on_the_validation_split_uses_the_runs_validation_files(tmp_path, trained_ckpt):
-    from pneumo.checkpoint import load_model
     from pneumo.data.datamodule import XrayDataModule
-    from pneumo.evaluate import split_samples
+    from pneumo.model.evaluation import split_samples
+    from pneumo.model.loading import load_model
 
     # trained_ckpt was trained on data/sample with val_fraction 0.25 (and the default seed)
     validated = XrayDataModule(str(SAMPLE), val_fraction=0.25).split_samples()[1]
@@ -65,7 +66,7 @@ def test_eval_on_the_validation_split_uses_the_runs_validation_files(tmp_path, t
 def test_eval_command_line(tmp_path, tiny_root, trained_ckpt):
     result = run_cli(
         "-m",
-        "pneumo.evaluate",
+        "pneumo.cli.evaluate",
         f"ckpt_path={trained_ckpt}",
         f"data.root={tiny_root}",
         f"hydra.run.dir={tmp_path}",
@@ -105,8 +106,8 @@ def test_acquisition_group_is_read_from_the_file_name(name, group):
 
 
 def test_eval_gives_figures_per_acquisition_group(tmp_path, trained_ckpt, capsys):
-    from pneumo.checkpoint import load_model
-    from pneumo.inference import predict
+    from pneumo.model.inference import predict
+    from pneumo.model.loading import load_model
 
     # The bundled films renamed into the four families; one pneumonia film named like an IM-
     # film, so one group holds both classes; one film whose name is of no family.
@@ -126,7 +127,7 @@ def test_eval_gives_figures_per_acquisition_group(tmp_path, trained_ckpt, capsys
             path = shutil.copy(film, root / "test" / label / name)
             group_of[str(path)], positive[str(path)] = group, label == "PNEUMONIA"
 
-    evaluate(str(trained_ckpt), str(root), "test", tmp_path / "out")
+    print_table(evaluate(str(trained_ckpt), str(root), "test", tmp_path / "out"))
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())["groups"]
     counts = {group: (row["n"], row["n_negative"], row["n_positive"]) for group, row in saved.items()}
     assert counts == {

@@ -6,9 +6,9 @@ import onnxruntime
 import pytest
 import torch
 
-from pneumo.checkpoint import load_model
 from pneumo.errors import PneumoError
-from pneumo.export import ProbabilityModel, check_batch, export
+from pneumo.model.export import ProbabilityModel, check_batch, export
+from pneumo.model.loading import load_model
 from tests.conftest import run_cli, sample_files
 
 
@@ -45,7 +45,14 @@ def test_onnx_contract_names_and_dynamic_batch(tmp_path, trained_ckpt, images):
 @pytest.mark.slow
 def test_export_command_line(tmp_path, trained_ckpt):
     result = run_cli(
-        "-m", "pneumo.export", "--ckpt", str(trained_ckpt), "--format", "torchscript", "--out", str(tmp_path)
+        "-m",
+        "pneumo.cli.export",
+        "--ckpt",
+        str(trained_ckpt),
+        "--format",
+        "torchscript",
+        "--out",
+        str(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "max |p_torchscript - p_pytorch| on 16 images" in result.stdout
@@ -57,5 +64,5 @@ def test_export_refuses_a_foreign_checkpoint(tmp_path):
     torch.save({"weights": torch.zeros(2)}, foreign)
     with pytest.raises(PneumoError, match="not a pneumo checkpoint"):
         export(foreign, "onnx", tmp_path / "out")
-    result = run_cli("-m", "pneumo.export", "--ckpt", str(foreign))
+    result = run_cli("-m", "pneumo.cli.export", "--ckpt", str(foreign))
     assert result.returncode == 2 and result.stderr.startswith("error:") and "Traceback" not in result.stderr

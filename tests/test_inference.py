@@ -4,9 +4,9 @@ import lightning as L
 import pytest
 import torch
 
-from pneumo.checkpoint import load_model
-from pneumo.inference import predict
-from pneumo.train import build, train
+from pneumo.cli.train import build, train
+from pneumo.model.inference import predict
+from pneumo.model.loading import load_model
 from tests.conftest import FAST, make_cfg
 
 

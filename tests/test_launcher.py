@@ -48,7 +48,7 @@ def test_slurm_sweep_writes_an_sbatch_script_with_the_request(tmp_path):
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
     result = subprocess.run(
-        [sys.executable, "-m", "pneumo.train", "-m", "launcher=slurm", *TINY, "trainer.devices=4",
+        [sys.executable, "-m", "pneumo.cli.train", "-m", "launcher=slurm", *TINY, "trainer.devices=4",
          "++trainer.num_nodes=2", "hydra.launcher.partition=short", "hydra.launcher.timeout_min=30",
          "seed=1,2", f"hydra.sweep.dir={tmp_path}/sweep"],
         cwd=REPO, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
@@ -66,7 +66,7 @@ def test_slurm_sweep_writes_an_sbatch_script_with_the_request(tmp_path):
 def test_two_job_sweep_runs_through_submitit_on_this_machine(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
-        "-m", "pneumo.train", "-m", "launcher=local", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}"
+        "-m", "pneumo.cli.train", "-m", "launcher=local", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}"
     )
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = sorted(p.name for p in sweep.iterdir() if (p / "checkpoints" / "best.ckpt").is_file())

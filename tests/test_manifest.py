@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo.checkpoint import read_checkpoint, read_meta
-from pneumo.data.cli import main as data_main
+from pneumo.artifacts.checkpoint import read_checkpoint, read_meta
+from pneumo.cli.data import main as data_main
+from pneumo.cli.train import train
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.manifest import Manifest, ManifestColumns
+from pneumo.data.provenance import validation_samples
 from pneumo.data.split import patient_id
 from pneumo.data.verify import verify
 from pneumo.errors import PneumoError
-from pneumo.provenance import validation_samples
-from pneumo.train import train
 from tests.conftest import FAST, SAMPLE, make_cfg, sample_files, write_dicom
 
 CLASSES = ("NORMAL", "PNEUMONIA")

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from pneumo.cli.train import build
 from pneumo.errors import PneumoError
-from pneumo.model import XrayClassifier, mix_batch
-from pneumo.train import build
+from pneumo.model.mixup import mix_batch
+from pneumo.model.module import XrayClassifier
+from pneumo.model.network import resnet18_classifier
 from tests.conftest import FAST, SAMPLE, make_cfg
 
 RUN = [*FAST, f"data.root={SAMPLE}", "callbacks.early_stopping=null", "trainer.max_epochs=1"]
@@ -44,7 +46,7 @@ def test_mixup_trains_other_weights_and_leaves_validation_alone(tmp_path):
 
 def test_negative_alpha_is_refused_naming_the_key():
     with pytest.raises(PneumoError, match=r"^model.mixup_alpha=-1 is not valid: use 0 \(off\) or more$"):
-        XrayClassifier(weights=None, mixup_alpha=-1)
+        XrayClassifier(resnet18_classifier(), mixup_alpha=-1)
 
 
 def test_mixed_batch_blends_each_image_with_its_shuffled_partner():

@@ -5,7 +5,7 @@ import torch
 from torchvision.models import resnet18
 
 from pneumo.errors import PneumoError
-from pneumo.model import XrayClassifier
+from pneumo.model.network import resnet18_classifier
 
 
 def test_weights_from_a_local_file_are_loaded(tmp_path):
@@ -13,20 +13,20 @@ def test_weights_from_a_local_file_are_loaded(tmp_path):
     torch.nn.init.normal_(reference.conv1.weight)
     path = tmp_path / "resnet18-local.pth"
     torch.save(reference.state_dict(), path)
-    model = XrayClassifier(weights=str(path))
-    assert torch.equal(model.net.conv1.weight, reference.conv1.weight)
-    assert torch.equal(model.net.layer4[1].bn2.running_mean, reference.layer4[1].bn2.running_mean)
-    assert model.net.fc.out_features == 2
+    net = resnet18_classifier(str(path))
+    assert torch.equal(net.conv1.weight, reference.conv1.weight)
+    assert torch.equal(net.layer4[1].bn2.running_mean, reference.layer4[1].bn2.running_mean)
+    assert net.fc.out_features == 2
 
 
 def test_missing_weights_file_is_named(tmp_path):
     with pytest.raises(PneumoError, match="model.weights file not found"):
-        XrayClassifier(weights=str(tmp_path / "absent.pth"))
+        resnet18_classifier(str(tmp_path / "absent.pth"))
 
 
 def test_unknown_weight_name_lists_the_choices():
     with pytest.raises(PneumoError, match="IMAGENET1K_V1"):
-        XrayClassifier(weights="IMAGENET_V9")
+        resnet18_classifier("IMAGENET_V9")
 
 
 def test_failed_download_says_how_to_work_offline(monkeypatch):
@@ -35,4 +35,4 @@ def test_failed_download_says_how_to_work_offline(monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(PneumoError, match=r"resnet18-f37072fd\.pth.*model\.weights=null"):
-        XrayClassifier(weights="IMAGENET1K_V1")
+        resnet18_classifier("IMAGENET1K_V1")

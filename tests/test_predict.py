@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumo.checkpoint import load_model
+from pneumo.cli.predict import main as predict_main
 from pneumo.errors import PneumoError
-from pneumo.inference import collect_images, predict
-from pneumo.predict import main as predict_main
+from pneumo.model.inference import collect_images, predict
+from pneumo.model.loading import load_model
 from tests.conftest import SAMPLE, SHARED_VAL16, run_cli, sample_files
 
 
@@ -21,7 +21,9 @@ def _val16():
 @pytest.mark.slow
 def test_predicts_sixteen_full_resolution_xrays(tmp_path, trained_ckpt):
     out = tmp_path / "preds.csv"
-    result = run_cli("-m", "pneumo.predict", "--ckpt", str(trained_ckpt), str(_val16()), "--out", str(out))
+    result = run_cli(
+        "-m", "pneumo.cli.predict", "--ckpt", str(trained_ckpt), str(_val16()), "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 16
@@ -41,7 +43,7 @@ def test_bad_files_get_error_rows_and_a_nonzero_exit(tmp_path, trained_ckpt):
     text.write_text("not an image")
     out = tmp_path / "preds.json"
     args = [str(p) for p in (*good, truncated, text, tmp_path / "missing.jpeg")]
-    result = run_cli("-m", "pneumo.predict", "--ckpt", str(trained_ckpt), *args, "--out", str(out))
+    result = run_cli("-m", "pneumo.cli.predict", "--ckpt", str(trained_ckpt), *args, "--out", str(out))
     assert result.returncode == 1
     rows = {r["path"]: r for r in json.loads(out.read_text())}
     assert len(rows) == 5
@@ -72,7 +74,7 @@ def test_test_time_augmentation_averages_views_of_each_image_alone(trained_ckpt)
 
 
 def test_grad_cam_overlays_have_the_image_size(tmp_path, trained_ckpt):
-    from pneumo.cam import write_cams
+    from pneumo.model.cam import write_cams
 
     files = sample_files("PNEUMONIA")[:2]
     written = write_cams(load_model(trained_ckpt), files, tmp_path)

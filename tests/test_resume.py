@@ -11,9 +11,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from pneumo.cli.train import build, train
 from pneumo.errors import PneumoError
-from pneumo.evaluate import evaluate
-from pneumo.train import build, train
+from pneumo.model.evaluation import evaluate
 from tests.conftest import FAST, SAMPLE, fit_until_interrupted, make_cfg, run_cli, sample_files
 
 # A plateau schedule that halves the learning rate after any epoch that does not cut val/loss
@@ -86,7 +86,7 @@ def test_resume_without_a_run_dir_continues_in_place_and_keeps_the_best_epoch(tm
     assert best_epoch == 0 and _epoch(run / "checkpoints" / "best.ckpt") == best_epoch
 
     result = run_cli(
-        "-m", "pneumo.train", *ERRATIC, f"trainer.max_epochs={EPOCHS}",
+        "-m", "pneumo.cli.train", *ERRATIC, f"trainer.max_epochs={EPOCHS}",
         f"ckpt_path={run}/checkpoints/last.ckpt", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -115,7 +115,7 @@ def test_new_run_into_a_directory_holding_a_run_is_refused(tmp_path):
 
     with pytest.raises(PneumoError, match=rf"already holds a run.*ckpt_path={run}/checkpoints/last\.ckpt"):
         train(make_cfg(run, overrides))
-    result = run_cli("-m", "pneumo.train", *overrides, f"hydra.run.dir={run}")
+    result = run_cli("-m", "pneumo.cli.train", *overrides, f"hydra.run.dir={run}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "already holds a run" in errors[0]
@@ -320,7 +320,7 @@ def test_run_interrupted_anywhere_in_an_epoch_resumes_and_times_it_from_the_resu
     interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
     shutil.rmtree(run_dir / "tensorboard")  # only the resumed process's figures are read below
     started = time.perf_counter()
-    with caplog.at_level("INFO", logger="pneumo.callbacks"):
+    with caplog.at_level("INFO", logger="pneumo.callbacks.epoch_report"):
         train(
             make_cfg(run_dir, [*overrides, f"ckpt_path={interrupted}"]),
             [counted := _CountValidationBatches()],

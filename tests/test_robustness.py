@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumo.data.cli import main as data_main
+from pneumo.cli.data import main as data_main
+from pneumo.cli.train import train
 from pneumo.data.preprocess import BadImageError, load_image
 from pneumo.data.sources import convert_medmnist_npz
 from pneumo.data.verify import verify
 from pneumo.errors import PneumoError
-from pneumo.train import train
 from tests.conftest import FAST, REPO, SAMPLE, make_cfg, run_cli, sample_files
 
 
@@ -129,7 +129,7 @@ def test_medmnist_npz_is_laid_out_as_folders(tmp_path):
 
 @pytest.mark.slow
 def test_download_without_the_package_or_network_is_one_line(tmp_path):
-    result = run_cli("-m", "pneumo.data.cli", "download", "--source", "medmnist", "--to", str(tmp_path))
+    result = run_cli("-m", "pneumo.cli.data", "download", "--source", "medmnist", "--to", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:")
 
@@ -170,7 +170,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
 def _start_training(run_dir: Path, *extra: str) -> subprocess.Popen:
     args = [*FAST, f"data.root={SAMPLE}", "trainer.max_epochs=5", f"hydra.run.dir={run_dir}", *extra]
     return subprocess.Popen(
-        [sys.executable, "-m", "pneumo.train", *args],
+        [sys.executable, "-m", "pneumo.cli.train", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -204,7 +204,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     process.wait()
     resumed = run_cli(
         "-m",
-        "pneumo.train",
+        "pneumo.cli.train",
         *FAST,
         f"data.root={SAMPLE}",
         "trainer.max_epochs=5",
@@ -234,7 +234,7 @@ def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path):
 
 @pytest.mark.slow
 def test_runs_started_together_get_their_own_directories(tmp_path):
-    args = [sys.executable, "-m", "pneumo.train", *FAST, f"data.root={SAMPLE}", "debug=fast_dev_run"]
+    args = [sys.executable, "-m", "pneumo.cli.train", *FAST, f"data.root={SAMPLE}", "debug=fast_dev_run"]
     processes = [
         subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(2)
@@ -243,7 +243,7 @@ def test_runs_started_together_get_their_own_directories(tmp_path):
     assert len(list((tmp_path / "outputs" / "train" / "runs").iterdir())) == 2
     sweep = run_cli(
         "-m",
-        "pneumo.train",
+        "pneumo.cli.train",
         "-m",
         *FAST,
         f"data.root={SAMPLE}",

@@ -2,9 +2,9 @@
 
 import pytest
 
+from pneumo.cli.train import train
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.errors import PneumoError
-from pneumo.train import train
 from tests.conftest import FAST, make_cfg
 
 

@@ -6,14 +6,21 @@ import lightning as L
 import pytest
 import torch
 
-from pneumo.checkpoint import load_model
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.preprocess import load_image
-from pneumo.evaluate import evaluate
-from pneumo.export import export
-from pneumo.inference import collect_images, predict, probabilities
-from pneumo.model import XrayClassifier
-from pneumo.threshold import CUT_OFF_MARGIN, POSITIVE_IF, choose_threshold, is_positive, threshold_spread
+from pneumo.model.evaluation import evaluate
+from pneumo.model.export import export
+from pneumo.model.inference import collect_images, predict, probabilities
+from pneumo.model.loading import load_model
+from pneumo.model.module import XrayClassifier
+from pneumo.model.network import resnet18_classifier
+from pneumo.model.threshold import (
+    CUT_OFF_MARGIN,
+    POSITIVE_IF,
+    choose_threshold,
+    is_positive,
+    threshold_spread,
+)
 
 # Ten validation cases: five NORMAL (0) and five PNEUMONIA (1), ranked by P(pneumonia).
 PROBS = torch.tensor([0.05, 0.10, 0.20, 0.30, 0.60, 0.40, 0.55, 0.70, 0.80, 0.90])
@@ -106,14 +113,14 @@ def test_films_on_the_threshold_are_pneumonia_for_predict_eval_export_and_traini
     assert spec["positive_if"] == "p >= threshold" == POSITIVE_IF and spec["threshold"] == 0.5
 
     # the model's own validation figures, logged at 0.5 by a real Trainer
-    classifier = XrayClassifier(weights=None)
+    classifier = XrayClassifier(resnet18_classifier())
     with torch.no_grad():
         classifier.net.fc.weight.zero_()
         classifier.net.fc.bias.zero_()
     datamodule = XrayDataModule(str(tiny_root), image_size=32, batch_size=4, val_fraction=0.25)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     logged = trainer.validate(classifier, datamodule=datamodule, verbose=False)[0]
-    assert logged["val/sensitivity"] == 1.0 and logged["val/specificity"] == 0.0
+    assert logged["val/at_0.5/sensitivity"] == 1.0 and logged["val/at_0.5/specificity"] == 0.0
 
 
 def test_eval_counts_a_film_at_the_threshold_as_predict_labels_it(tmp_path, trained_ckpt, tiny_root):

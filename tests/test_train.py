@@ -5,17 +5,22 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pneumo.train import train
+from pneumo.cli.train import train
 from tests.conftest import FAST, REPO, SAMPLE, make_cfg, run_cli
 
 TAGS = {
     "train/loss",
-    "train/acc",
+    "train/auroc",
+    "train/at_0.5/acc",
     "val/loss",
-    "val/acc",
     "val/auroc",
-    "val/sensitivity",
-    "val/specificity",
+    "val/at_0.5/acc",
+    "val/at_0.5/sensitivity",
+    "val/at_0.5/specificity",
+    "val/threshold",
+    "val/at_threshold/acc",
+    "val/at_threshold/sensitivity",
+    "val/at_threshold/specificity",
     "time/train_epoch_s",
     "time/val_epoch_s",
     "lr-AdamW",
@@ -78,7 +83,7 @@ def test_experiment_presets_run_a_training_and_a_validation_step(tmp_path, name)
 def test_multirun_gives_each_job_its_own_named_directory(tmp_path):
     result = run_cli(
         "-m",
-        "pneumo.train",
+        "pneumo.cli.train",
         "-m",
         *FAST,
         f"data.root={SAMPLE}",
@@ -95,7 +100,7 @@ def test_multirun_gives_each_job_its_own_named_directory(tmp_path):
 
 @pytest.mark.slow
 def test_config_key_typo_is_one_clear_line(tmp_path):
-    result = run_cli("-m", "pneumo.train", "data.batchsize=8", f"hydra.run.dir={tmp_path}")
+    result = run_cli("-m", "pneumo.cli.train", "data.batchsize=8", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0
     assert "batchsize" in result.stderr and "Traceback" not in result.stderr
 
@@ -103,7 +108,7 @@ def test_config_key_typo_is_one_clear_line(tmp_path):
 @pytest.mark.slow
 def test_missing_data_root_is_one_clear_line(tmp_path):
     result = run_cli(
-        "-m", "pneumo.train", *FAST, f"data.root={tmp_path}/none", f"hydra.run.dir={tmp_path}/run"
+        "-m", "pneumo.cli.train", *FAST, f"data.root={tmp_path}/none", f"hydra.run.dir={tmp_path}/run"
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pneumo.threshold import CUT_OFF_MARGIN, choose_threshold, is_positive
-from pneumo.train import train
+from pneumo.cli.train import train
+from pneumo.model.threshold import CUT_OFF_MARGIN, choose_threshold, is_positive
 from tests.conftest import FAST, SAMPLE, make_cfg, sample_files
 
 TARGET_SENSITIVITY = 0.75

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumo.data.cli import main as data_main
+from pneumo.cli.data import main as data_main
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.dataset import Sample, XrayDataset
 from pneumo.data.preprocess import BadImageError

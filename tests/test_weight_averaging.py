@@ -4,10 +4,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
-from pneumo.checkpoint import load_model
-from pneumo.inference import predict
-from pneumo.model import XrayClassifier
-from pneumo.train import build, train
+from pneumo.cli.train import build, train
+from pneumo.model.inference import predict
+from pneumo.model.loading import load_model
+from pneumo.model.module import XrayClassifier
+from pneumo.model.network import resnet18_classifier
 from tests.conftest import FAST, fit_until_interrupted, make_cfg
 
 # a short memory, so that a few steps leave the average far from the last step's weights
@@ -43,7 +44,7 @@ def test_best_checkpoint_holds_the_averaged_weights_that_validation_scored(tmp_p
 def test_validation_keeps_the_runs_class_weights():
     # the averaged copy is made before on_fit_start sets the class weights, and a resumed
     # average would only drift towards them: they must not be averaged nor swapped in
-    model = XrayClassifier(weights=None)
+    model = XrayClassifier(resnet18_classifier())
     callback = EMAWeightAveraging(decay=0.998)
     callback.setup(None, model, "fit")
     weights = torch.tensor([2.0, 0.667])

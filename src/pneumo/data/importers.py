@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pneumo.artifacts.output import write_text_atomically
 from pneumo.data.manifest import ManifestColumns
 from pneumo.errors import PneumoError
-from pneumo.output import write_text_atomically
 
 NORMAL, PNEUMONIA, DROP = "NORMAL", "PNEUMONIA", "drop"
 

@@ -10,9 +10,9 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from pneumo.checkpoint import LoadedModel
 from pneumo.data.preprocess import load_image, read_grey, to_model_input
 from pneumo.errors import PneumoError
+from pneumo.model.loading import LoadedModel
 
 
 def refuse_ensemble(model: LoadedModel) -> None:

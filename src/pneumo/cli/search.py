@@ -28,8 +28,8 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pneumo.cli.train import compose_config, optimized_value, train
 from pneumo.errors import PneumoError, exit_on_user_error
-from pneumo.train import compose_config, optimized_value, train
 
 if TYPE_CHECKING:
     import optuna

@@ -1,6 +1,4 @@
-"""pneumo-export: a checkpoint to ONNX or TorchScript, checked against PyTorch.
-
-    pneumo-export --ckpt RUN/checkpoints/best.ckpt --format onnx --out exported/
+"""Exporting a trained model to ONNX or TorchScript, checked against PyTorch.
 
 The exported model takes ``input_0`` (N x 3 x H x W float, ImageNet-normalised, see
 preprocessing.json) and returns ``output_0`` (N x 2 class probabilities, softmax
@@ -9,10 +7,8 @@ included): the layout jetson-inference's imagenet tools load.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,15 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumo.checkpoint import LoadedModel, load_model
+from pneumo.artifacts.output import atomic_path, write_text_atomically
 from pneumo.data.preprocess import load_image, to_model_input
-from pneumo.errors import PneumoError, exit_on_user_error
-from pneumo.inference import collect_images
-from pneumo.output import atomic_path, write_text_atomically
+from pneumo.errors import PneumoError
+from pneumo.model.loading import LoadedModel, load_model
 
 TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "input_0", "output_0"
-DEFAULT_CHECK_IMAGES = Path("data/sample")
 
 
 class ProbabilityModel(nn.Module):
@@ -156,33 +150,3 @@ def export(
         spec_text = json.dumps(spec, indent=2, allow_nan=False) + "\n"
         write_text_atomically(out_dir / "preprocessing.json", spec_text)
     return out_dir / file_name, difference
-
-
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line of pneumo-export."""
-    parser = argparse.ArgumentParser(
-        prog="pneumo-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by pneumo-train")
-    parser.add_argument("--format", choices=sorted(WRITERS), default="onnx")
-    parser.add_argument("--out", default="exported", help="output folder (default: exported/)")
-    parser.add_argument(
-        "--images",
-        nargs="*",
-        default=None,
-        help=f"images to compare the export on (default: {DEFAULT_CHECK_IMAGES}/ when present)",
-    )
-    args = parser.parse_args(argv)
-    sources = args.images
-    if sources is None:
-        sources = [DEFAULT_CHECK_IMAGES] if DEFAULT_CHECK_IMAGES.is_dir() else []
-    images = collect_images(sources)[:16]
-    path, difference = export(args.ckpt, args.format, args.out, images)
-    on = f"{len(images)} images" if images else "4 random inputs (no images found)"
-    print(f"wrote {path}, labels.txt, preprocessing.json in {Path(args.out)}")
-    print(f"max |p_{args.format} - p_pytorch| on {on}: {difference:.2e} (limit {TOLERANCE:.0e})")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

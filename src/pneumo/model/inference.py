@@ -16,13 +16,13 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
-from pneumo.checkpoint import LoadedModel
 from pneumo.data.dataset import is_image_file, unreadable_message, walk_folder
 from pneumo.data.preprocess import BadImageError, load_image, to_model_input, to_unit
 from pneumo.data.transforms import TTA_VIEWS, tta_views
 from pneumo.errors import PneumoError, printable
-from pneumo.network import positive_probability
-from pneumo.threshold import is_positive
+from pneumo.model.loading import LoadedModel
+from pneumo.model.network import positive_probability
+from pneumo.model.threshold import is_positive
 
 
 @dataclass

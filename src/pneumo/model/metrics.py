@@ -15,7 +15,7 @@ import torch
 import torchmetrics
 from torchmetrics.classification import BinaryAUROC
 
-from pneumo.threshold import is_positive
+from pneumo.model.threshold import is_positive
 
 FIGURES = ("acc", "sensitivity", "specificity", "precision", "f1")
 
@@ -64,11 +64,18 @@ class ThresholdFigure(torchmetrics.Metric):
         return torch.tensor(ratios(*self.counts.tolist())[self.figure])
 
 
-def classification_metrics(prefix: str = "", threshold: float = 0.5) -> torchmetrics.MetricCollection:
-    """AUROC on the probabilities and every one of ``FIGURES`` at ``threshold``."""
+def classification_metrics(threshold: float = 0.5) -> torchmetrics.MetricCollection:
+    """AUROC on the probabilities (``auroc``) and every one of ``FIGURES`` at ``threshold``."""
     members: dict[str, torchmetrics.Metric] = {"auroc": BinaryAUROC()}
     members.update({name: ThresholdFigure(name, threshold) for name in FIGURES})
-    return torchmetrics.MetricCollection(members, prefix=prefix)
+    return torchmetrics.MetricCollection(members)
+
+
+def logged_name(stage: str, key: str, threshold: float = 0.5) -> str:
+    """The logged name of a ``classification_metrics`` member: ``val/auroc``, and figures with
+    their threshold (``val/at_0.5/acc``), so that no reader takes one for the figure at the
+    threshold a run ships (``val/at_threshold/acc``)."""
+    return f"{stage}/{key}" if key == "auroc" else f"{stage}/at_{threshold:g}/{key}"
 
 
 def metrics_at(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> dict[str, Any]:

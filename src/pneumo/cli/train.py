@@ -27,12 +27,22 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pneumo import DISCLAIMER
-from pneumo.checkpoint import CheckpointMeta, network_state_dict, read_checkpoint, read_meta, refuse_diverged
+from pneumo.artifacts.checkpoint import (
+    CheckpointMeta,
+    network_state_dict,
+    read_checkpoint,
+    read_meta,
+    refuse_diverged,
+)
+from pneumo.artifacts.rundir import checkpoint_run_dir, claim_run_dir, launch_rank, prepare_launch
+from pneumo.callbacks.checkpoint_metadata import CheckpointMetadata
+from pneumo.callbacks.lr_stepping import EpochLRStep
 from pneumo.data.datamodule import XrayDataModule
+from pneumo.data.preprocess import preprocessing_spec
+from pneumo.data.provenance import check_resume, files_fingerprint, record_files
 from pneumo.errors import PneumoError, exit_on_user_error
-from pneumo.model import XrayClassifier
-from pneumo.provenance import check_resume
-from pneumo.rundir import checkpoint_run_dir, claim_run_dir, launch_rank, prepare_launch
+from pneumo.model.module import XrayClassifier
+from pneumo.model.network import resnet18_classifier
 
 log = logging.getLogger(__name__)
 
@@ -86,23 +96,52 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+def run_metadata(datamodule: XrayDataModule, config: dict[str, Any]) -> CheckpointMeta:
+    """The metadata every checkpoint of a run about to train on ``datamodule`` carries."""
+    train_samples, val_samples = datamodule.split_samples()
+    return CheckpointMeta(
+        classes=list(datamodule.classes),
+        positive_class=datamodule.positive_class,
+        preprocessing=preprocessing_spec(datamodule.image_size),
+        # file by file, so pneumo-eval data.split=val and a resume use exactly this split
+        val_files=record_files(val_samples, datamodule.root, datamodule.classes),
+        config=config,
+        # a resume must train on the same films, which the validation files alone do not show
+        train_files=files_fingerprint(train_samples, datamodule.root, datamodule.classes),
+    )
+
+
 def build(
     cfg: DictConfig, callbacks: Sequence[L.Callback] = ()
 ) -> tuple[XrayDataModule, XrayClassifier, L.Trainer]:
-    """Create the DataModule, the LightningModule and the Trainer from a composed config;
-    ``callbacks`` join the config's (a search's trial pruning, which config cannot hold)."""
+    """Create the DataModule, the network, the LightningModule and the Trainer from a composed
+    config; ``callbacks`` join the config's (a search's trial pruning, which config cannot hold)."""
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
         raise PneumoError(f"trainer.max_epochs={max_epochs} is not valid: use 1 or more (-1: no limit)")
     datamodule: XrayDataModule = _build(cfg.data)
     datamodule.check_root()
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    # model.weights chooses the network's starting weights; the module gets the network itself
+    net = resnet18_classifier(model_cfg.pop("weights", None))
+    weights = datamodule.class_weights()
+    if weights is not None:
+        log.info("class-weighted loss: %s", [round(w, 3) for w in weights.tolist()])
     model: XrayClassifier = _build(
-        cfg.model, positive_index=datamodule.positive_index, _recursive_=False, _convert_="all"
+        model_cfg,
+        net=net,
+        positive_index=datamodule.positive_index,
+        class_weights=None if weights is None else weights.tolist(),
+        seed=datamodule.seed,
+        _recursive_=False,
+        _convert_="all",
     )
-    model.meta = CheckpointMeta.for_run(datamodule, OmegaConf.to_container(cfg, resolve=True))
+    meta = run_metadata(datamodule, OmegaConf.to_container(cfg, resolve=True))
+    # what every run needs, whatever the config: self-describing checkpoints, an exact resume
+    required = [CheckpointMetadata(meta), EpochLRStep()]
     trainer: L.Trainer = _build(
         cfg.trainer,
-        callbacks=[*_instantiate_dict(cfg.get("callbacks")), *callbacks],
+        callbacks=[*_instantiate_dict(cfg.get("callbacks")), *required, *callbacks],
         logger=_instantiate_dict(cfg.get("logger")) or False,
     )
     return datamodule, model, trainer
@@ -142,7 +181,7 @@ def _fit(
     if ckpt_path:
         saved = read_checkpoint(ckpt_path)
         saved_meta = read_meta(saved, ckpt_path)
-        check_resume(saved_meta, model.meta, ckpt_path)
+        check_resume(saved_meta, _run_meta(trainer), ckpt_path)
         refuse_diverged(ckpt_path, network_state_dict(saved), saved_meta.threshold)
         log.info("resuming from %s; the run continues in %s", ckpt_path, cfg.paths.output_dir)
         own = checkpoint_run_dir(ckpt_path)
@@ -180,6 +219,11 @@ def _fit(
         )
     log.info("TensorBoard: tensorboard --logdir %s", output_dir)
     return results
+
+
+def _run_meta(trainer: L.Trainer) -> CheckpointMeta:
+    """The metadata ``build`` gave the run's ``CheckpointMetadata`` callback."""
+    return next(c.meta for c in trainer.callbacks if isinstance(c, CheckpointMetadata))
 
 
 def optimized_value(cfg: DictConfig, results: dict[str, float]) -> float | None:

@@ -21,10 +21,10 @@ from rich.console import Console
 from rich.table import Table
 
 from pneumo import DISCLAIMER
-from pneumo.checkpoint import load_model
+from pneumo.artifacts.output import write_text_atomically
 from pneumo.errors import PneumoError, exit_on_user_error, printable
-from pneumo.inference import Prediction, collect_images, predict
-from pneumo.output import write_text_atomically
+from pneumo.model.inference import Prediction, collect_images, predict
+from pneumo.model.loading import load_model
 
 
 def write_predictions(rows: Sequence[Prediction], out: Path | None) -> None:
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model = load_model(args.ckpt)
     if args.cam is not None:
-        from pneumo.cam import refuse_ensemble
+        from pneumo.model.cam import refuse_ensemble
 
         refuse_ensemble(model)  # before predicting: a refused --cam costs nothing
     print(DISCLAIMER, file=sys.stderr)
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     write_predictions(rows, args.out)
     if args.cam is not None:
-        from pneumo.cam import write_cams
+        from pneumo.model.cam import write_cams
 
         write_cams(model, [Path(r.path) for r in rows if not r.error], args.cam)
         print(f"Grad-CAM overlays in {args.cam}", file=sys.stderr)

@@ -18,7 +18,7 @@ from pneumo.data.dataset import Sample
 from pneumo.errors import PneumoError
 
 if TYPE_CHECKING:
-    from pneumo.checkpoint import CheckpointMeta
+    from pneumo.artifacts.checkpoint import CheckpointMeta
 
 # Settings that decide the validation split or the preprocessing; a resume must keep them.
 # Where the data lies (data.root, data.manifest.file) may change, as data moves between

@@ -1,4 +1,4 @@
-"""Reading a pneumo checkpoint safely and rebuilding the classifier from it alone."""
+"""The checkpoint schema (``CheckpointMeta``), reading a checkpoint safely, and writing one atomically."""
 
 from __future__ import annotations
 
@@ -8,21 +8,16 @@ import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch import nn
 
-from pneumo.data.preprocess import preprocessing_spec
+from pneumo.artifacts.output import atomic_path
 from pneumo.errors import PneumoError, printable
-from pneumo.network import NUM_CLASSES, build_resnet18
-from pneumo.output import atomic_path
-from pneumo.provenance import files_fingerprint, record_files
-from pneumo.threshold import POSITIVE_IF
 
-if TYPE_CHECKING:
-    from pneumo.data.datamodule import XrayDataModule
+# A binary classifier: the positive class and the other one.
+NUM_CLASSES = 2
 
 
 @dataclass(frozen=True)
@@ -79,20 +74,6 @@ class CheckpointMeta:
         """Plain data, loadable with ``torch.load(weights_only=True)``."""
         return asdict(self)
 
-    @classmethod
-    def for_run(cls, datamodule: XrayDataModule, config: dict[str, Any]) -> CheckpointMeta:
-        """The metadata of a run about to train on ``datamodule`` with the resolved ``config``."""
-        return cls(
-            classes=list(datamodule.classes),
-            positive_class=datamodule.positive_class,
-            preprocessing=preprocessing_spec(datamodule.image_size),
-            # file by file, so pneumo-eval data.split=val and a resume use exactly this split
-            val_files=record_files(datamodule.split_samples()[1], datamodule.root, datamodule.classes),
-            config=config,
-            # a resume must train on the same films, which the validation files alone do not show
-            train_files=files_fingerprint(datamodule.split_samples()[0], datamodule.root, datamodule.classes),
-        )
-
 
 def read_meta(checkpoint: dict[str, Any], path: str | Path) -> CheckpointMeta:
     """The ``CheckpointMeta`` of a loaded checkpoint; one line naming what is missing or wrong."""
@@ -144,55 +125,6 @@ def read_meta(checkpoint: dict[str, Any], path: str | Path) -> CheckpointMeta:
             f"pneumo models have {NUM_CLASSES} classes, one of them positive"
         )
     return meta
-
-
-@dataclass
-class LoadedModel:
-    """A ready-to-run network (eval mode) with what a user needs to apply it."""
-
-    net: nn.Module
-    meta: CheckpointMeta
-    path: Path
-
-    @property
-    def classes(self) -> list[str]:
-        return self.meta.classes
-
-    @property
-    def positive_index(self) -> int:
-        return self.meta.positive_index
-
-    @property
-    def image_size(self) -> int:
-        return self.meta.image_size
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return self.meta.mean
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return self.meta.std
-
-    @property
-    def threshold(self) -> float:
-        return self.meta.threshold
-
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        """Every step from file to input tensor, as pneumo applies it, plus the decision rule.
-
-        Described by the current code (``preprocessing_spec``), which is what prediction
-        applies to any checkpoint, with the checkpoint's own size and normalisation.
-        """
-        return {
-            **preprocessing_spec(self.image_size),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "threshold": self.threshold,
-            "positive_class": self.meta.positive_class,
-            "positive_if": POSITIVE_IF,
-        }
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -250,45 +182,6 @@ def refuse_diverged(path: str | Path, state: dict[str, torch.Tensor], threshold:
             f"{path} holds a non-finite decision threshold ({threshold}): its training run "
             "diverged; use an earlier checkpoint, or retrain with a lower model.optimizer.lr"
         )
-
-
-def _untrained_network(meta: CheckpointMeta) -> tuple[nn.Module, str]:
-    """A network of the checkpoint's shape, and that shape in words: a ResNet18, or for a file
-    written by pneumo-ensemble the ``ensemble.Ensemble`` of its members."""
-    if meta.ensemble is None:
-        return build_resnet18(len(meta.classes)), "ResNet18"
-    from pneumo.ensemble import Ensemble  # ensemble.py builds on this module
-
-    members = [build_resnet18(len(meta.classes)) for _ in meta.ensemble["members"]]
-    return Ensemble(members), f"ensemble of {len(members)} ResNet18s"
-
-
-def load_model(path: str | Path) -> LoadedModel:
-    """Rebuild the trained network (``_untrained_network``) from a checkpoint, in eval mode on the CPU."""
-    checkpoint = read_checkpoint(path)
-    meta = read_meta(checkpoint, path)
-    # a trained run's weights carry Lightning's net. prefix; an ensemble's are its own (members.K.)
-    state = network_state_dict(checkpoint) if meta.ensemble is None else checkpoint["state_dict"]
-    refuse_diverged(path, state, meta.threshold)
-    if meta.ensemble is not None:
-        # checked before one network per listed member is built: the list alone could ask for any number
-        held = {
-            k.split(".")[1]
-            for k in state
-            if isinstance(k, str) and k.startswith("members.") and k.count(".") > 1
-        }
-        if len(held) != len(meta.ensemble["members"]):
-            raise PneumoError(
-                f"{path}: its metadata lists {len(meta.ensemble['members'])} ensemble members, but it "
-                f"holds the weights of {len(held)}; use a file written by pneumo-ensemble"
-            )
-    net, shape = _untrained_network(meta)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise PneumoError(f"{path}: weights do not fit a {len(meta.classes)}-class {shape} ({err})") from err
-    net.eval()
-    return LoadedModel(net=net, meta=meta, path=Path(path))
 
 
 def _tensor_bytes(value: Any) -> int:

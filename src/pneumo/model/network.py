@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from pneumo.artifacts.checkpoint import NUM_CLASSES
 from pneumo.errors import PneumoError
-
-# A binary classifier: the positive class and the other one.
-NUM_CLASSES = 2
 
 
 def build_resnet18(num_classes: int = NUM_CLASSES) -> nn.Module:
@@ -19,6 +19,15 @@ def build_resnet18(num_classes: int = NUM_CLASSES) -> nn.Module:
     net = resnet18(weights=None)
     net.fc = nn.Linear(net.fc.in_features, num_classes)
     return net
+
+
+def resnet18_classifier(weights: str | None = None) -> nn.Module:
+    """The network a run trains: ``build_resnet18`` with ``weights`` (a torchvision name or a
+    local file, ``load_backbone_weights``; ``None``: from scratch) in channels-last layout."""
+    net = build_resnet18(NUM_CLASSES)
+    if weights:
+        load_backbone_weights(net, weights)
+    return net.to(memory_format=torch.channels_last)
 
 
 def _imagenet_state_dict(weights: str) -> dict[str, torch.Tensor]:
@@ -99,3 +108,24 @@ def compile_network(net: nn.Module, backend: str) -> None:
 def positive_probability(logits: torch.Tensor, positive_index: int) -> torch.Tensor:
     """P(positive class) from the network's logits: the softmax column of ``positive_index``."""
     return logits.softmax(dim=1)[:, positive_index]
+
+
+class Ensemble(nn.Module):
+    """Several trained networks as one, whose output is the log of their mean probabilities.
+
+    ``forward`` returns ``log(mean_k softmax(net_k(x)))``, computed as the logsumexp of the
+    members' log-softmax minus log K, so that no small probability underflows. Its softmax is
+    exactly the members' mean probability: it takes the place of a network's logits wherever
+    they are read (``positive_probability``, ``inference.probabilities``, the export's
+    ``ProbabilityModel`` softmax, TorchScript), and an exported ONNX model averages the members
+    inside its graph.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.log_k = math.log(len(members))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = [torch.log_softmax(member(x), dim=1) for member in self.members]
+        return torch.logsumexp(torch.stack(scores), dim=0) - self.log_k

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from pneumo.checkpoint import load_model, network_state_dict, read_checkpoint
+from pneumo.artifacts.checkpoint import network_state_dict, read_checkpoint
 from pneumo.errors import exit_on_user_error
-from pneumo.export import export
+from pneumo.model.export import export
+from pneumo.model.loading import load_model
 
 
 def write_model_dir(ckpt: Path, model_dir: Path) -> list[Path]:
@@ -116,7 +117,7 @@ def overrides_for(args: argparse.Namespace) -> list[str]:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """Train through pneumo-train, then lay out the model directory jetson-inference expects."""
-    from pneumo.train import main as train_main
+    from pneumo.cli.train import main as train_main
 
     args, extra = parse_args(sys.argv[1:] if argv is None else argv)
     sys.argv = ["pneumo-train", *overrides_for(args), *extra]
