@@ -72,7 +72,8 @@ def model_input(path: Path, spec: dict, resize_filter: str | None = None, draft:
 def classify(
     model_path: Path, files: list[Path], resize_filter: str | None = None, draft: bool = True
 ) -> list[dict]:
-    """``{path, label, p_pneumonia}`` for every file, with the model's threshold and rule."""
+    """``{path, label, p_positive, positive_class}`` for every file (and ``p_pneumonia`` where the
+    positive class is PNEUMONIA), by the model's threshold and rule."""
     spec = json.loads((model_path.parent / "preprocessing.json").read_text())
     rule = spec.get("positive_if")
     if rule != SUPPORTED_RULE:
@@ -89,7 +90,15 @@ def classify(
         probs = session.run([spec["output"]], {spec["input"]: batch})[0]
         for path, p in zip(chunk, probs[:, column].tolist()):
             label = spec["classes"][column] if p >= spec["threshold"] else spec["classes"][1 - column]
-            rows.append({"path": str(path), "label": label, "p_pneumonia": p})
+            row = {
+                "path": str(path),
+                "label": label,
+                "p_positive": p,
+                "positive_class": spec["classes"][column],
+            }
+            if row["positive_class"] == "PNEUMONIA":
+                row["p_pneumonia"] = p
+            rows.append(row)
     return rows
 
 
@@ -109,7 +118,7 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"{row['label']:<10} {row['p_pneumonia']:.4f}  {row['path']}")
+            print(f"{row['label']:<10} {row['p_positive']:.4f}  {row['path']}")
 
 
 if __name__ == "__main__":

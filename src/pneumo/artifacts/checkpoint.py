@@ -42,6 +42,14 @@ class CheckpointMeta:
     config: dict[str, Any] = field(default_factory=dict)
     train_files: dict[str, Any] | None = None
     ensemble: dict[str, Any] | None = None
+    # temperature scaling fitted on the validation films: {"method": "temperature",
+    # "temperature": T, "fitted_on": ..., "films": n}; None (older checkpoints): T = 1
+    calibration: dict[str, Any] | None = None
+
+    @property
+    def temperature(self) -> float:
+        """The logits' divisor before the softmax: every probability pneumo gives is calibrated."""
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
 
     @property
     def positive_index(self) -> int:
@@ -97,7 +105,10 @@ def read_meta(checkpoint: dict[str, Any], path: str | Path) -> CheckpointMeta:
             config=dict(raw.get("config") or {}),
             train_files=raw.get("train_files"),
             ensemble=raw.get("ensemble"),
+            calibration=raw.get("calibration"),
         )
+        if not (math.isfinite(meta.temperature) and meta.temperature > 0):
+            raise ValueError(f"calibration {meta.calibration!r} has no positive, finite temperature")
         if len(meta.mean) != 3 or len(meta.std) != 3 or meta.image_size < 1:
             raise ValueError(f"preprocessing {preprocessing!r} lacks a size and 3-channel mean and std")
         files = meta.val_files or []

@@ -11,9 +11,9 @@ from pneumo.artifacts.checkpoint import CheckpointMeta, read_meta
 
 
 class CheckpointMetadata(L.Callback):
-    """Write ``meta``, with the threshold the module chose on its last validation, under
-    ``checkpoint["pneumo"]`` of every checkpoint; on resume, restore that threshold, so a file
-    saved before the next validation (Ctrl-C) still carries it.
+    """Write ``meta``, with the threshold and calibration the module chose on its last
+    validation, under ``checkpoint["pneumo"]`` of every checkpoint; on resume, restore them, so
+    a file saved before the next validation (Ctrl-C) still carries them.
 
     The training entry point adds it to every run (``pneumo.cli.train.build``): evaluation,
     prediction and export need nothing but the file.
@@ -25,9 +25,16 @@ class CheckpointMetadata(L.Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint["pneumo"] = replace(self.meta, threshold=float(pl_module.threshold)).as_dict()
+        # XrayClassifier keeps both as floats, chosen on its last validation
+        threshold = float(pl_module.threshold)  # type: ignore[arg-type]
+        temperature = float(pl_module.temperature)  # type: ignore[arg-type]
+        calibration = {"method": "temperature", "temperature": temperature, "fitted_on": "validation"}
+        checkpoint["pneumo"] = replace(self.meta, threshold=threshold, calibration=calibration).as_dict()
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        pl_module.threshold = read_meta(checkpoint, "the checkpoint").threshold
+        meta = read_meta(checkpoint, "the checkpoint")
+        # any LightningModule that chooses a threshold (XrayClassifier) keeps these as floats
+        pl_module.threshold = meta.threshold  # type: ignore[assignment]
+        pl_module.temperature = meta.temperature  # type: ignore[assignment]

@@ -16,9 +16,9 @@ class EpochReport(L.Callback):
     Logs ``time/train_epoch_s`` (the training batches, up to validation) and
     ``time/val_epoch_s`` to the loggers and prints one line per epoch, the successor of the
     original trainer's "val loss / val time / val accuracy": accuracy, sensitivity and
-    specificity at 0.5 and at the threshold chosen on this validation (the one the run ships). Checkpoint writing, which
-    follows validation, counts in neither. With several processes (DDP) the times are the
-    slowest process's, and only rank zero prints the line.
+    specificity at 0.5 and at the threshold chosen on this validation (the one the run ships).
+    Checkpoint writing, which follows validation, counts in neither. With several processes
+    (DDP) the times are the slowest process's, and only rank zero prints the line.
     """
 
     def __init__(self) -> None:
@@ -36,7 +36,7 @@ class EpochReport(L.Callback):
             log.info(
                 "epoch %d resumes after batch %d of %s: its train time counts the batches from here",
                 trainer.current_epoch,
-                loop.epoch_loop.batch_progress.current.processed,
+                loop.epoch_loop.batch_progress.current.processed,  # type: ignore[attr-defined]
                 trainer.num_training_batches,
             )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import WeightAveraging
@@ -40,7 +41,7 @@ class SaveOnInterrupt(L.Callback):
         rerun = _validation_unfinished(trainer)
         if self._validating:
             # every process: each holds its model swapped
-            for callback in trainer.callbacks:
+            for callback in trainer.callbacks:  # type: ignore[attr-defined]  # set by Lightning
                 if isinstance(callback, WeightAveraging):
                     callback.on_validation_epoch_end(trainer, pl_module)  # swaps the raw weights back
             self._validating = False
@@ -59,7 +60,8 @@ def _validation_unfinished(trainer: L.Trainer) -> bool:
     not yet ended (``fit_loop.epoch_progress``: started, not processed)."""
     if trainer.sanity_checking:
         return False
-    epochs = trainer.fit_loop.epoch_progress.total
+    # Lightning's annotations name a base tracker; at run time these count processed too
+    epochs: Any = trainer.fit_loop.epoch_progress.total
     if epochs.processed == epochs.started:
         return False
     if trainer.validating:
@@ -67,7 +69,7 @@ def _validation_unfinished(trainer: L.Trainer) -> bool:
     every = trainer.check_val_every_n_epoch
     due = trainer.enable_validation and (every is None or (trainer.current_epoch + 1) % every == 0)
     # processed, not completed: the last batch's on_train_batch_end (weight averaging) counts
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
     return due and done >= trainer.num_training_batches
 
 

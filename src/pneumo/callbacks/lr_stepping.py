@@ -43,7 +43,7 @@ class EpochLRStep(L.Callback):
                 continue
             if self._validated_epoch != trainer.current_epoch:
                 continue  # no validation this epoch (check_val_every_n_epoch): nothing new to follow
-            metric = trainer.callback_metrics.get(config.monitor)
+            metric = trainer.callback_metrics.get(config.monitor or "")
             if metric is None:
                 raise PneumoError(
                     f"model.scheduler ReduceLROnPlateau follows {config.monitor}, which validation did "

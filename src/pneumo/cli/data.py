@@ -27,7 +27,7 @@ from pneumo.data.verify import Report, verify
 from pneumo.errors import PneumoError, exit_on_user_error
 
 # Ignored files and names without a patient ID are listed up to this many; --json has all.
-SHOWN = 10
+EXAMPLES_SHOWN = 10
 
 
 def print_report(report: Report) -> None:
@@ -47,9 +47,9 @@ def print_report(report: Report) -> None:
     console.print(f"patients (from {report.patient_source}): {report.patients}", highlight=False)
     if report.dropped_rows:
         console.print(f"rows left out by the label map: {report.dropped_rows}", highlight=False)
-    for name in report.unknown_patient_names[:SHOWN]:
+    for name in report.unknown_patient_names[:EXAMPLES_SHOWN]:
         console.print(f"[yellow]no patient ID in name[/yellow] {name}", highlight=False)
-    for path in report.ignored_files[:SHOWN]:
+    for path in report.ignored_files[:EXAMPLES_SHOWN]:
         console.print(f"[yellow]ignored[/yellow] {path}", highlight=False)
     for problem in report.folder_errors + report.manifest_errors:
         console.print(f"[red]{escape(problem)}[/red]", highlight=False)
@@ -59,7 +59,7 @@ def print_report(report: Report) -> None:
         console.print(f"[red]duplicate across splits[/red] {' = '.join(group)}", highlight=False)
     for patient, splits in report.patients_across.items():
         console.print(f"[red]patient in several splits[/red] {patient}: {', '.join(splits)}", highlight=False)
-    for group in report.duplicates_within[:SHOWN]:
+    for group in report.duplicates_within[:EXAMPLES_SHOWN]:
         console.print(f"[yellow]duplicate[/yellow] {' = '.join(group)}", highlight=False)
     for message in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {message}")
@@ -87,7 +87,9 @@ def settings(text: str) -> dict[str, str | None]:
 def verify_source(root: str, columns: dict | None, labels: dict | None) -> str | Manifest:
     """A data root, or a manifest (a file, or a .csv name) read with the given columns and label map."""
     if Path(root).is_file() or Path(root).suffix.lower() == ".csv":
-        return Manifest.from_config({"file": root, "columns": columns or {}, "labels": labels})
+        manifest = Manifest.from_config({"file": root, "columns": columns or {}, "labels": labels})
+        assert manifest is not None  # None only for a block without a file
+        return manifest
     if columns is not None or labels is not None:
         raise PneumoError(f"--columns and --labels read a manifest; {root} is not a file")
     return root

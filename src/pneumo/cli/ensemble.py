@@ -36,7 +36,7 @@ from pneumo.model.ensemble import BEST, make_ensemble
 log = logging.getLogger(__name__)
 
 # Figures printed for the ensemble and each member, all at their own thresholds.
-SHOWN = ("auroc", "sensitivity", "specificity")
+FIGURES_SHOWN = ("auroc", "sensitivity", "specificity")
 
 
 def print_figures(figures: dict[str, dict[str, Any]]) -> None:
@@ -52,11 +52,11 @@ def print_figures(figures: dict[str, dict[str, Any]]) -> None:
     )
     table.add_column("model")
     table.add_column("threshold", justify="right")
-    for key in SHOWN:
+    for key in FIGURES_SHOWN:
         table.add_column(key, justify="right")
     rows = [(f"member {number}", figures[name]) for number, name in enumerate(names, 1)]
     for label, row in [*rows, ("ensemble", figures["ensemble"])]:
-        table.add_row(label, f"{row['threshold']:.3f}", *(f"{row[k]:.4f}" for k in SHOWN))
+        table.add_row(label, f"{row['threshold']:.3f}", *(f"{row[k]:.4f}" for k in FIGURES_SHOWN))
     Console().print(table)
 
 
@@ -83,7 +83,11 @@ class EnsembleSweep(Callback):
         warn when the sweep varies more than the seed (the members would differ in that too)."""
         overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
         # a swept ckpt_path is absent from this config, an interpolated one cannot resolve yet
-        resumed = [o.input_line.split("=", 1)[1] for o in overrides if o.key_or_group == "ckpt_path"]
+        resumed = []
+        for override in overrides:
+            if override.key_or_group == "ckpt_path":
+                assert override.input_line is not None  # parse_overrides keeps each override's text
+                resumed.append(override.input_line.split("=", 1)[1])
         for key in ("ckpt_path", "hydra.sweeper.params.ckpt_path"):
             resumed.append(OmegaConf.select(config, key, throw_on_resolution_failure=False))
         ckpt_path = next((value for value in resumed if value not in (None, "null")), None)

@@ -14,7 +14,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -37,7 +36,7 @@ def write_predictions(rows: Sequence[Prediction], out: Path | None) -> None:
         for name in ("prediction", "P(positive)", "threshold", "error"):
             table.add_column(name, overflow="fold")
         for r in rows:
-            p = "" if r.p_pneumonia is None else f"{r.p_pneumonia:.3f}"
+            p = "" if r.p_positive is None else f"{r.p_positive:.3f}"
             t = "" if r.threshold is None else f"{r.threshold:.3f}"
             name = os.path.relpath(r.path, folder) if folder else r.path
             table.add_row(printable(name), r.label, p, t, printable(r.error))
@@ -45,12 +44,15 @@ def write_predictions(rows: Sequence[Prediction], out: Path | None) -> None:
         return
     if out.suffix.lower() == ".json":
         # JSON escapes a file name that is not valid UTF-8 (\\udcff); os.fsencode gives back its bytes
-        write_text_atomically(out, json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+        write_text_atomically(out, json.dumps([r.as_row() for r in rows], indent=2) + "\n")
     elif out.suffix.lower() == ".csv":
         text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=list(Prediction.__dataclass_fields__))
+        records = [r.as_row() for r in rows]
+        writer = csv.DictWriter(
+            text, fieldnames=list(records[0]) if records else list(Prediction.__dataclass_fields__)
+        )
         writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+        writer.writerows(records)
         write_text_atomically(out, text.getvalue())
     else:
         raise PneumoError(f"--out {out}: use a .csv or .json file name")

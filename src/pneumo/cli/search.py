@@ -94,6 +94,7 @@ def parse_space(params: dict[str, str]) -> dict[str, Any]:
             space[key] = optuna.distributions.CategoricalDistribution(sweep.list)
         elif isinstance(sweep, IntervalSweep) and sweep.tags <= {"log", "int"}:
             log_scale = "log" in sweep.tags
+            assert sweep.start is not None and sweep.end is not None  # interval(low, high) sets both
             if "int" in sweep.tags:
                 space[key] = optuna.distributions.IntDistribution(
                     int(sweep.start), int(sweep.end), log=log_scale
@@ -270,7 +271,9 @@ def search(overrides: list[str]) -> optuna.Study:
     search_dir = Path(cfg.search.dir)
     # every trial records the search it belongs to, not a time of its own
     overrides = [o for o in overrides if not o.startswith("search.dir=")] + [f"search.dir='{search_dir}'"]
-    space = parse_space(OmegaConf.to_container(cfg.search.params, resolve=True))
+    params = OmegaConf.to_container(cfg.search.params, resolve=True)
+    assert isinstance(params, dict)  # search.params is a mapping
+    space = parse_space({str(key): str(text) for key, text in params.items()})
     study = _open_study(cfg, search_dir)
     finished = sum(t.state.is_finished() for t in study.trials)
     if finished:

@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pneumo import DISCLAIMER
@@ -96,6 +97,13 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+def _plain(node: DictConfig) -> dict[str, Any]:
+    """A config node as resolved plain data."""
+    plain = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(plain, dict)  # a DictConfig's container is a dict
+    return {str(k): v for k, v in plain.items()}
+
+
 def run_metadata(datamodule: XrayDataModule, config: dict[str, Any]) -> CheckpointMeta:
     """The metadata every checkpoint of a run about to train on ``datamodule`` carries."""
     train_samples, val_samples = datamodule.split_samples()
@@ -121,7 +129,7 @@ def build(
         raise PneumoError(f"trainer.max_epochs={max_epochs} is not valid: use 1 or more (-1: no limit)")
     datamodule: XrayDataModule = _build(cfg.data)
     datamodule.check_root()
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg = _plain(cfg.model)
     # model.weights chooses the network's starting weights; the module gets the network itself
     net = resnet18_classifier(model_cfg.pop("weights", None))
     weights = datamodule.class_weights()
@@ -136,7 +144,7 @@ def build(
         _recursive_=False,
         _convert_="all",
     )
-    meta = run_metadata(datamodule, OmegaConf.to_container(cfg, resolve=True))
+    meta = run_metadata(datamodule, _plain(cfg))
     # what every run needs, whatever the config: self-describing checkpoints, an exact resume
     required = [CheckpointMetadata(meta), EpochLRStep()]
     trainer: L.Trainer = _build(
@@ -201,6 +209,8 @@ def _fit(
 
     results = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     checkpoint = trainer.checkpoint_callback
+    if not isinstance(checkpoint, ModelCheckpoint):
+        checkpoint = None
     if checkpoint is not None and checkpoint.best_model_score is not None:
         results[f"best/{cfg.monitor.metric}"] = float(checkpoint.best_model_score)
     for logger in trainer.loggers:
@@ -223,7 +233,8 @@ def _fit(
 
 def _run_meta(trainer: L.Trainer) -> CheckpointMeta:
     """The metadata ``build`` gave the run's ``CheckpointMetadata`` callback."""
-    return next(c.meta for c in trainer.callbacks if isinstance(c, CheckpointMetadata))
+    callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # a property Lightning sets
+    return next(c.meta for c in callbacks if isinstance(c, CheckpointMetadata))
 
 
 def optimized_value(cfg: DictConfig, results: dict[str, float]) -> float | None:

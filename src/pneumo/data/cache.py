@@ -88,6 +88,7 @@ class DecodedImages:
     def image(self, row: int) -> torch.Tensor:
         """Row ``row`` as a ``1 x S x S`` uint8 tensor of its own (the cache is read-only)."""
         if self.pixels is None:
+            assert self.file is not None, "a decoded-images cache holds its pixels or their file"
             self.pixels = np.load(self.file, mmap_mode="r")
         return torch.from_numpy(np.array(self.pixels[row])).unsqueeze(0)
 
@@ -118,8 +119,8 @@ def decoded_images(
     mode = cache_mode(mode)
     if mode == "off":
         return None
-    paths = sorted({str(p) for p in paths})
-    size = len(paths) * image_size**2
+    files = sorted({str(p) for p in paths})
+    size = len(files) * image_size**2
     available = available_memory()
     if mode == "auto":
         mode = "memory" if size <= AUTO_MEMORY_SHARE * available else "disk"
@@ -134,12 +135,12 @@ def decoded_images(
     if mode == "memory":
         if size > available:
             raise PneumoError(
-                f"data.cache=memory: {len(paths)} images at {image_size} px take {_mb(size)}, more "
+                f"data.cache=memory: {len(files)} images at {image_size} px take {_mb(size)}, more "
                 f"than the {_mb(available)} of available memory; use data.cache=disk"
             )
-        log.info("decoding %d images at %d px into memory (%s)", len(paths), image_size, _mb(size))
-        return decode_in_memory(paths, image_size, threads)
-    return open_or_build(paths, image_size, Path(cache_dir).expanduser(), threads)
+        log.info("decoding %d images at %d px into memory (%s)", len(files), image_size, _mb(size))
+        return decode_in_memory(files, image_size, threads)
+    return open_or_build(files, image_size, Path(cache_dir).expanduser(), threads)
 
 
 def available_memory() -> int:

@@ -286,6 +286,7 @@ class XrayDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "setup() builds the training set first"
         weights = None
         if self.balance == "sampler":
             counts = self.class_counts()
@@ -305,6 +306,7 @@ class XrayDataModule(L.LightningDataModule):
         return self._loader(self.train_set, EpochSampler(len(self.train_set), self.seed, weights), single)
 
     def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None, "setup() builds the validation set first"
         processes = self._processes()
         if processes == 1:
             return self._loader(self.val_set)
@@ -315,6 +317,7 @@ class XrayDataModule(L.LightningDataModule):
                 f"{len(self.val_set)} validation images cannot give each of {processes} processes one; "
                 "use fewer processes (trainer.devices, trainer.num_nodes) or more validation images"
             )
+        assert self.trainer is not None  # more than one process: a Trainer runs them
         shares = UnrepeatedDistributedSampler(
             self.val_set, num_replicas=processes, rank=self.trainer.global_rank, shuffle=False
         )

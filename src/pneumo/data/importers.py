@@ -148,6 +148,7 @@ def read_nih(table: Path, images: Path, rules: ImportRules) -> Iterator[Entry]:
             )
         findings = {f.strip() for f in _required(table, row, cells, "Finding Labels").split("|")}
         patient = _required(table, row, cells, "Patient ID")
+        label: str | None
         if "Pneumonia" in findings:
             label, rule = PNEUMONIA, ""
         elif findings == {"No Finding"}:

@@ -81,9 +81,17 @@ class Manifest:
             if not columns.get(key, getattr(ManifestColumns, key)):
                 raise PneumoError(f"data.manifest.columns.{key} is empty: name the column that holds it")
         labels = block.get("labels")
+        named = {key: None if name is None else str(name) for key, name in columns.items()}
+        path, label = named.get("path", ManifestColumns.path), named.get("label", ManifestColumns.label)
+        assert path is not None and label is not None  # an empty path or label column is refused above
         return cls(
             Path(str(block["file"])),
-            ManifestColumns(**{key: None if name is None else str(name) for key, name in columns.items()}),
+            ManifestColumns(
+                path,
+                label,
+                patient=named.get("patient", ManifestColumns.patient),
+                split=named.get("split", ManifestColumns.split),
+            ),
             None if labels is None else {str(k): None if v is None else str(v) for k, v in labels.items()},
         )
 
@@ -191,10 +199,10 @@ class _RowReader:
             return
         path = self.path(row, _cell(cells, columns.path))
         patient = _cell(cells, columns.patient) if columns.patient else None
-        if patient == "":
+        if columns.patient and patient == "":
             self.problem(row, columns.patient, "empty patient; every film needs its patient's ID")
         split = _cell(cells, columns.split).lower() if columns.split else "train"
-        if split not in SPLIT_VALUES:
+        if columns.split and split not in SPLIT_VALUES:
             self.problem(
                 row, columns.split, f"unknown split value {split!r} (expected {', '.join(SPLIT_VALUES)})"
             )

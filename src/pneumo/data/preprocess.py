@@ -118,7 +118,7 @@ def read_grey(path: str | Path, draft_size: int | None = None) -> Image.Image:
             return _to_grey_uint8(_read_dicom(path))
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image: Image.Image = Image.open(path)
             _check_size(path, *image.size)
             if draft_size:
                 image.draft("L", (draft_size, draft_size))

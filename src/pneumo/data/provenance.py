@@ -86,7 +86,9 @@ def validation_samples(meta: CheckpointMeta, root: str | Path, ckpt_path: str | 
     """
     root = Path(root)
     refuse_unrecorded(meta, ckpt_path, "evaluate its validation split")
-    missing = [path for path, _ in meta.val_files if not (root / path).is_file()]
+    val_files = meta.val_files
+    assert val_files is not None  # refuse_unrecorded stops otherwise
+    missing = [path for path, _ in val_files if not (root / path).is_file()]
     if missing:
         manifest = _setting(meta.config, "data.manifest.file")
         where = (
@@ -95,10 +97,10 @@ def validation_samples(meta: CheckpointMeta, root: str | Path, ckpt_path: str | 
             else f"the folder of the run's manifest ({manifest}): its paths are relative to it"
         )
         raise PneumoError(
-            f"{len(missing)} of the {len(meta.val_files)} validation files recorded in {ckpt_path} are "
+            f"{len(missing)} of the {len(val_files)} validation files recorded in {ckpt_path} are "
             f"missing under data.root={root} ({_examples(missing)}); set data.root to {where}"
         )
-    return [Sample(root / path, meta.classes.index(name)) for path, name in meta.val_files]
+    return [Sample(root / path, meta.classes.index(name)) for path, name in val_files]
 
 
 _ABSENT = object()
@@ -114,7 +116,7 @@ def _setting(config: dict[str, Any], key: str) -> Any:
     return node
 
 
-def _shown(value: Any) -> Any:
+def _printed_value(value: Any) -> Any:
     """A setting as a user would type it in an override (an absent one was null)."""
     return "null" if value is _ABSENT or value is None else value
 
@@ -137,7 +139,7 @@ def check_resume(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str 
                 "start a new run"
             )
     for key in TRAINING_STATE_SETTINGS:
-        then, now = _shown(_setting(saved.config, key)), _shown(_setting(current.config, key))
+        then, now = _printed_value(_setting(saved.config, key)), _printed_value(_setting(current.config, key))
         if then != now:
             raise PneumoError(
                 f"resuming {ckpt_path} with {key}={now}, but it was trained with {key}={then}: "

@@ -139,7 +139,7 @@ def _inspect(path: Path, split: str, label: str) -> FileInfo:
 
 def _folder_jobs(root: Path, report: Report) -> list[_Job]:
     """The files of a data root's split folders, as training lists them."""
-    jobs = []
+    jobs: list[_Job] = []
     for split, split_dir in split_dirs(root).items():
         listing = list_split(split_dir, report.classes)
         report.folder_errors.extend(listing.problems)
@@ -170,9 +170,12 @@ def verify(
     ``classes`` are the class names (``data.classes``); the splits, images, ignored files and
     patients are those training sees.
     """
-    manifest = source if isinstance(source, Manifest) else None
-    report = Report(str(manifest.file if manifest else source), list(classes))
-    jobs = _manifest_jobs(manifest, report) if manifest else _folder_jobs(Path(source), report)
+    if isinstance(source, Manifest):
+        report = Report(str(source.file), list(classes))
+        jobs = _manifest_jobs(source, report)
+    else:
+        report = Report(str(source), list(classes))
+        jobs = _folder_jobs(Path(source), report)
     with ThreadPoolExecutor(threads) as pool:
         infos = list(pool.map(lambda job: _inspect(job.path, job.split, job.label), jobs))
 
@@ -188,6 +191,7 @@ def verify(
         patient_splits[job.patient or patient_id(info.path)].add(info.split)
         if job.patient is None and not known_patient_name(info.path):
             report.unknown_patient_names.append(str(info.path))
+        assert info.size is not None  # _inspect sets it for every file read without error
         size = f"{info.size[0]}x{info.size[1]}"
         report.sizes[size] = report.sizes.get(size, 0) + 1
         report.modes[info.mode] = report.modes.get(info.mode, 0) + 1

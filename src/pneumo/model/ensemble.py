@@ -19,6 +19,7 @@ from pneumo.data.dataset import Sample
 from pneumo.data.manifest import Manifest
 from pneumo.data.provenance import refuse_unrecorded, validation_samples
 from pneumo.errors import PneumoError
+from pneumo.model.calibration import fit_temperature, margin_from_probability
 from pneumo.model.inference import predict
 from pneumo.model.loading import LoadedModel, load_model
 from pneumo.model.metrics import evaluation_metrics
@@ -78,7 +79,7 @@ def shared_settings(meta: CheckpointMeta) -> dict[str, Any]:
     }
 
 
-def _shown(key: str, value: Any, other: Any) -> str:
+def _described(key: str, value: Any, other: Any) -> str:
     """A setting's value for a one-line message: validation files by count and an example."""
     if key != "val_files":
         return repr(value)
@@ -104,8 +105,8 @@ def check_members(members: Sequence[LoadedModel]) -> None:
                 continue
             advice = SAME_FILMS if key == "val_files" else SAME_SETTINGS
             raise PneumoError(
-                f"{member.path} has {key} = {_shown(key, value, first[key])}, but {members[0].path} has "
-                f"{_shown(key, first[key], value)}: ensemble members must share it; {advice}"
+                f"{member.path} has {key} = {_described(key, value, first[key])}, but {members[0].path} has "
+                f"{_described(key, first[key], value)}: ensemble members must share it; {advice}"
             )
 
 
@@ -130,7 +131,7 @@ def validation_probabilities(model: LoadedModel, samples: Sequence[Sample]) -> t
             f"validation film {failed[0].path} cannot be read ({failed[0].error}); restore it: the "
             f"ensemble's threshold is chosen on all {len(rows)} validation films"
         )
-    return torch.tensor([r.p_pneumonia for r in rows])
+    return torch.tensor([r.p_positive for r in rows])
 
 
 def make_ensemble(
@@ -160,11 +161,20 @@ def make_ensemble(
     meta = replace(
         first.meta,
         ensemble={"members": [{"file": str(m.path), "threshold": m.threshold} for m in members]},
+        calibration=None,
     )
     net = Ensemble([m.net for m in members]).eval()
     # Through the ensemble network itself, not the mean of the members' probabilities above:
     # the two differ in the last bits, and a film on the threshold must get the label here that
-    # pneumo-predict will give it.
+    # pneumo-predict will give it. Calibrated on these films as a trained run is, then scored
+    # again as served.
+    raw = validation_probabilities(LoadedModel(net, meta, out), samples)
+    margins = margin_from_probability(raw.double())
+    assert isinstance(margins, torch.Tensor)  # a tensor in, a tensor out
+    temperature = fit_temperature(margins, targets)
+    meta = replace(
+        meta, calibration={"method": "temperature", "temperature": temperature, "fitted_on": "validation"}
+    )
     probs = validation_probabilities(LoadedModel(net, meta, out), samples)
     rule = shared_settings(meta)
     threshold = choose_threshold(

@@ -28,7 +28,7 @@ from pneumo.model.threshold import threshold_spread
 log = logging.getLogger(__name__)
 
 
-def split_samples(model: LoadedModel, root: Path, split: str) -> list[Sample]:
+def films_of_split(model: LoadedModel, root: Path, split: str) -> list[Sample]:
     """The labelled images of ``split``; ``val`` is exactly the files the run validated on."""
     if split == "val":
         return validation_samples(model.meta, root, model.path)
@@ -42,7 +42,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split and write metrics.json and the pictures."""
     model = load_model(ckpt_path)
-    samples = split_samples(model, Path(root), split)
+    samples = films_of_split(model, Path(root), split)
     rows = predict(model, [s.path for s in samples], batch_size, progress=len(samples) > batch_size, tta=tta)
     failed = [r for r in rows if r.error]
     for row in failed:
@@ -50,7 +50,7 @@ def evaluate(
     # 1 for the positive class, whatever its place in data.classes
     label_of = {str(s.path): int(s.label == model.positive_index) for s in samples}
     kept = [r for r in rows if not r.error]
-    probs = torch.tensor([r.p_pneumonia for r in kept])
+    probs = torch.tensor([r.p_positive for r in kept])
     targets = torch.tensor([label_of[r.path] for r in kept])
     target = float(model.meta.config.get("model", {}).get("target_sensitivity", 0.95))
     metrics = {

@@ -27,14 +27,21 @@ INPUT_NAME, OUTPUT_NAME = "input_0", "output_0"
 
 
 class ProbabilityModel(nn.Module):
-    """The classifier followed by a softmax, so deployments get probabilities."""
+    """The classifier followed by calibration and a softmax, so deployments get the calibrated
+    probabilities pneumo-predict gives: ``softmax(net(x) / temperature)``."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.net = net
+        self.temperature = float(temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x), dim=1)
+        return torch.softmax(self.net(x) / self.temperature, dim=1)
+
+    @classmethod
+    def of(cls, model: LoadedModel) -> ProbabilityModel:
+        """The deployable form of a loaded checkpoint, its calibration included."""
+        return cls(model.net, model.meta.temperature).eval()
 
 
 def export_onnx(model: LoadedModel, path: Path) -> Path:
@@ -52,7 +59,7 @@ def export_onnx(model: LoadedModel, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            ProbabilityModel(model.net).eval(),
+            ProbabilityModel.of(model),
             (example,),
             str(path),
             input_names=[INPUT_NAME],
@@ -69,7 +76,7 @@ def export_torchscript(model: LoadedModel, path: Path) -> Path:
     """Write a scripted module with the same contract as the ONNX model."""
     with warnings.catch_warnings():  # TorchScript is deprecated upstream but still what many runtimes load
         warnings.simplefilter("ignore")
-        torch.jit.script(ProbabilityModel(model.net).eval()).save(str(path))
+        torch.jit.script(ProbabilityModel.of(model)).save(str(path))
     return path
 
 
@@ -103,7 +110,7 @@ def check_batch(model: LoadedModel, images: Sequence[Path]) -> torch.Tensor:
 def max_difference(model: LoadedModel, fmt: str, path: Path, batch: torch.Tensor) -> float:
     """Largest absolute difference between exported and PyTorch probabilities (NaN if any is NaN)."""
     with torch.inference_mode():
-        expected = ProbabilityModel(model.net).eval()(batch).numpy()
+        expected = ProbabilityModel.of(model)(batch).numpy()
     return float(np.abs(RUNNERS[fmt](path, batch) - expected).max())
 
 

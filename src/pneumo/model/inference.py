@@ -8,9 +8,10 @@ the functions training uses, and the network's output is read by
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -31,10 +32,20 @@ class Prediction:
 
     path: str
     label: str = ""
-    # P(positive class, data.positive_class), exact and unrounded: pneumo-eval counts from it
-    p_pneumonia: float | None = None
+    # P(positive class), exact and unrounded: pneumo-eval counts from it
+    p_positive: float | None = None
     threshold: float | None = None
     error: str = ""
+    # the class p_positive is the probability of (data.positive_class)
+    positive_class: str = ""
+
+    def as_row(self) -> dict[str, Any]:
+        """The row pneumo-predict writes: every field, plus ``p_pneumonia`` (the column name
+        of earlier versions) where the positive class is PNEUMONIA, so it never names another."""
+        row = asdict(self)
+        if self.positive_class == "PNEUMONIA":
+            row["p_pneumonia"] = self.p_positive
+        return row
 
 
 def collect_images(paths: Sequence[str | Path]) -> list[Path]:
@@ -67,13 +78,14 @@ def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 
 
 def probabilities(model: LoadedModel, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """P(positive class) for a ``N x 1 x H x W`` uint8 batch; with ``tta``, the mean over ``TTA_VIEWS``."""
+    """Calibrated P(positive class) for a ``N x 1 x H x W`` uint8 batch; with ``tta``, the mean
+    over ``TTA_VIEWS`` of each view's calibrated probability."""
     x = to_unit(images)
     if tta:
         x = tta_views(x)
     with torch.inference_mode():
         logits = model.net(to_model_input(x, model.mean, model.std))
-    probs = positive_probability(logits, model.positive_index)
+    probs = positive_probability(logits, model.positive_index, model.meta.temperature)
     return probs.view(len(TTA_VIEWS), -1).mean(dim=0) if tta else probs
 
 
@@ -92,7 +104,7 @@ def predict(
     """
     cut = model.threshold if threshold is None else threshold
     rows: list[Prediction] = []
-    chunks = _batches(files, batch_size)
+    chunks: Iterable[Sequence[Path]] = _batches(files, batch_size)
     if progress:
         chunks = track(list(chunks), description="predicting", transient=True, console=Console(stderr=True))
     for chunk in chunks:
@@ -102,11 +114,13 @@ def predict(
                 images.append(load_image(path, model.image_size))
                 good.append(path)
             except BadImageError as err:
-                rows.append(Prediction(str(path), error=str(err).removeprefix(printable(f"{path}: "))))
+                reason = str(err).removeprefix(printable(f"{path}: "))
+                rows.append(Prediction(str(path), error=reason, positive_class=model.meta.positive_class))
         if not images:
             continue
         probs = probabilities(model, torch.stack(images), tta)
         for path, p, positive in zip(good, probs.tolist(), is_positive(probs, cut).tolist()):
-            rows.append(Prediction(str(path), label_for(model, positive), p, cut))
+            label = label_for(model, positive)
+            rows.append(Prediction(str(path), label, p, cut, positive_class=model.meta.positive_class))
     order = {str(p): i for i, p in enumerate(files)}
     return sorted(rows, key=lambda r: order[r.path])

@@ -67,6 +67,8 @@ class LoadedModel:
             "threshold": self.threshold,
             "positive_class": self.meta.positive_class,
             "positive_if": POSITIVE_IF,
+            # applied inside the exported graph: its outputs are calibrated probabilities already
+            "calibration": self.meta.calibration or {"method": "none", "temperature": 1.0},
         }
 
 

@@ -56,6 +56,7 @@ class ThresholdFigure(torchmetrics.Metric):
         self.figure = figure
         self.threshold = threshold
         self.add_state("counts", default=torch.zeros(4, dtype=torch.long), dist_reduce_fx="sum")
+        self.counts: torch.Tensor  # add_state made it an attribute
 
     def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
         self.counts += confusion_counts(probs, targets, self.threshold)
@@ -66,7 +67,7 @@ class ThresholdFigure(torchmetrics.Metric):
 
 def classification_metrics(threshold: float = 0.5) -> torchmetrics.MetricCollection:
     """AUROC on the probabilities (``auroc``) and every one of ``FIGURES`` at ``threshold``."""
-    members: dict[str, torchmetrics.Metric] = {"auroc": BinaryAUROC()}
+    members: dict[str, torchmetrics.Metric | torchmetrics.MetricCollection] = {"auroc": BinaryAUROC()}
     members.update({name: ThresholdFigure(name, threshold) for name in FIGURES})
     return torchmetrics.MetricCollection(members)
 
@@ -84,7 +85,7 @@ def metrics_at(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> 
     return {"threshold": threshold, **ratios(tp, fp, tn, fn), "confusion_matrix": [[tn, fp], [fn, tp]]}
 
 
-def class_counts(targets: torch.Tensor) -> dict[str, int]:
+def film_counts(targets: torch.Tensor) -> dict[str, int]:
     """How many films in all, of the other class and of the positive class."""
     return {
         "n": int(targets.numel()),
@@ -102,7 +103,7 @@ def evaluation_metrics(probs: torch.Tensor, targets: torch.Tensor, threshold: fl
     """The figures of metrics.json: counts (positive class and the other), AUROC, and everything
     at ``threshold`` and at 0.5."""
     return {
-        **class_counts(targets),
+        **film_counts(targets),
         "auroc": auroc(probs, targets),
         **metrics_at(probs, targets, threshold),
         "at_0.5": metrics_at(probs, targets, 0.5),
@@ -125,7 +126,7 @@ def group_metrics(
         tp, fp, tn, fn = confusion_counts(p, t, threshold).tolist()
         rates = ratios(tp, fp, tn, fn)
         figures[group] = {
-            **class_counts(t),
+            **film_counts(t),
             "specificity": rates["specificity"],
             "false_positives": fp,
             "sensitivity": rates["sensitivity"],

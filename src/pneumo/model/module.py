@@ -15,6 +15,7 @@ from torch._dynamo.exc import BackendCompilerFailed
 from torchmetrics.aggregation import CatMetric, MeanMetric
 
 from pneumo.errors import PneumoError
+from pneumo.model.calibration import calibration_report, fit_temperature
 from pneumo.model.metrics import FIGURES, classification_metrics, logged_name, metrics_at
 from pneumo.model.mixup import Mix, mix_batch
 from pneumo.model.network import compile_backend, compile_network, positive_probability
@@ -69,8 +70,13 @@ class XrayClassifier(L.LightningModule):
         if not mixup_alpha >= 0.0:
             raise PneumoError(f"model.mixup_alpha={mixup_alpha} is not valid: use 0 (off) or more")
         self._compile_backend = compile_backend(compile)
-        self.save_hyperparameters(ignore=["net"], logger=False)
+        self.save_hyperparameters(ignore=["net"], logger=False)  # kept in every checkpoint
         self.net = net
+        self.optimizer_config, self.scheduler_config = optimizer, scheduler
+        self.positive_index, self.seed, self.monitor = positive_index, seed, monitor
+        self.label_smoothing, self.mixup_alpha = label_smoothing, mixup_alpha
+        self.threshold_method, self.target_sensitivity = threshold_method, target_sensitivity
+        self.compile_setting = compile
         # A plain tensor, not a buffer: weight averaging averages and swaps every buffer
         self.class_weights = torch.tensor(class_weights or [1.0, 1.0], dtype=torch.float32)
         self.train_metrics = classification_metrics()
@@ -79,10 +85,11 @@ class XrayClassifier(L.LightningModule):
         # by the sum of its films' class weights
         self.train_loss = MeanMetric(nan_strategy=_KEEP_NAN)
         self.val_loss = MeanMetric(nan_strategy=_KEEP_NAN)
-        self._val_probs = CatMetric(nan_strategy=_KEEP_NAN)
+        self._val_logits = CatMetric(nan_strategy=_KEEP_NAN)
         self._val_positive = CatMetric(nan_strategy=_KEEP_NAN)
         self.threshold = 0.5
-        # (P(positive), is positive) of the last validation epoch, every process's films
+        self.temperature = 1.0  # calibration: logits are divided by it before the softmax
+        # (calibrated P(positive), is positive) of the last validation epoch, every process's films
         self.val_predictions: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +100,7 @@ class XrayClassifier(L.LightningModule):
             # compilation runs on the first batch; its error is pages of compiler internals
             cause = str(getattr(err, "inner_exception", None) or err).strip().splitlines()
             raise PneumoError(
-                f"model.compile={self.hparams.compile!r}: compiling the network failed "
+                f"model.compile={self.compile_setting!r}: compiling the network failed "
                 f"({cause[0] if cause else type(err).__name__}); use model.compile=false to "
                 "train without compiling"
             ) from err
@@ -108,35 +115,33 @@ class XrayClassifier(L.LightningModule):
 
         def cross_entropy(labels: torch.Tensor) -> torch.Tensor:
             weight = self.class_weights.to(logits.device)
-            return F.cross_entropy(
-                logits, labels, weight=weight, label_smoothing=self.hparams.label_smoothing
-            )
+            return F.cross_entropy(logits, labels, weight=weight, label_smoothing=self.label_smoothing)
 
         if mix is None:
             return cross_entropy(targets)
         return mix.lam * cross_entropy(mix.targets_a) + (1.0 - mix.lam) * cross_entropy(mix.targets_b)
 
     def _step(self, images: torch.Tensor, targets: torch.Tensor, stage: str, mix: Mix | None = None):
-        """Score a batch, add it to ``stage``'s loss and metrics; return the loss and P(positive)."""
+        """Score a batch, add it to ``stage``'s loss and metrics; return the loss and the logits."""
         logits = self(images).float()  # fp32 under bf16 autocast too: loss and probabilities
         loss = self._loss(logits, targets, mix)
         # the batch counts by its films' class weights (a mixed batch's are the same sum)
         epoch_loss = self.train_loss if stage == "train" else self.val_loss
         epoch_loss.update(loss.detach(), self.class_weights.to(targets.device)[targets].sum())
         labels = targets if mix is None else mix.major  # under mixup: the label with the larger share
-        probs = positive_probability(logits.detach(), self.hparams.positive_index)
+        probs = positive_probability(logits.detach(), self.positive_index)
         metrics = self.train_metrics if stage == "train" else self.val_metrics
-        metrics.update(probs, (labels == self.hparams.positive_index).long())
+        metrics.update(probs, (labels == self.positive_index).long())
         self.log(f"{stage}/loss", epoch_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log_dict({logged_name(stage, k): m for k, m in metrics.items()}, on_step=False, on_epoch=True)
-        return loss, probs
+        return loss, logits.detach()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         images, targets = batch
         if images.numel() == 0:
             return None  # every film of the batch was skipped as unreadable
-        rng = np.random.default_rng([self.hparams.seed % 2**63, self.current_epoch, batch_idx])
-        images, mix = mix_batch(images, targets, self.hparams.mixup_alpha, rng)
+        rng = np.random.default_rng([self.seed % 2**63, self.current_epoch, batch_idx])
+        images, mix = mix_batch(images, targets, self.mixup_alpha, rng)
         loss, _ = self._step(images, targets, "train", mix)
         if not torch.isfinite(loss):
             raise PneumoError(
@@ -152,37 +157,41 @@ class XrayClassifier(L.LightningModule):
             return
         # in float32 under any *-mixed precision: the threshold is chosen on what serving computes
         with torch.autocast(images.device.type, enabled=False):
-            _, probs = self._step(images, targets, "val")
-        self._val_probs.update(probs)
-        self._val_positive.update((targets == self.hparams.positive_index).long())
+            _, logits = self._step(images, targets, "val")
+        self._val_logits.update(logits)
+        self._val_positive.update((targets == self.positive_index).long())
 
     def on_validation_epoch_end(self) -> None:
-        """Check the epoch for divergence, then choose its threshold on every process's films
-        (each ``compute`` gathers from all, so every process stores the same one)."""
+        """Check the epoch for divergence, then calibrate and choose the threshold on every
+        process's films (each ``compute`` gathers from all, so every process stores the same)."""
         if self.trainer.sanity_checking:
             return self._reset_validation()
-        probs, positive = self._val_probs.compute(), self._val_positive.compute()
+        logits, positive = self._val_logits.compute(), self._val_positive.compute()
         self._reset_validation()
-        if not isinstance(probs, torch.Tensor) or probs.numel() == 0:
+        if not isinstance(logits, torch.Tensor) or logits.numel() == 0:
             return None  # no film was validated (all skipped as unreadable)
         # before anything is saved: a diverged epoch must not become best.ckpt
         self._stop_if_diverged("validation loss", self.val_loss.compute())
         self._stop_if_diverged("weights", *self.net.state_dict().values())
         positive = positive.long()
+        # the probabilities serving will give: calibrated as pneumo-predict calibrates them
+        margins = logits[:, self.positive_index] - logits[:, 1 - self.positive_index]
+        self.temperature = fit_temperature(margins, positive)
+        probs = positive_probability(logits, self.positive_index, self.temperature)
         self.val_predictions = (probs.cpu(), positive.cpu())
-        self.threshold = choose_threshold(
-            probs, positive, self.hparams.threshold_method, self.hparams.target_sensitivity
-        )
+        self.threshold = choose_threshold(probs, positive, self.threshold_method, self.target_sensitivity)
         self._stop_if_diverged("decision threshold", torch.tensor(self.threshold))
         figures = metrics_at(probs, positive, self.threshold)
         # the same on every process; "max" passes each through the reduction unchanged
         self.log("val/threshold", self.threshold, sync_dist=True, reduce_fx="max")
+        self.log("val/temperature", self.temperature, sync_dist=True, reduce_fx="max")
+        self.log("val/ece", calibration_report(probs, positive)["ece"], sync_dist=True, reduce_fx="max")
         for name in FIGURES:
             self.log(f"val/at_threshold/{name}", figures[name], sync_dist=True, reduce_fx="max")
         return None
 
     def _reset_validation(self) -> None:
-        self._val_probs.reset()
+        self._val_logits.reset()
         self._val_positive.reset()
 
     def _stop_if_diverged(self, what: str, *tensors: torch.Tensor) -> None:
@@ -196,13 +205,13 @@ class XrayClassifier(L.LightningModule):
         )
 
     def configure_optimizers(self):
-        if not self.hparams.optimizer:
+        if not self.optimizer_config:
             raise PneumoError("model.optimizer is not set (see conf/model/resnet18.yaml)")
-        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
-        if not self.hparams.scheduler:
+        optimizer = instantiate(self.optimizer_config)(params=self.parameters())
+        if not self.scheduler_config:
             return optimizer
-        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        scheduler = instantiate(self.scheduler_config)(optimizer=optimizer)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor},
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor},
         }

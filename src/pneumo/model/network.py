@@ -105,9 +105,10 @@ def compile_network(net: nn.Module, backend: str) -> None:
     net.compile(backend=backend)
 
 
-def positive_probability(logits: torch.Tensor, positive_index: int) -> torch.Tensor:
-    """P(positive class) from the network's logits: the softmax column of ``positive_index``."""
-    return logits.softmax(dim=1)[:, positive_index]
+def positive_probability(logits: torch.Tensor, positive_index: int, temperature: float = 1.0) -> torch.Tensor:
+    """P(positive class) from the network's logits: the softmax column of ``positive_index`` of
+    the logits divided by ``temperature`` (calibration; 1: the network's own probabilities)."""
+    return (logits / temperature).softmax(dim=1)[:, positive_index]
 
 
 class Ensemble(nn.Module):

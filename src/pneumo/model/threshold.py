@@ -7,10 +7,15 @@ threshold gets the same label everywhere.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torchmetrics.functional.classification import binary_roc
 
-THRESHOLD_METHODS = ("youden", "sensitivity", "fixed")
+THRESHOLD_METHODS = ("youden", "sensitivity", "plateau", "fixed")
+# plateau: cut-offs whose sensitivity + specificity lie within this of the best count as "the
+# same validation figures" (0.01: about one normal and one pneumonia film of kermany_cpu's 527)
+PLATEAU_TOLERANCE = 0.01
 # The rule as written into exported metadata; ``is_positive`` is its implementation.
 POSITIVE_IF = "p >= threshold"
 # How far below the cut-off film the stored threshold lies: well above the drift of one film's
@@ -33,18 +38,25 @@ def is_positive(probs: torch.Tensor | float, threshold: float) -> torch.Tensor:
 
 
 def choose_threshold(
-    probs: torch.Tensor, targets: torch.Tensor, method: str = "youden", target_sensitivity: float = 0.95
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    method: str = "youden",
+    target_sensitivity: float = 0.95,
+    tolerance: float = PLATEAU_TOLERANCE,
 ) -> float:
     """Pick a decision threshold on validation predictions.
 
     - ``youden``: maximise sensitivity + specificity - 1 (Youden's J);
     - ``sensitivity``: the highest cut-off whose sensitivity still reaches
       ``target_sensitivity``, i.e. the best specificity at that sensitivity;
+    - ``plateau``: among the cut-offs whose sensitivity reaches ``target_sensitivity``, those
+      whose J lies within ``tolerance`` of the best form a plateau of thresholds validation
+      cannot tell apart; the threshold is its middle on the logit scale (``plateau_middle``);
     - ``fixed``: 0.5.
-    The threshold returned lies ``CUT_OFF_MARGIN`` below the chosen cut-off (a film's
-    probability), or halfway to the next lower probability where that is closer: the
-    validation films fall on the same sides, and the film at the cut-off keeps its side when
-    served with slightly different arithmetic (another batch size, an ONNX export).
+    ``youden`` and ``sensitivity`` return a threshold ``CUT_OFF_MARGIN`` below the chosen
+    cut-off (a film's probability), or halfway to the next lower probability where that is
+    closer: the validation films fall on the same sides, and the film at the cut-off keeps its
+    side when served with slightly different arithmetic (another batch size, an ONNX export).
     With only one class present there is no curve to read, and 0.5 is returned.
     """
     if method not in THRESHOLD_METHODS:
@@ -53,17 +65,62 @@ def choose_threshold(
     if method == "fixed" or targets.unique().numel() < 2:
         return 0.5
     fpr, tpr, thresholds = binary_roc(probs.float(), targets)
+    if method == "plateau":
+        return plateau_middle(fpr, tpr, thresholds, target_sensitivity, tolerance)
     if method == "youden":
         # Index 0 is torchmetrics' sentinel (nothing called positive), not a real cut-off.
         best = 1 + int(torch.argmax((tpr - fpr)[1:]))
     else:
-        reaching = torch.nonzero(tpr >= target_sensitivity - 1e-12).flatten()
-        best = int(reaching[0])  # thresholds descend, so the first is the highest
+        best = _first_reaching(tpr, target_sensitivity)
     cut = float(thresholds[best])
     if best + 1 == thresholds.numel():  # the lowest film: every film is called positive
         return max(cut - CUT_OFF_MARGIN, 0.0)
     # in float64: strictly between two neighbouring float32 probabilities
     return cut - min(CUT_OFF_MARGIN, (cut - float(thresholds[best + 1])) / 2)
+
+
+def _first_reaching(tpr: torch.Tensor, target_sensitivity: float) -> int:
+    """The highest cut-off (ROC index) whose sensitivity reaches ``target_sensitivity``."""
+    return int(torch.nonzero(tpr >= target_sensitivity - 1e-12).flatten()[0])
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
+
+
+def plateau_middle(
+    fpr: torch.Tensor,
+    tpr: torch.Tensor,
+    thresholds: torch.Tensor,
+    target_sensitivity: float,
+    tolerance: float,
+) -> float:
+    """The middle, on the logit scale, of the thresholds validation cannot tell apart.
+
+    Cut-off ``i`` (films with ``p >= thresholds[i]`` called positive) holds for every threshold
+    in ``(thresholds[i + 1], thresholds[i]]``. Among the cut-offs reaching ``target_sensitivity``,
+    the plateau is the run of neighbours around the best J whose J stays within ``tolerance`` of
+    it; any threshold across it gives the same validation figures, up to ``tolerance``. Its edge
+    (what ``sensitivity`` takes) is where the films of another time or machine first cross; its
+    middle on the logit scale, where a probability's log-odds move evenly, leaves the most room
+    on both sides. The middle lies strictly between two films' probabilities.
+    """
+    j = tpr - fpr
+    first = _first_reaching(tpr, target_sensitivity)  # the plateau lies at or below this cut-off
+    best = first + int(torch.argmax(j[first:]))
+    low, high = best, best
+    while high > max(first, 1) and float(j[high - 1]) >= float(j[best]) - tolerance:
+        high -= 1
+    while low + 1 < j.numel() and float(j[low + 1]) >= float(j[best]) - tolerance:
+        low += 1
+    upper = float(thresholds[high])
+    if low + 1 < thresholds.numel():
+        lower = float(thresholds[low + 1])
+    else:  # every film positive: the plateau reaches down to 0; it is taken to end a margin below
+        lower = max(float(thresholds[low]) - CUT_OFF_MARGIN, 1e-6)
+    middle = (_logit(upper) + _logit(lower)) / 2
+    return 1.0 / (1.0 + math.exp(-middle))
 
 
 def threshold_spread(

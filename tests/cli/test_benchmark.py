@@ -1,0 +1,108 @@
+"""scripts/benchmark.py: the report over child interpreters, each mode's figures, its memory figures.
+
+One command-line run covers the report (children, ratios, compile break-even); the other modes
+run here in the test's own interpreter, as a child does with ``--only``, which saves starting
+an interpreter with torch for each.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.helpers import REPO, SAMPLE, run_cli
+
+SCRIPT = REPO / "scripts" / "benchmark.py"
+TINY = [
+    *("--data", str(SAMPLE), "--images", "8", "--val-images", "4", "--image-size", "32"),
+    *("--batch-size", "4", "--predict-count", "4", "--workers", "1", "--threads", "1"),
+    *("--compile-backend", "aot_eager"),
+]
+
+
+def _load_benchmark():
+    """The script as a module named ``benchmark`` (its EpochClock is configured by that name)."""
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+benchmark = _load_benchmark()
+
+
+def _assert_trained(figures: dict, mode: str) -> None:
+    assert figures["peak_pss_mb"] > 0 and figures["main_rss_mb"] > 0, mode
+    assert len(figures["epoch_s"]) == 2 and figures["images_per_s"] > 0, mode
+    assert 0 < figures["startup_s"] < figures["run_s"], mode
+
+
+@pytest.mark.slow
+def test_report_compares_pneumo_with_the_plain_loop_and_its_compiled_self():
+    modes = ["baseline", "pneumo", "pneumo+compile"]
+    # compiling takes minutes on a busy 2-core machine: a generous bound, not a timing test
+    result = run_cli(str(SCRIPT), *TINY, "--modes", ",".join(modes), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert list(report["results"]) == modes
+    for mode in modes:
+        _assert_trained(report["results"][mode], mode)
+    assert 0.0 <= report["results"]["pneumo+compile"]["val_auroc"] <= 1.0
+    assert {"pneumo/baseline", "pneumo+compile/pneumo"} <= set(report)
+    assert "compile_break_even_images" in report and "val_auroc pneumo+compile - pneumo" in report
+    assert report["settings"]["seed"] == 42
+    assert "pneumo/baseline:" in result.stdout
+
+
+def test_other_modes_run_one_after_another_in_one_interpreter():
+    # startup first: pneumo+films must not see its clock marks
+    startup = benchmark.run_mode(benchmark.parse_args([*TINY, "--only", "startup"]))
+    assert startup["images"] == 16 and startup["startup_s"] > 0
+    for mode in ("pneumo+films", "model_bound+bf16"):
+        _assert_trained(benchmark.run_mode(benchmark.parse_args([*TINY, "--only", mode])), mode)
+
+
+@pytest.mark.slow
+def test_a_modes_own_peak_rss_is_its_own_not_its_launchers():
+    held = bytearray(b"x" * (1536 << 20))  # the launcher's peak RSS grows past 1.5 GB
+    figures = benchmark.run_in_child("predict", TINY)
+    del held
+    assert figures["images"] == 4 and figures["images_per_s"] > 0
+    assert 0 < figures["main_rss_mb"] < 1536
+
+
+def test_peak_memory_counts_children_and_a_block_shorter_than_a_period():
+    allocate = "import sys; b = b'x' * (200 << 20); print('ready', flush=True); sys.stdin.read()"
+    with benchmark.PeakMemory() as memory:
+        child = subprocess.Popen(
+            [sys.executable, "-c", allocate], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout.readline() == "ready\n"
+    # this process's own share, read while the child still lives: a share read before the child
+    # started drifts by tens of MB as other processes map and unmap the same libraries
+    own_mb = benchmark._pss_kb(os.getpid()) / 1024
+    child.communicate("")
+    assert memory.peak_mb >= own_mb + 190
+
+
+def test_unknown_mode_is_named():
+    with pytest.raises(SystemExit, match="'pneumo\\+fast' is not a mode"):
+        benchmark.parse_args(["--data", str(SAMPLE), "--modes", "pneumo+fast"])
+
+
+def test_missing_data_folder_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        benchmark.parse_args(["--data", str(tmp_path / "nowhere")])
+    assert stopped.value.code == 2 and "nowhere: no such folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_is_one_clear_line(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        benchmark.parse_args(["--device", "cuda", "--data", str(SAMPLE)])
+    assert stopped.value.code == 2 and "sees no CUDA GPU" in capsys.readouterr().err

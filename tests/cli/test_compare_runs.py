@@ -1,0 +1,69 @@
+"""An ablation sweep as a user runs it, summarised from its TensorBoard files."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.helpers import FAST, REPO, SAMPLE, make_cfg, run_cli
+
+ABLATIONS = sorted(p.stem for p in (REPO / "conf" / "ablation").glob("*.yaml"))
+# kermany_cpu already averages its weights: ema is the ablation for the other experiments
+EXPERIMENT = {"ema": "quickstart"}
+
+
+@pytest.mark.parametrize("ablation", [a for a in ABLATIONS if a != "recipe"])
+def test_each_ablation_changes_the_experiment(tmp_path, ablation):
+    experiment = f"experiment={EXPERIMENT.get(ablation, 'kermany_cpu')}"
+    recipe = OmegaConf.to_container(make_cfg(tmp_path, [experiment, "ablation=recipe"]))
+    changed = OmegaConf.to_container(make_cfg(tmp_path, [experiment, f"ablation={ablation}"]))
+    for cfg in (recipe, changed):
+        cfg.pop("paths")  # the run directory
+    assert changed != recipe
+
+
+@pytest.mark.slow
+def test_ablation_sweep_is_summarised_one_row_a_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m",
+        "pneumo.cli.train",
+        "-m",
+        "experiment=kermany_cpu",
+        "ablation=recipe,no_smoothing,no_augment",
+        *FAST,
+        f"data.root={SAMPLE}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    table = run_cli(str(REPO / "scripts" / "compare_runs.py"), str(sweep))
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("all runs: ") and "experiment=kermany_cpu" in lines[0]
+    assert "ablation" not in lines[0]
+    rows = [line.split(" | ")[0].removeprefix("| ") for line in lines if line.startswith("| ablation=")]
+    assert rows == ["ablation=recipe", "ablation=no_smoothing", "ablation=no_augment"]
+
+    as_json = run_cli(str(REPO / "scripts" / "compare_runs.py"), str(sweep), "--json")
+    for line in as_json.stdout.splitlines():
+        row = json.loads(line)
+        assert row["epochs"] == 2
+        assert 0.0 <= row["val/auroc"] <= row["best val/auroc"] <= 1.0
+        assert row["time/train_epoch_s"] > 0
+
+
+@pytest.mark.slow
+def test_a_folder_without_runs_is_named(tmp_path):
+    result = run_cli(str(REPO / "scripts" / "compare_runs.py"), str(tmp_path))
+    assert result.returncode == 2 and str(tmp_path) in result.stderr
+
+
+@pytest.mark.slow
+def test_evaluation_folders_are_not_runs(tmp_path, trained_ckpt):
+    from pneumo.model.evaluation import evaluate
+
+    evaluate(str(trained_ckpt), str(REPO / "data"), "sample", tmp_path / "eval")
+    assert list((tmp_path / "eval" / "tensorboard").glob("events.out.tfevents.*"))
+    result = run_cli(str(REPO / "scripts" / "compare_runs.py"), str(tmp_path))
+    assert result.returncode == 2 and "no training runs" in result.stderr

@@ -1,0 +1,125 @@
+import csv
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from PIL import Image
+
+from pneumo.cli.predict import main as predict_main
+from pneumo.errors import PneumoError
+from pneumo.model.inference import collect_images, predict
+from pneumo.model.loading import load_model
+from tests.helpers import SAMPLE, SHARED_VAL16, run_cli, sample_files
+
+
+def _val16():
+    return SHARED_VAL16 if SHARED_VAL16.is_dir() else SAMPLE
+
+
+@pytest.mark.slow
+def test_predicts_sixteen_full_resolution_xrays(tmp_path, trained_ckpt):
+    out = tmp_path / "preds.csv"
+    result = run_cli(
+        "-m", "pneumo.cli.predict", "--ckpt", str(trained_ckpt), str(_val16()), "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 16
+    for row in rows:
+        assert row["label"] in ("NORMAL", "PNEUMONIA") and 0.0 <= float(row["p_pneumonia"]) <= 1.0
+        assert row["label"] == (
+            "PNEUMONIA" if float(row["p_pneumonia"]) >= float(row["threshold"]) else "NORMAL"
+        )
+
+
+@pytest.mark.slow
+def test_bad_files_get_error_rows_and_a_nonzero_exit(tmp_path, trained_ckpt):
+    good = sample_files("NORMAL")[:2]
+    truncated = tmp_path / "truncated.jpeg"
+    truncated.write_bytes(good[0].read_bytes()[:2000])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    out = tmp_path / "preds.json"
+    args = [str(p) for p in (*good, truncated, text, tmp_path / "missing.jpeg")]
+    result = run_cli("-m", "pneumo.cli.predict", "--ckpt", str(trained_ckpt), *args, "--out", str(out))
+    assert result.returncode == 1
+    rows = {r["path"]: r for r in json.loads(out.read_text())}
+    assert len(rows) == 5
+    assert all(rows[str(p)]["label"] for p in good)
+    assert "truncated" in rows[str(truncated)]["error"]
+    assert "not a readable image" in rows[str(text)]["error"]
+    assert "not found" in rows[str(tmp_path / "missing.jpeg")]["error"]
+
+
+def test_in_process_prediction_respects_threshold_override(trained_ckpt):
+    model = load_model(trained_ckpt)
+    files = collect_images([SAMPLE])
+    assert len(files) == 16
+    assert {r.label for r in predict(model, files, threshold=0.0)} == {"PNEUMONIA"}
+    assert {r.label for r in predict(model, files, threshold=1.01)} == {"NORMAL"}
+
+
+def test_test_time_augmentation_averages_views_of_each_image_alone(trained_ckpt):
+    model = load_model(trained_ckpt)
+    files = sample_files("NORMAL")[:3] + sample_files("PNEUMONIA")[:2]
+    plain = [r.p_positive for r in predict(model, files, batch_size=5)]
+    batched = [r.p_positive for r in predict(model, files, batch_size=5, tta=True)]
+    # batch composition must not matter: each image's views are averaged with its own only
+    alone = [r.p_positive for r in predict(model, files, batch_size=1, tta=True)]
+    assert batched == pytest.approx(alone, abs=1e-5)
+    assert batched != pytest.approx(plain, abs=1e-4)
+    assert all(0.0 <= p <= 1.0 for p in batched)
+
+
+def test_grad_cam_overlays_have_the_image_size(tmp_path, trained_ckpt):
+    from pneumo.model.cam import write_cams
+
+    files = sample_files("PNEUMONIA")[:2]
+    written = write_cams(load_model(trained_ckpt), files, tmp_path)
+    assert len(written) == 2
+    for source, cam in zip(files, written):
+        assert Image.open(cam).size == Image.open(source).size
+
+
+class NotPlainData:
+    """A custom object: pickling it into a checkpoint makes the file unsafe to load."""
+
+
+def test_foreign_corrupt_and_unsafe_checkpoints_are_refused(tmp_path, trained_ckpt):
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(PneumoError, match="not a pneumo checkpoint"):
+        load_model(foreign)
+    hostile_pickle = tmp_path / "hostile.ckpt"
+    hostile_pickle.write_bytes(pickle.dumps(NotPlainData()))
+    for name, payload in {
+        "corrupt": trained_ckpt.read_bytes()[:5000],
+        "random": os.urandom(4000),
+        "empty": b"",
+        "hostile": hostile_pickle.read_bytes(),
+    }.items():
+        bad = tmp_path / f"{name}.ckpt"
+        bad.write_bytes(payload)
+        with pytest.raises(PneumoError, match="not a PyTorch checkpoint .* refused without reading") as err:
+            load_model(bad)
+        assert "weights_only" not in str(err.value)
+    unsafe = tmp_path / "unsafe.ckpt"
+    checkpoint = torch.load(trained_ckpt, weights_only=True)
+    checkpoint["extra"] = NotPlainData()
+    torch.save(checkpoint, unsafe)
+    with pytest.raises(PneumoError, match="pickled Python objects or code that pneumo refuses") as err:
+        load_model(unsafe)
+    assert "weights_only" not in str(err.value)
+
+
+def test_terminal_table_names_every_file_of_a_deep_folder_in_full(tmp_path, trained_ckpt, capsys):
+    deep = tmp_path / ("a_rather_long_folder_name_" * 4) / "and_deeper" / "still"
+    deep.mkdir(parents=True)
+    for path in sample_files("NORMAL")[:3]:
+        (deep / path.name).write_bytes(path.read_bytes())
+    predict_main(["--ckpt", str(trained_ckpt), str(deep)])
+    out = capsys.readouterr().out
+    for path in sample_files("NORMAL")[:3]:
+        assert path.name in out.replace("\n", "").replace("│", "").replace(" ", "")

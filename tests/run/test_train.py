@@ -1,0 +1,135 @@
+import glob
+import math
+
+import pytest
+import torch
+
+from pneumo.cli.train import train
+from tests.helpers import FAST, REPO, SAMPLE, make_cfg, run_cli, scalars
+
+TAGS = {
+    "train/loss",
+    "train/auroc",
+    "train/at_0.5/acc",
+    "val/loss",
+    "val/auroc",
+    "val/at_0.5/acc",
+    "val/at_0.5/sensitivity",
+    "val/at_0.5/specificity",
+    "val/threshold",
+    "val/at_threshold/acc",
+    "val/at_threshold/sensitivity",
+    "val/at_threshold/specificity",
+    "time/train_epoch_s",
+    "time/val_epoch_s",
+    "lr-AdamW",
+}
+
+
+def test_short_run_logs_tensorboard_and_writes_checkpoints(tmp_path, tiny_root):
+    cfg = make_cfg(tmp_path, [*FAST, f"data.root={tiny_root}"])
+    results = train(cfg)
+    curves = scalars(tmp_path)
+    assert curves.keys() >= TAGS
+    assert len(curves["val/loss"]) == 2 and all(t > 0 for t in curves["time/train_epoch_s"])
+    assert any(tag.startswith("hp/") for tag in curves)  # final metrics in the HPARAMS tab
+    assert "best/val/loss" in results
+    for name in ("best.ckpt", "last.ckpt"):
+        checkpoint = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
+        meta = checkpoint["pneumo"]
+        assert meta["classes"] == ["NORMAL", "PNEUMONIA"]
+        assert meta["preprocessing"]["image_size"] == 32
+        assert meta["config"]["data"]["root"] == str(tiny_root)
+        assert 0.0 <= meta["threshold"] <= 1.0
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(tmp_path, tiny_root):
+    overrides = [
+        *FAST,
+        f"data.root={tiny_root}",
+        "trainer.max_epochs=8",
+        "callbacks.early_stopping.patience=1",
+        "callbacks.early_stopping.min_delta=100",
+    ]
+    train(make_cfg(tmp_path, overrides))
+    assert len(scalars(tmp_path)["val/loss"]) == 2  # epoch 1 sets the best, epoch 2 fails: stop
+
+
+@pytest.mark.parametrize("name", ["quickstart", "kermany_cpu", "kermany"])
+def test_experiment_presets_run_a_training_and_a_validation_step(tmp_path, name):
+    tiny = [
+        f"experiment={name}",
+        *FAST,
+        f"data.root={SAMPLE}",
+        "data.num_workers=0",
+        "debug=fast_dev_run",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+    ]
+    results = train(make_cfg(tmp_path, tiny))
+    # the preset's own loss, augmentation, schedule and holdout gave finite figures
+    for key in ("train/loss", "val/loss", "val/threshold"):
+        assert math.isfinite(results[key]), key
+
+
+@pytest.mark.slow
+def test_multirun_gives_each_job_its_own_named_directory(tmp_path):
+    result = run_cli(
+        "-m",
+        "pneumo.cli.train",
+        "-m",
+        *FAST,
+        f"data.root={SAMPLE}",
+        "trainer.max_epochs=1",
+        "data.batch_size=4,8",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = sorted({p.split("/")[-3] for p in glob.glob(f"{tmp_path}/*/tensorboard/events.*")})
+    assert len(runs) == 2
+    assert runs[0].startswith("0_") and "data.batch_size=4" in runs[0]
+    assert runs[1].startswith("1_") and "data.batch_size=8" in runs[1]
+
+
+@pytest.mark.slow
+def test_config_key_typo_is_one_clear_line(tmp_path):
+    result = run_cli("-m", "pneumo.cli.train", "data.batchsize=8", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert "batchsize" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_missing_data_root_is_one_clear_line(tmp_path):
+    result = run_cli(
+        "-m", "pneumo.cli.train", *FAST, f"data.root={tmp_path}/none", f"hydra.run.dir={tmp_path}/run"
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"{tmp_path}/none" in lines[0] and "quickstart" in lines[0]
+
+
+@pytest.mark.slow
+def test_jetson_style_command_line(tmp_path, tiny_root):
+    model_dir = tmp_path / "models" / "xray"
+    result = run_cli(
+        str(REPO / "scripts" / "train.py"),
+        f"--model-dir={model_dir}",
+        str(tiny_root),
+        "--epochs=1",
+        "--batch-size=4",
+        "--workers=1",
+        "--resolution=32",
+        "--no-pretrained",
+        "--lr=0.001",
+        "data.val_fraction=0.25",
+        "callbacks.progress_bar=null",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (model_dir / "labels.txt").read_text() == "NORMAL\nPNEUMONIA\n"
+    best = torch.load(model_dir / "model_best.pth.tar", weights_only=True)
+    assert best["arch"] == "resnet18" and best["num_classes"] == 2 and best["resolution"] == 32
+    assert "fc.weight" in best["state_dict"]
+    assert (model_dir / "resnet18.onnx").is_file()
+    config = torch.load(model_dir / "checkpoints" / "best.ckpt", weights_only=True)["pneumo"]["config"]
+    assert config["model"]["optimizer"]["lr"] == 0.001 and config["data"]["num_workers"] == 1
