@@ -16,7 +16,7 @@ from pneumo.errors import PneumoError
 from pneumo.model.export import export
 from pneumo.model.loading import load_model
 from pneumo.model.module import XrayClassifier
-from pneumo.model.network import resnet18_classifier
+from pneumo.model.network import positive_probability, resnet18_classifier
 from tests.helpers import FAST, SAMPLE, make_cfg, sample_files
 
 RUN = [*FAST, f"data.root={SAMPLE}", "callbacks.early_stopping=null"]
@@ -70,11 +70,12 @@ def test_bf16_validation_scores_films_as_serving_does(tiny_root):
     # the batches as validation received them (grey films become 3 normalised channels there)
     batches = [datamodule.on_after_batch_transfer(batch, 0)[0] for batch in datamodule.val_dataloader()]
     with torch.no_grad():
-        served = torch.cat(
-            [torch.softmax(classifier(x), 1)[:, classifier.hparams.positive_index] for x in batches]
-        )
+        # served as pneumo-predict serves them: calibrated by the temperature validation fitted
+        served = torch.cat([positive_probability(classifier(x), 1, classifier.temperature) for x in batches])
         with torch.autocast("cpu", dtype=torch.bfloat16):  # what validation computed before
-            half = torch.cat([torch.softmax(classifier(x).float(), 1)[:, 1] for x in batches])
+            half = torch.cat(
+                [positive_probability(classifier(x).float(), 1, classifier.temperature) for x in batches]
+            )
     assert torch.allclose(validated, served, rtol=0, atol=1e-6)
     assert not torch.allclose(half, served, rtol=0, atol=1e-6)  # the test can tell the two apart
 

@@ -1,5 +1,6 @@
 """pneumo-ensemble: two real members, averaged, used wherever a checkpoint is."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,9 @@ from pneumo.data.provenance import validation_samples
 from pneumo.errors import PneumoError
 from pneumo.model.ensemble import make_ensemble
 from pneumo.model.evaluation import evaluate
-from pneumo.model.export import ProbabilityModel, check_batch, export
+from pneumo.model.export import check_batch, export
 from pneumo.model.inference import predict
-from pneumo.model.loading import load_model
+from pneumo.model.loading import LoadedModel, load_model
 from pneumo.model.network import Ensemble
 from pneumo.model.threshold import choose_threshold
 from tests.helpers import FAST, SAMPLE, make_cfg, run_cli, sample_files
@@ -51,8 +52,21 @@ def ensemble(sweep: Path, members: list[Path]) -> tuple[Path, dict]:
 
 
 def member_probabilities(members: list[Path], files: list[Path], tta: bool = False) -> np.ndarray:
-    """P(pneumonia) of each file (columns) by each member applied alone (rows)."""
-    return np.array([[r.p_positive for r in predict(load_model(m), files, tta=tta)] for m in members])
+    """P(pneumonia) of each file (columns) by each member's network applied alone (rows),
+    uncalibrated: the ensemble averages the networks' own probabilities."""
+    rows = []
+    for member in members:
+        model = load_model(member)
+        raw = LoadedModel(model.net, replace(model.meta, calibration=None), model.path)
+        rows.append([r.p_positive for r in predict(raw, files, tta=tta)])
+    return np.array(rows)
+
+
+def calibrated(mean: np.ndarray, temperature: float) -> np.ndarray:
+    """The ensemble's served probability: the members' mean, recalibrated by its temperature
+    (``softmax(log(mean) / T)`` over the two classes)."""
+    high, low = mean ** (1 / temperature), (1 - mean) ** (1 / temperature)
+    return high / (high + low)
 
 
 def test_ensemble_probability_is_the_members_mean(ensemble, members):
@@ -61,12 +75,9 @@ def test_ensemble_probability_is_the_members_mean(ensemble, members):
     assert isinstance(model.net, Ensemble) and not model.net.training
     each = member_probabilities(members, files)
     assert np.abs(each[0] - each[1]).max() > 1e-3  # two different models, so the mean is a mean
+    temperature = model.meta.temperature
     got = [r.p_positive for r in predict(model, files)]
-    np.testing.assert_allclose(got, each.mean(axis=0), atol=1e-6)
-    tta = [r.p_positive for r in predict(model, files[:3], tta=True)]
-    np.testing.assert_allclose(
-        tta, member_probabilities(members, files[:3], tta=True).mean(axis=0), atol=1e-6
-    )
+    np.testing.assert_allclose(got, calibrated(each.mean(axis=0), temperature), atol=1e-6)
 
 
 def test_threshold_is_chosen_on_the_shared_validation_films(ensemble, members):
@@ -74,7 +85,8 @@ def test_threshold_is_chosen_on_the_shared_validation_films(ensemble, members):
     checkpoint = read_checkpoint(path)
     model = load_model(path)
     samples = validation_samples(model.meta, SAMPLE, path)
-    probs = torch.tensor(member_probabilities(members, [s.path for s in samples]).mean(axis=0))
+    mean = member_probabilities(members, [s.path for s in samples]).mean(axis=0)
+    probs = torch.tensor(calibrated(mean, model.meta.temperature))
     targets = torch.tensor([int(s.label == model.positive_index) for s in samples])
     assert targets.unique().numel() == 2  # a real curve, not the 0.5 of one class
     assert model.threshold == pytest.approx(choose_threshold(probs, targets), abs=1e-6)
@@ -102,7 +114,9 @@ def test_onnx_export_averages_inside_the_graph(ensemble, members, tmp_path):
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = session.run(["output_0"], {"input_0": batch.numpy()})[0]
     with torch.inference_mode():
-        expected = torch.stack([ProbabilityModel(load_model(m).net)(batch) for m in members]).mean(0)
+        # the members' own probabilities, averaged, then calibrated by the ensemble's temperature
+        mean = torch.stack([torch.softmax(load_model(m).net(batch), 1) for m in members]).mean(0)
+        expected = torch.softmax(mean.log() / load_model(ensemble[0]).meta.temperature, 1)
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
 
 

@@ -49,7 +49,7 @@ def test_eval_writes_metrics_and_pictures(tmp_path, tiny_root, trained_ckpt):
 
 def test_eval_on_the_validation_split_uses_the_runs_validation_files(tmp_path, trained_ckpt):
     from pneumo.data.datamodule import XrayDataModule
-    from pneumo.model.evaluation import split_samples
+    from pneumo.model.evaluation import films_of_split
     from pneumo.model.loading import load_model
 
     # trained_ckpt was trained on data/sample with val_fraction 0.25 (and the default seed)
@@ -57,7 +57,7 @@ def test_eval_on_the_validation_split_uses_the_runs_validation_files(tmp_path, t
     expected = sorted(str(s.path) for s in validated)
     recorded = torch.load(trained_ckpt, weights_only=True)["pneumo"]["val_files"]
     assert sorted(str(SAMPLE / path) for path, _ in recorded) == expected
-    assert sorted(str(s.path) for s in split_samples(load_model(trained_ckpt), SAMPLE, "val")) == expected
+    assert sorted(str(s.path) for s in films_of_split(load_model(trained_ckpt), SAMPLE, "val")) == expected
     metrics = evaluate(str(trained_ckpt), str(SAMPLE), "val", tmp_path)
     assert metrics["n"] == len(expected) == 4 and metrics["n_negative"] == 2
 

@@ -46,7 +46,7 @@ def test_onnx_contract_names_and_dynamic_batch(tmp_path, trained_ckpt, images):
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     batch = check_batch(model, images)
     with torch.inference_mode():
-        expected = ProbabilityModel(model.net)(batch).numpy()
+        expected = ProbabilityModel.of(model)(batch).numpy()
     for size in (1, 5):
         out = session.run(["output_0"], {"input_0": batch[:size].numpy()})[0]
         assert out.shape == (size, 2)

@@ -158,7 +158,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
         *FAST,
         f"data.root={tiny_root}",
         "trainer.max_epochs=3",
-        "+callbacks.diverge._target_=tests.test_robustness.Diverge",
+        "+callbacks.diverge._target_=tests.run.test_robustness.Diverge",
     ]
     with pytest.raises(PneumoError, match=r"training loss became nan at epoch 1.*model.optimizer.lr"):
         train(make_cfg(tmp_path, overrides))

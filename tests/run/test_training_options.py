@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 
 from pneumo.cli.train import train
+from pneumo.model.calibration import fit_temperature
+from pneumo.model.network import positive_probability
 from pneumo.model.threshold import CUT_OFF_MARGIN, choose_threshold, is_positive
 from tests.helpers import FAST, SAMPLE, make_cfg, sample_files, scalars
 
@@ -36,7 +38,7 @@ class Recorder(L.Callback):
     def __init__(self, path: str) -> None:
         self.path = path
         self.train_labels: dict[int, list[int]] = defaultdict(list)
-        self.val: dict[int, dict[str, list[float]]] = defaultdict(lambda: {"probs": [], "targets": []})
+        self.val: dict[int, dict[str, list]] = defaultdict(lambda: {"logits": [], "targets": []})
         self.train_set: list[int] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -49,9 +51,9 @@ class Recorder(L.Callback):
         if trainer.sanity_checking:
             return
         with torch.no_grad():
-            probs = pl_module(batch[0]).softmax(dim=1)[:, 1]
+            logits = pl_module(batch[0])
         record = self.val[trainer.current_epoch]
-        record["probs"].extend(probs.tolist())
+        record["logits"].extend(logits.tolist())
         record["targets"].extend(batch[1].tolist())
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -124,7 +126,11 @@ def test_sampler_feeds_both_classes_about_equally_from_an_imbalanced_set(options
 def test_sensitivity_rule_stores_the_threshold_chosen_on_that_epochs_validation(options_run):
     best = torch.load(options_run / "checkpoints" / "best.ckpt", weights_only=True)
     val = _record(options_run)["val"][str(best["epoch"])]
-    probs, targets = torch.tensor(val["probs"]), torch.tensor(val["targets"])
+    logits, targets = torch.tensor(val["logits"]), torch.tensor(val["targets"])
+    # calibrated by the temperature fitted on this very epoch's validation films
+    temperature = best["pneumo"]["calibration"]["temperature"]
+    assert temperature == pytest.approx(fit_temperature(logits[:, 1] - logits[:, 0], targets), rel=1e-5)
+    probs = positive_probability(logits, 1, temperature)
     threshold = best["pneumo"]["threshold"]
     expected = choose_threshold(probs, targets, "sensitivity", TARGET_SENSITIVITY)
     assert threshold == pytest.approx(expected, abs=1e-6)

@@ -146,8 +146,36 @@ def test_threshold_spread_brackets_the_threshold_of_the_full_split():
     targets = torch.cat([torch.zeros(60), torch.ones(140)]).long()
     probs = (torch.randn(200, generator=generator) * 0.2 + 0.35 + 0.3 * targets).clamp(0, 1)
     spread = threshold_spread(probs, targets, target_sensitivity=0.9, resamples=100)
-    assert set(spread) == {"youden", "sensitivity"}
+    assert set(spread) == {"youden", "sensitivity", "plateau"}
     for method, cuts in spread.items():
         full = choose_threshold(probs, targets, method, 0.9)
         assert cuts["p05"] <= full <= cuts["p95"] and cuts["p05"] < cuts["p95"]
     assert spread == threshold_spread(probs, targets, target_sensitivity=0.9, resamples=100)  # seeded
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
+def test_plateau_takes_the_middle_of_the_cut_offs_validation_cannot_tell_apart():
+    # J by cut-off: >= 0.55: 0.6, >= 0.40: 0.8 (best), >= 0.30: 0.6, >= 0.20: 0.4. With a tolerance
+    # of 0.01 only >= 0.40 is on the plateau: any threshold in (0.30, 0.40] calls the same films
+    tight = choose_threshold(PROBS, TARGETS, "plateau", 0.8, tolerance=0.01)
+    assert tight == pytest.approx(_sigmoid((_logit(0.40) + _logit(0.30)) / 2))
+    # 0.25 admits the neighbours whose J is 0.6: thresholds in (0.20, 0.55]
+    wide = choose_threshold(PROBS, TARGETS, "plateau", 0.8, tolerance=0.25)
+    assert wide == pytest.approx(_sigmoid((_logit(0.55) + _logit(0.20)) / 2))
+    # strictly between two films, so no film sits on it under other arithmetic
+    assert not any(math.isclose(wide, p, abs_tol=1e-6) for p in PROBS.tolist())
+
+
+def test_plateau_never_goes_below_the_target_sensitivity():
+    # a wide tolerance would reach the cut-offs above 0.55, but they miss a second pneumonia
+    cut = choose_threshold(PROBS, TARGETS, "plateau", 0.8, tolerance=0.5)
+    called = is_positive(PROBS, cut)
+    assert called[TARGETS == 1].float().mean() >= 0.8
+    assert cut <= 0.55

@@ -29,10 +29,12 @@ def print_table(metrics: dict[str, Any]) -> None:
     table.add_column("threshold")
     for key in ("acc", "sensitivity", "specificity", "f1"):
         table.add_column(key, justify="right")
-    for row in (metrics, metrics["at_0.5"]):
-        table.add_row(
-            f"{row['threshold']:.3f}", *(f"{row[k]:.4f}" for k in ("acc", "sensitivity", "specificity", "f1"))
-        )
+    # the stored threshold is the operating point; 0.5 is shown for comparison only
+    for name, row in (
+        (f"{metrics['threshold']:.3f} (stored)", metrics),
+        ("0.5 (exploratory)", metrics["at_0.5"]),
+    ):
+        table.add_row(name, *(f"{row[k]:.4f}" for k in ("acc", "sensitivity", "specificity", "f1")))
     Console().print(table)
     for method, cuts in metrics["threshold_spread"].items():
         Console().print(
@@ -40,6 +42,14 @@ def print_table(metrics: dict[str, Any]) -> None:
             f"(5th to 95th percentile, median {cuts['p50']:.3f})",
             highlight=False,
         )
+    calibration = metrics["calibration"]
+    before, after = calibration["before"], calibration["after"]
+    Console().print(
+        f"calibration (temperature {calibration['temperature']:.3f}): ECE {before['ece']:.4f} -> "
+        f"{after['ece']:.4f}, Brier {before['brier']:.4f} -> {after['brier']:.4f}, slope "
+        f"{before['calibration_slope']:.2f} -> {after['calibration_slope']:.2f} (network -> served)",
+        highlight=False,
+    )
     if metrics["groups"]:
         print_groups(metrics["groups"], metrics["threshold"])
 

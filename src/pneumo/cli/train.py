@@ -42,6 +42,7 @@ from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.preprocess import preprocessing_spec
 from pneumo.data.provenance import check_resume, files_fingerprint, record_files
 from pneumo.errors import PneumoError, exit_on_user_error
+from pneumo.hardware import auto_precision
 from pneumo.model.module import XrayClassifier
 from pneumo.model.network import resnet18_classifier
 
@@ -97,6 +98,17 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+def resolve_precision(cfg: DictConfig) -> None:
+    """Replace ``trainer.precision=auto`` by what this machine trains fastest in (one log line);
+    the resolved value is what the run's checkpoints record. An explicit value is kept."""
+    if str(cfg.trainer.get("precision")) != "auto":
+        return
+    precision, why = auto_precision(str(cfg.trainer.get("accelerator", "auto")))
+    with open_dict(cfg):
+        cfg.trainer.precision = precision
+    log.info("trainer.precision=auto: %s (%s)", precision, why)
+
+
 def _plain(node: DictConfig) -> dict[str, Any]:
     """A config node as resolved plain data."""
     plain = OmegaConf.to_container(node, resolve=True)
@@ -127,6 +139,7 @@ def build(
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
         raise PneumoError(f"trainer.max_epochs={max_epochs} is not valid: use 1 or more (-1: no limit)")
+    resolve_precision(cfg)
     datamodule: XrayDataModule = _build(cfg.data)
     datamodule.check_root()
     model_cfg = _plain(cfg.model)

@@ -19,6 +19,12 @@ from pneumo.data.dataset import Sample, scan_split
 from pneumo.data.provenance import validation_samples
 from pneumo.data.split import acquisition_group
 from pneumo.errors import PneumoError, printable
+from pneumo.model.calibration import (
+    apply_temperature,
+    calibration_report,
+    margin_from_probability,
+    plot_reliability,
+)
 from pneumo.model.inference import label_for, predict
 from pneumo.model.loading import LoadedModel, load_model
 from pneumo.model.metrics import evaluation_metrics, group_metrics
@@ -35,6 +41,25 @@ def films_of_split(model: LoadedModel, root: Path, split: str) -> list[Sample]:
     if not (root / split).is_dir():
         raise PneumoError(f"split folder not found: {root / split} (data.root, data.split)")
     return scan_split(root / split, model.classes)
+
+
+CALIBRATION_FIGURES = ("brier", "ece", "calibration_slope", "calibration_intercept")
+
+
+def calibration_before_after(
+    probs: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> dict[str, Any]:
+    """How well the probabilities match the observed frequencies, as served (``after`` the
+    checkpoint's temperature) and as the network gave them (``before``)."""
+    margins = margin_from_probability(probs.double())
+    assert isinstance(margins, torch.Tensor)  # a tensor in, a tensor out
+    raw = apply_temperature(margins * temperature, 1.0)
+    return {
+        "method": "temperature scaling, fitted on the validation films during training",
+        "temperature": temperature,
+        "before": calibration_report(raw, targets),
+        "after": calibration_report(probs.double(), targets),
+    }
 
 
 def evaluate(
@@ -68,6 +93,7 @@ def evaluate(
         # rows truth, columns prediction, both in this order
         "confusion_matrix_labels": [label_for(model, False), label_for(model, True)],
         "unreadable_files": [r.path for r in failed],
+        "calibration": calibration_before_after(probs, targets, model.meta.temperature),
     }
     write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     figures = {
@@ -75,6 +101,7 @@ def evaluate(
             metrics["confusion_matrix"], [label_for(model, False), label_for(model, True)], model.threshold
         ),
         "roc": plot_roc(probs, targets, metrics),
+        "reliability": plot_reliability({name: metrics["calibration"][name] for name in ("before", "after")}),
     }
     from torch.utils.tensorboard import SummaryWriter
 
@@ -82,5 +109,8 @@ def evaluate(
         for name, fig in figures.items():
             fig.savefig(output_dir / f"{name}.png", dpi=120)
             writer.add_figure(f"eval/{name}", fig)  # closes the figure
-    log.info("metrics, confusion_matrix.png and roc.png in %s", output_dir)
+        for when in ("before", "after"):
+            for figure in CALIBRATION_FIGURES:
+                writer.add_scalar(f"eval/calibration_{when}/{figure}", metrics["calibration"][when][figure])
+    log.info("metrics, confusion_matrix.png, roc.png and reliability.png in %s", output_dir)
     return metrics

@@ -1,0 +1,50 @@
+"""trainer.precision=auto: bf16 where the hardware computes it, fp32 elsewhere, an explicit value kept."""
+
+import logging
+
+import pytest
+
+from pneumo.cli.train import build, resolve_precision
+from pneumo.hardware import auto_precision, cpu_flags
+from tests.helpers import FAST, SAMPLE, make_cfg
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "flags", "cuda_bf16", "expected"),
+    [
+        ("cpu", {"avx2", "avx512f", "avx512_bf16"}, None, "bf16-mixed"),
+        ("cpu", {"avx2", "amx_bf16", "amx_tile"}, None, "bf16-mixed"),
+        ("cpu", {"avx2", "avx512f"}, None, "32-true"),  # bf16 would be emulated: slower
+        ("cpu", set(), None, "32-true"),  # flags not listed (macOS, Windows)
+        ("gpu", set(), True, "bf16-mixed"),
+        ("cuda", set(), False, "32-true"),  # e.g. a pre-Ampere GPU
+        ("mps", {"avx512_bf16"}, None, "32-true"),
+    ],
+)
+def test_auto_resolves_from_the_hardware(accelerator, flags, cuda_bf16, expected):
+    precision, why = auto_precision(accelerator, flags=flags, cuda_bf16=cuda_bf16)
+    assert precision == expected and why
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512_bf16 amx_tile\nbugs\t: spectre\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx512_bf16", "amx_tile"}
+    assert cpu_flags(tmp_path / "absent") == set()
+
+
+@pytest.mark.parametrize("explicit", ["32-true", "bf16-mixed", "16-mixed"])
+def test_an_explicit_precision_is_never_overridden(tmp_path, explicit):
+    cfg = make_cfg(tmp_path, [*FAST, f"data.root={SAMPLE}", f"trainer.precision={explicit}"])
+    resolve_precision(cfg)
+    assert cfg.trainer.precision == explicit
+
+
+def test_auto_reaches_the_trainer_and_the_checkpoint_config(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pneumo")
+    cfg = make_cfg(tmp_path, [*FAST, f"data.root={SAMPLE}", "trainer.precision=auto"])
+    expected, _ = auto_precision("cpu")
+    _, _, trainer = build(cfg)
+    assert cfg.trainer.precision == expected  # what run_metadata records in every checkpoint
+    assert trainer.precision == expected
+    assert f"trainer.precision=auto: {expected}" in caplog.text
