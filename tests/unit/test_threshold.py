@@ -162,20 +162,23 @@ def _sigmoid(z: float) -> float:
 
 
 def test_plateau_takes_the_middle_of_the_cut_offs_validation_cannot_tell_apart():
-    # J by cut-off: >= 0.55: 0.6, >= 0.40: 0.8 (best), >= 0.30: 0.6, >= 0.20: 0.4. With a tolerance
-    # of 0.01 only >= 0.40 is on the plateau: any threshold in (0.30, 0.40] calls the same films
-    tight = choose_threshold(PROBS, TARGETS, "plateau", 0.8, tolerance=0.01)
-    assert tight == pytest.approx(_sigmoid((_logit(0.40) + _logit(0.30)) / 2))
-    # 0.25 admits the neighbours whose J is 0.6: thresholds in (0.20, 0.55]
-    wide = choose_threshold(PROBS, TARGETS, "plateau", 0.8, tolerance=0.25)
-    assert wide == pytest.approx(_sigmoid((_logit(0.55) + _logit(0.20)) / 2))
+    # sensitivity 0.6 first reached at >= 0.70, with specificity 1.0; the next cut-off (>= 0.60)
+    # calls a normal film: only (0.60, 0.70] gives the same figures, and its middle is taken
+    assert choose_threshold(PROBS, TARGETS, "plateau", 0.6) == pytest.approx(
+        _sigmoid((_logit(0.70) + _logit(0.60)) / 2)
+    )
+    # sensitivity 0.8 first reached at >= 0.55 (specificity 0.8); >= 0.40 keeps both: (0.30, 0.55]
+    cut = choose_threshold(PROBS, TARGETS, "plateau", 0.8)
+    assert cut == pytest.approx(_sigmoid((_logit(0.55) + _logit(0.30)) / 2))
     # strictly between two films, so no film sits on it under other arithmetic
-    assert not any(math.isclose(wide, p, abs_tol=1e-6) for p in PROBS.tolist())
+    assert not any(math.isclose(cut, p, abs_tol=1e-6) for p in PROBS.tolist())
+    # a tolerance of one normal film in five joins (0.30, 0.70] at target 0.6
+    wide = choose_threshold(PROBS, TARGETS, "plateau", 0.6, tolerance=0.25)
+    assert wide == pytest.approx(_sigmoid((_logit(0.70) + _logit(0.30)) / 2))
 
 
-def test_plateau_never_goes_below_the_target_sensitivity():
-    # a wide tolerance would reach the cut-offs above 0.55, but they miss a second pneumonia
-    cut = choose_threshold(PROBS, TARGETS, "plateau", 0.8, tolerance=0.5)
-    called = is_positive(PROBS, cut)
-    assert called[TARGETS == 1].float().mean() >= 0.8
-    assert cut <= 0.55
+def test_plateau_keeps_the_target_sensitivity_and_lies_below_the_edge():
+    for target in (0.6, 0.8, 1.0):
+        cut = choose_threshold(PROBS, TARGETS, "plateau", target, tolerance=0.5)
+        assert is_positive(PROBS[TARGETS == 1], cut).float().mean() >= target
+        assert cut <= choose_threshold(PROBS, TARGETS, "sensitivity", target) + CUT_OFF_MARGIN

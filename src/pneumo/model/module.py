@@ -32,10 +32,12 @@ class XrayClassifier(L.LightningModule):
 
     ``optimizer`` and ``scheduler`` are Hydra configs with ``_partial_: true``, kept as plain
     dicts (so checkpoints load with ``weights_only=True``) and instantiated in
-    ``configure_optimizers``. After every validation epoch the decision threshold is chosen
-    on that epoch's films by ``threshold_method`` and kept in ``threshold``; the callback
-    ``CheckpointMetadata`` writes it into each checkpoint. Figures at 0.5 are logged as
-    ``*/at_0.5/*``, those at the chosen threshold as ``val/at_threshold/*``.
+    ``configure_optimizers``. After every validation epoch a temperature is fitted on that
+    epoch's films (``temperature``: the probabilities pneumo serves are ``softmax(logits / T)``)
+    and the decision threshold chosen on the calibrated probabilities by ``threshold_method``
+    (``threshold``); the callback ``CheckpointMetadata`` writes both into each checkpoint.
+    Figures at 0.5 are logged as ``*/at_0.5/*``, those at the chosen threshold as
+    ``val/at_threshold/*``.
 
     Every epoch figure covers all films of all processes (DDP): losses and metrics are
     torchmetrics states reduced across processes, and the threshold is chosen on the

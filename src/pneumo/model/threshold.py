@@ -13,9 +13,9 @@ import torch
 from torchmetrics.functional.classification import binary_roc
 
 THRESHOLD_METHODS = ("youden", "sensitivity", "plateau", "fixed")
-# plateau: cut-offs whose sensitivity + specificity lie within this of the best count as "the
-# same validation figures" (0.01: about one normal and one pneumonia film of kermany_cpu's 527)
-PLATEAU_TOLERANCE = 0.01
+# plateau: cut-offs whose specificity lies within this of the best count as "the same validation
+# figures" (0.005: none of kermany_cpu's 135 normal films, each 0.0074, may change sides)
+PLATEAU_TOLERANCE = 0.005
 # The rule as written into exported metadata; ``is_positive`` is its implementation.
 POSITIVE_IF = "p >= threshold"
 # How far below the cut-off film the stored threshold lies: well above the drift of one film's
@@ -49,8 +49,8 @@ def choose_threshold(
     - ``youden``: maximise sensitivity + specificity - 1 (Youden's J);
     - ``sensitivity``: the highest cut-off whose sensitivity still reaches
       ``target_sensitivity``, i.e. the best specificity at that sensitivity;
-    - ``plateau``: among the cut-offs whose sensitivity reaches ``target_sensitivity``, those
-      whose J lies within ``tolerance`` of the best form a plateau of thresholds validation
+    - ``plateau``: the cut-offs that reach ``target_sensitivity`` with a specificity within
+      ``tolerance`` of the best the target allows form a plateau of thresholds validation
       cannot tell apart; the threshold is its middle on the logit scale (``plateau_middle``);
     - ``fixed``: 0.5.
     ``youden`` and ``sensitivity`` return a threshold ``CUT_OFF_MARGIN`` below the chosen
@@ -99,20 +99,22 @@ def plateau_middle(
     """The middle, on the logit scale, of the thresholds validation cannot tell apart.
 
     Cut-off ``i`` (films with ``p >= thresholds[i]`` called positive) holds for every threshold
-    in ``(thresholds[i + 1], thresholds[i]]``. Among the cut-offs reaching ``target_sensitivity``,
-    the plateau is the run of neighbours around the best J whose J stays within ``tolerance`` of
-    it; any threshold across it gives the same validation figures, up to ``tolerance``. Its edge
-    (what ``sensitivity`` takes) is where the films of another time or machine first cross; its
-    middle on the logit scale, where a probability's log-odds move evenly, leaves the most room
-    on both sides. The middle lies strictly between two films' probabilities.
+    in ``(thresholds[i + 1], thresholds[i]]``. The highest cut-off that reaches
+    ``target_sensitivity`` has the best specificity the target allows; going down from it, the
+    cut-offs whose specificity stays within ``tolerance`` of that best form the plateau: any
+    threshold across it keeps the target and the same specificity, up to ``tolerance``. Its top
+    edge (what ``sensitivity`` takes) is where the pneumonia films validation holds first fall
+    below the target; its middle on the logit scale, where a probability's log-odds move evenly,
+    leaves room on both sides: for films of another time or machine that score the normal films
+    higher and the pneumonia films lower. The middle lies strictly between two films'
+    probabilities.
     """
-    j = tpr - fpr
-    first = _first_reaching(tpr, target_sensitivity)  # the plateau lies at or below this cut-off
-    best = first + int(torch.argmax(j[first:]))
-    low, high = best, best
-    while high > max(first, 1) and float(j[high - 1]) >= float(j[best]) - tolerance:
-        high -= 1
-    while low + 1 < j.numel() and float(j[low + 1]) >= float(j[best]) - tolerance:
+    specificity = 1 - fpr
+    high = _first_reaching(tpr, target_sensitivity)
+    low = high
+    while (
+        low + 1 < specificity.numel() and float(specificity[low + 1]) >= float(specificity[high]) - tolerance
+    ):
         low += 1
     upper = float(thresholds[high])
     if low + 1 < thresholds.numel():
