@@ -38,7 +38,10 @@ def auto_precision(
     on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if on_cuda:
         supported = (
-            torch.cuda.is_available() and torch.cuda.is_bf16_supported() if cuda_bf16 is None else cuda_bf16
+            # not counting emulation: a GPU that emulates bfloat16 (T4, V100) trains slower in it
+            torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+            if cuda_bf16 is None
+            else cuda_bf16
         )
         if supported:
             return "bf16-mixed", "the GPU computes bfloat16"

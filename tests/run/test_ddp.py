@@ -22,6 +22,7 @@ from pneumo.cli.train import build
 from pneumo.data.dataset import EpochSampler
 from pneumo.data.preprocess import to_model_input, to_unit
 from pneumo.errors import PneumoError
+from pneumo.model.calibration import fit_temperature
 from pneumo.model.loading import load_model
 from pneumo.model.network import positive_probability
 from pneumo.model.threshold import choose_threshold
@@ -75,11 +76,14 @@ def _one_process_figures(run_dir: Path, overrides: list[str], scratch: Path) -> 
     loss = F.cross_entropy(
         logits, labels, weight=datamodule.class_weights(), label_smoothing=cfg.model.label_smoothing
     )
-    probs = positive_probability(logits, datamodule.positive_index)
     positive = (labels == datamodule.positive_index).long()
+    index = datamodule.positive_index
+    temperature = fit_temperature(logits[:, index] - logits[:, 1 - index], positive)
+    probs = positive_probability(logits, index, temperature)
     return {
         "val/loss": float(loss),
         "val/auroc": float(binary_auroc(probs, positive)),
+        "temperature": temperature,
         "threshold": choose_threshold(
             probs, positive, cfg.model.threshold_method, cfg.model.target_sensitivity
         ),
@@ -103,8 +107,10 @@ def _check_one_run(run_dir: Path, output: str, overrides: list[str], scratch: Pa
     assert expected["films"] == 7
     assert scalars(run_dir)["val/loss"][-1] == pytest.approx(expected["val/loss"], abs=1e-6)
     assert scalars(run_dir)["val/auroc"][-1] == pytest.approx(expected["val/auroc"], abs=1e-6)
-    stored = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["pneumo"]["threshold"]
-    assert stored == pytest.approx(expected["threshold"], abs=1e-6)
+    stored = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["pneumo"]
+    assert stored["calibration"]["temperature"] == pytest.approx(expected["temperature"], rel=1e-5)
+    assert scalars(run_dir)["val/temperature"][-1] == pytest.approx(expected["temperature"], rel=1e-5)
+    assert stored["threshold"] == pytest.approx(expected["threshold"], abs=1e-6)
 
 
 @pytest.mark.slow

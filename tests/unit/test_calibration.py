@@ -6,6 +6,8 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from pneumo.model.calibration import (
+    MIN_FILMS_PER_CLASS,
+    TEMPERATURE_BOUNDS,
     apply_temperature,
     calibration_report,
     fit_temperature,
@@ -73,8 +75,16 @@ def test_fit_temperature_gives_1_where_there_is_nothing_to_fit(margins, labels):
 def test_separated_classes_are_left_uncalibrated_not_sharpened():
     # no error shown yet: the fit would shrink T to its bound and make the model surer still
     assert fit_temperature(torch.tensor([-3.0, -1.0, 1.0, 3.0]), torch.tensor([0, 0, 1, 1])) == 1.0
-    # one film on the wrong side is enough to fit
-    assert fit_temperature(torch.tensor([-3.0, 1.5, 1.0, 3.0]), torch.tensor([0, 0, 1, 1])) != 1.0
+    # films of both classes on both sides: a temperature to fit
+    margins = torch.linspace(-3, 3, 24)
+    labels = torch.tensor([0, 1] * 3 + [0] * 6 + [1] * 6 + [1, 0] * 3)
+    assert fit_temperature(margins, labels) not in (1.0, *TEMPERATURE_BOUNDS)
+
+
+def test_too_few_films_of_a_class_are_left_uncalibrated():
+    margins = torch.cat([torch.linspace(-3, 1, 30), torch.linspace(-1, 3, MIN_FILMS_PER_CLASS - 1)])
+    labels = torch.cat([torch.zeros(30), torch.ones(MIN_FILMS_PER_CLASS - 1)]).long()
+    assert fit_temperature(margins, labels) == 1.0
 
 
 def test_apply_temperature_keeps_the_dtype_and_divides_the_margin():

@@ -48,3 +48,11 @@ def test_auto_reaches_the_trainer_and_the_checkpoint_config(tmp_path, caplog):
     assert cfg.trainer.precision == expected  # what run_metadata records in every checkpoint
     assert trainer.precision == expected
     assert f"trainer.precision=auto: {expected}" in caplog.text
+
+
+def test_a_resume_keeps_the_precision_its_checkpoint_was_trained_in(tmp_path, trained_ckpt):
+    # trained_ckpt was trained in 32-true (tests' FAST settings), whatever this machine offers
+    overrides = [*FAST, f"data.root={SAMPLE}", "trainer.precision=auto", f"ckpt_path={trained_ckpt}"]
+    cfg = make_cfg(tmp_path, overrides)
+    resolve_precision(cfg)
+    assert cfg.trainer.precision == "32-true"

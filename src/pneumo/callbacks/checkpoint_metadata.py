@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 
 from pneumo.artifacts.checkpoint import CheckpointMeta, read_meta
+from pneumo.errors import PneumoError
 
 
 class CheckpointMetadata(L.Callback):
@@ -22,6 +23,17 @@ class CheckpointMetadata(L.Callback):
     def __init__(self, meta: CheckpointMeta) -> None:
         self.meta = meta
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning leaves callbacks out of weights-only checkpoints: such a file would carry no
+        # metadata, and pneumo-eval, -predict and -export would refuse it
+        for callback in trainer.checkpoint_callbacks:
+            if getattr(callback, "save_weights_only", False):
+                raise PneumoError(
+                    "callbacks.model_checkpoint.save_weights_only=true writes checkpoints without pneumo's "
+                    "metadata (classes, preprocessing, threshold, calibration), which evaluation, prediction "
+                    "and export need; leave it false"
+                )
+
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
@@ -35,6 +47,9 @@ class CheckpointMetadata(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         meta = read_meta(checkpoint, "the checkpoint")
+        # a resumed run goes on describing itself as the run it continues (whose split and
+        # training files the resume was checked against)
+        self.meta = meta
         # any LightningModule that chooses a threshold (XrayClassifier) keeps these as floats
         pl_module.threshold = meta.threshold  # type: ignore[assignment]
         pl_module.temperature = meta.temperature  # type: ignore[assignment]

@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -35,9 +36,18 @@ from pneumo.artifacts.checkpoint import (
     read_meta,
     refuse_diverged,
 )
-from pneumo.artifacts.rundir import checkpoint_run_dir, claim_run_dir, launch_rank, prepare_launch
+from pneumo.artifacts.rundir import (
+    checkpoint_run_dir,
+    claim_run_dir,
+    launch_rank,
+    prepare_launch,
+    requeued_resume,
+)
+from pneumo.artifacts.trackers import record_run, require_packages, where
 from pneumo.callbacks.checkpoint_metadata import CheckpointMetadata
+from pneumo.callbacks.interrupt import RunOutcome, end_run
 from pneumo.callbacks.lr_stepping import EpochLRStep
+from pneumo.cli.arguments import check_train_config, config_errors
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.preprocess import preprocessing_spec
 from pneumo.data.provenance import check_resume, files_fingerprint, record_files
@@ -100,10 +110,19 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 def resolve_precision(cfg: DictConfig) -> None:
     """Replace ``trainer.precision=auto`` by what this machine trains fastest in (one log line);
-    the resolved value is what the run's checkpoints record. An explicit value is kept."""
+    the resolved value is what the run's checkpoints record. A resume keeps the precision its
+    checkpoint was trained in, so that it continues as it began. An explicit value is kept."""
     if str(cfg.trainer.get("precision")) != "auto":
         return
-    precision, why = auto_precision(str(cfg.trainer.get("accelerator", "auto")))
+    ckpt_path = cfg.get("ckpt_path")
+    saved = None
+    if ckpt_path and Path(ckpt_path).is_file():
+        config = read_meta(read_checkpoint(ckpt_path), ckpt_path).config
+        saved = config.get("trainer", {}).get("precision")
+    if saved is not None and str(saved) != "auto":
+        precision, why = str(saved), f"as {ckpt_path} was trained"
+    else:
+        precision, why = auto_precision(str(cfg.trainer.get("accelerator", "auto")))
     with open_dict(cfg):
         cfg.trainer.precision = precision
     log.info("trainer.precision=auto: %s (%s)", precision, why)
@@ -192,6 +211,7 @@ def _fit(
 ) -> dict[str, float]:
     """Build, check a resume against its checkpoint, train and report."""
     L.seed_everything(cfg.seed, workers=True)
+    require_packages(cfg.get("logger"))  # logger=mlflow without MLflow: one line, not Hydra's
     datamodule, model, trainer = build(cfg, callbacks)
     if one_process_only and trainer.world_size > 1:
         raise PneumoError(
@@ -226,11 +246,7 @@ def _fit(
         checkpoint = None
     if checkpoint is not None and checkpoint.best_model_score is not None:
         results[f"best/{cfg.monitor.metric}"] = float(checkpoint.best_model_score)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(
-            _flat_hparams(cfg),
-            {f"hp/{k.replace('/', '_')}": v for k, v in results.items() if k.startswith(("val/", "best/"))},
-        )
+    record_run(trainer.loggers, _flat_hparams(cfg), results, trainer.global_step)
     output_dir = Path(cfg.paths.output_dir)
     log.info("run directory: %s", output_dir)
     if checkpoint is not None and checkpoint.best_model_path:
@@ -240,7 +256,8 @@ def _fit(
             cfg.monitor.metric,
             results.get(f"best/{cfg.monitor.metric}", float("nan")),
         )
-    log.info("TensorBoard: tensorboard --logdir %s", output_dir)
+    for line in where(trainer.loggers, output_dir):
+        log.info(line)
     return results
 
 
@@ -265,25 +282,66 @@ def optimized_value(cfg: DictConfig, results: dict[str, float]) -> float | None:
 
 @hydra.main(version_base="1.3", config_path="pkg://pneumo.conf", config_name="train")
 @exit_on_user_error
+@config_errors
 def hydra_main(cfg: DictConfig) -> float | None:
     """Train; return ``optimized_metric`` for Hydra sweepers to optimise.
 
     Hydra's basic launcher runs ``-m`` jobs in this process, and Lightning's DDP launcher
     would start each further process with this whole command line, sweep included; such
     jobs must stay in one process.
+
+    Before any film is decoded, every setting is checked (``check_train_config``) and the
+    validation split must be able to measure the model (``check_validation``). Under SLURM the
+    cluster environment requeues the job on SIGUSR1 only with ``slurm.requeue=true``. A run
+    stopped before its schedule finished (Ctrl-C, SIGTERM, SIGUSR1, ``trainer.max_time``) says
+    so in one line with the command that resumes it, and exits non-zero (``end_run``).
     """
     hydra_cfg = HydraConfig.get()
     in_process_sweep = hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher._target_.endswith(
         ".BasicLauncher"
     )
-    return optimized_value(cfg, train(cfg, one_process_only=in_process_sweep))
+    check_train_config(cfg)
+    requeue = bool(OmegaConf.select(cfg, "slurm.requeue", default=False))
+    if SLURMEnvironment.detect():
+        if (
+            requeue
+            and hydra_cfg.mode == RunMode.RUN
+            and not any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
+        ):
+            raise PneumoError(
+                "slurm.requeue=true: a requeued job runs its command line again, so name the run's "
+                "directory, e.g. hydra.run.dir=outputs/train/runs/$SLURM_JOB_ID, and it continues there"
+            )
+        plugins = list(cfg.trainer.get("plugins") or [])
+        if not any(str(p.get("_target_", "")).endswith("SLURMEnvironment") for p in plugins):
+            environment = "lightning.fabric.plugins.environments.SLURMEnvironment"
+            with open_dict(cfg):
+                cfg.trainer.plugins = [*plugins, {"_target_": environment, "auto_requeue": requeue}]
+    elif requeue:
+        log.warning("slurm.requeue=true, but this is no SLURM job (SLURM_NTASKS unset): nothing to requeue")
+    # the films are listed, none decoded: a split that cannot measure the model stops here
+    _build(cfg.data).check_validation()
+    outcome = RunOutcome(cfg.trainer.get("max_time"))
+    resume_args = list(hydra_cfg.overrides.task)
+    try:
+        results = train(cfg, callbacks=[outcome], one_process_only=in_process_sweep)
+    except SystemExit:  # Lightning ends a run on Ctrl-C or SIGTERM with SystemExit (status 1 or 0)
+        end_run(outcome, cfg.paths.output_dir, resume_args)
+        raise
+    end_run(outcome, cfg.paths.output_dir, resume_args, in_sweep=hydra_cfg.mode == RunMode.MULTIRUN)
+    return optimized_value(cfg, results)
 
 
 @exit_on_user_error
 def main() -> None:
-    """pneumo-train: a resume continues in its checkpoint's run directory (``prepare_launch``)."""
-    sys.argv = [sys.argv[0], *prepare_launch(sys.argv[1:])]
-    hydra_main()
+    """pneumo-train: a resume continues in its checkpoint's run directory (``prepare_launch``),
+    and a SLURM job started again by a requeue resumes its run (``requeued_resume``)."""
+    sys.argv = [sys.argv[0], *prepare_launch(requeued_resume(sys.argv[1:]))]
+    try:
+        hydra_main()
+    except KeyboardInterrupt:  # before training began (listing the films, building the run)
+        print("error: stopped by Ctrl-C (SIGINT) before training began; nothing was saved", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

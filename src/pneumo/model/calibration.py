@@ -28,10 +28,13 @@ from scipy.special import expit
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-# The search range of the temperature: wide enough for any model worth calibrating, bounded so
-# that validation films with no overlap between the classes (whose loss falls forever as
-# T -> 0) still give a finite, reproducible answer.
-TEMPERATURE_BOUNDS = (0.05, 20.0)
+# The search range for T: a factor of 10 either way covers any model worth calibrating; a fit
+# that lands on a bound says the films cannot pin T down (nearly separated classes), and
+# sharpening probabilities further there would only claim a certainty nobody measured.
+TEMPERATURE_BOUNDS = (0.1, 10.0)
+# Fewer films of either class than this, and a temperature is not fitted (T = 1): a handful
+# of films can pin it anywhere in its range.
+MIN_FILMS_PER_CLASS = 10
 # Probabilities are clipped this far from 0 and 1 before taking logits: a float32 probability
 # saturates to exactly 1.0 from a margin of about 17, and logit(1.0) is infinite.
 PROBABILITY_EPS = 1e-12
@@ -62,13 +65,14 @@ def fit_temperature(margins: torch.Tensor, positive: torch.Tensor) -> float:
     ``log T`` is searched (bounded, deterministic) within ``TEMPERATURE_BOUNDS``. With fewer
     than 2 films, one class only, a margin that is not finite, or classes that do not overlap
     at all (every positive above every negative: the loss would keep falling as ``T`` shrinks,
-    making a model that has shown no error yet ever more confident), there is nothing to fit
-    and 1.0 (no change) is returned.
+    making a model that has shown no error yet ever more confident), fewer than
+    ``MIN_FILMS_PER_CLASS`` films of a class, or a fit that lands on a bound of
+    ``TEMPERATURE_BOUNDS``, there is nothing reliable to fit and 1.0 (no change) is returned.
     """
     z, y = _as_float64(margins), _as_float64(positive)
     if z.size < 2 or not np.isfinite(z).all() or np.unique(y).size < 2:
         return 1.0
-    if z[y == 1].min() > z[y == 0].max():
+    if z[y == 1].min() > z[y == 0].max() or min((y == 1).sum(), (y == 0).sum()) < MIN_FILMS_PER_CLASS:
         return 1.0
     low, high = (math.log(bound) for bound in TEMPERATURE_BOUNDS)
     result = minimize_scalar(
@@ -77,7 +81,10 @@ def fit_temperature(margins: torch.Tensor, positive: torch.Tensor) -> float:
         method="bounded",
         options={"xatol": 1e-8},
     )
-    return math.exp(float(result.x))
+    temperature = math.exp(float(result.x))
+    if min(abs(result.x - low), abs(result.x - high)) < 1e-3:
+        return 1.0  # on a bound: the films do not pin the temperature down
+    return temperature
 
 
 def apply_temperature(margins: torch.Tensor, temperature: float) -> torch.Tensor:
