@@ -13,9 +13,9 @@ import torch
 from torchmetrics.functional.classification import binary_roc
 
 THRESHOLD_METHODS = ("youden", "sensitivity", "plateau", "fixed")
-# plateau: cut-offs whose specificity lies within this of the best count as "the same validation
-# figures" (0.005: none of kermany_cpu's 135 normal films, each 0.0074, may change sides)
-PLATEAU_TOLERANCE = 0.005
+# plateau: how much specificity the cut-offs below the edge may lose and still count as "the
+# same validation figures"; 0: none of the normal films may change sides
+PLATEAU_TOLERANCE = 0.0
 # The rule as written into exported metadata; ``is_positive`` is its implementation.
 POSITIVE_IF = "p >= threshold"
 # How far below the cut-off film the stored threshold lies: well above the drift of one film's
@@ -112,9 +112,8 @@ def plateau_middle(
     specificity = 1 - fpr
     high = _first_reaching(tpr, target_sensitivity)
     low = high
-    while (
-        low + 1 < specificity.numel() and float(specificity[low + 1]) >= float(specificity[high]) - tolerance
-    ):
+    floor = float(specificity[high]) - tolerance - 1e-9  # 1e-9: float32 ratios of equal counts
+    while low + 1 < specificity.numel() and float(specificity[low + 1]) >= floor:
         low += 1
     upper = float(thresholds[high])
     if low + 1 < thresholds.numel():
