@@ -1,10 +1,12 @@
-"""Summarise pneumo-train runs from their TensorBoard files: one row a run, as a Markdown table.
+"""Summarise pneumo-train runs from their TensorBoard or CSV logs: one row a run, as a Markdown table.
 
     python scripts/compare_runs.py outputs/ablation/kermany_cpu          # a sweep: one row a job
     python scripts/compare_runs.py outputs/train/runs --json             # every run, as JSON lines
 
 A run is any folder holding a ``tensorboard/`` folder of event files with validation scalars
-(pneumo-eval's folders, which hold only figures, are left out). Figures are the last
+(pneumo-eval's folders, which hold only figures, are left out), or, without one, a ``csv/``
+folder of ``metrics.csv`` files (``logger=csv``: ``csv/version_N/``, one a launch of the run, read
+in order; a resumed run's are one run). Figures are the last
 epoch's (``val/at_threshold/*`` at the threshold the run ships, and accuracy at 0.5), the best
 validation AUROC over all epochs and the median training time an epoch. AUROC is the column
 to compare across runs: val/loss is not comparable when label smoothing or class weights differ.
@@ -13,7 +15,9 @@ to compare across runs: val/loss is not comparable when label smoothing or class
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -34,12 +38,22 @@ COLUMNS = {
 }
 
 
+def _csv_run(metrics: Path) -> Path | None:
+    """The run folder of a CSV log: the folder holding the ``csv/`` folder above ``metrics``."""
+    return next((p.parent for p in metrics.parents if p.name == "csv"), None)
+
+
 def find_runs(root: Path) -> list[Path]:
-    """Run folders under ``root`` (or ``root`` itself): those holding ``tensorboard/`` event files."""
+    """Run folders under ``root`` (or ``root`` itself): those holding ``tensorboard/`` event files
+    or ``csv/`` metrics files."""
     runs = {p.parent.parent for p in root.rglob("tensorboard/events.out.tfevents.*")}
+    runs |= {run for p in root.rglob("csv/**/metrics.csv") if (run := _csv_run(p)) is not None}
 
     def job_order(run: Path) -> tuple[int, str]:  # sweep jobs 0, 1, ..., 10 in number order
-        number = run.name.partition("_")[0]
+        # by the job's folder below root: an override with a / (ablation=kermany_cpu/no_ema,
+        # data/augment=strong) puts the rest of the job's name in a folder below it
+        below = run.relative_to(root).parts if run != root else (run.name,)
+        number = below[0].partition("_")[0]
         return (int(number) if number.isdigit() else -1, str(run))
 
     return sorted(runs, key=job_order)
@@ -61,14 +75,44 @@ def run_names(runs: list[Path], root: Path) -> tuple[list[str], list[str]]:
     return short, common
 
 
-def summarise(run: Path) -> dict[str, float]:
-    """The last epoch's figures, the best validation AUROC and the median epoch time of one run."""
+def tensorboard_scalars(run: Path) -> dict[str, list[float]]:
+    """Every scalar curve of a run's ``tensorboard/`` event files, by tag, in logging order."""
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
-    tags = set(events.Tags()["scalars"])
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def _version(path: Path) -> tuple[int, str]:
+    """``csv/version_10/`` after ``csv/version_9/``."""
+    number = re.fullmatch(r"version_(\d+)", path.parent.name)
+    return (int(number.group(1)) if number else -1, str(path))
+
+
+def csv_scalars(run: Path) -> dict[str, list[float]]:
+    """Every curve of a run's ``csv/`` metrics files, by column, in step order.
+
+    Lightning's CSVLogger writes a row per logging call, with empty cells for the figures it
+    did not log then. The launches of a resumed run are read in version order; a step logged
+    again by a later launch replaces the earlier value.
+    """
+    curves: dict[str, dict[int, float]] = {}
+    for path in sorted((run / "csv").rglob("metrics.csv"), key=_version):
+        with path.open(newline="") as file:
+            for line in csv.DictReader(file):
+                step = int(float(line.get("step") or 0))
+                for tag, cell in line.items():
+                    if tag not in ("step", "epoch") and cell not in (None, ""):
+                        curves.setdefault(tag, {})[step] = float(cell)
+    return {tag: [points[step] for step in sorted(points)] for tag, points in curves.items()}
+
+
+def summarise(run: Path) -> dict[str, float]:
+    """The last epoch's figures, the best validation AUROC and the median epoch time of one run,
+    from its TensorBoard files, or its CSV files where it has no TensorBoard folder."""
+    curves = tensorboard_scalars(run) if (run / "tensorboard").is_dir() else csv_scalars(run)
 
     def values(tag: str) -> list[float]:
-        return [e.value for e in events.Scalars(tag)] if tag in tags else []
+        return curves.get(tag, [])
 
     row: dict[str, float] = {"epochs": len(values("val/auroc"))}
     for tag in COLUMNS:
@@ -117,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     summaries = {run: summarise(run) for run in find_runs(args.root)}
     runs = [run for run, row in summaries.items() if row["epochs"]]
     if not runs:
-        print(f"error: no training runs (RUN/tensorboard/ with val/auroc) under {args.root}", file=sys.stderr)
+        print(
+            f"error: no training runs (RUN/tensorboard/ or RUN/csv/ with val/auroc) under {args.root}",
+            file=sys.stderr,
+        )
         return 2
     names, common = run_names(runs, args.root)
     rows = {name: summaries[run] for name, run in zip(names, runs)}

@@ -21,7 +21,7 @@ from pneumo.data.preprocess import BadImageError, preprocessing_spec, read_grey
 from pneumo.errors import PneumoError
 from pneumo.model.inference import collect_images, predict
 from pneumo.model.loading import load_model
-from tests.helpers import FAST, make_cfg, run_cli, sample_files, write_dicom
+from tests.helpers import FAST, REPO, make_cfg, run_cli, sample_files, write_dicom
 
 # (override, what the one line must say): each stops before any image is decoded.
 BAD_SETTINGS = [
@@ -248,3 +248,331 @@ def test_a_folder_predict_cannot_read_stops_it_in_one_line(tmp_path):
             collect_images([locked.parent])
     finally:
         locked.chmod(0o755)
+
+
+# -- settings that mean nothing: refused before any film is listed or decoded -------------------
+# (override, what the one line says); each is checked by pneumo-train before the run starts
+BAD_CONFIG_VALUES = [
+    ("model.optimizer.lr=-1", r"model.optimizer.lr=-1 is not valid: use a learning rate above 0"),
+    ("model.optimizer.lr=nan", r"model.optimizer.lr=nan is not valid"),
+    ("model.optimizer.weight_decay=-0.1", r"model.optimizer.weight_decay=-0.1 is not valid"),
+    ("model.label_smoothing=abc", r"model.label_smoothing=abc is not valid"),
+    ("trainer.precision=8", r"trainer.precision=8 is not valid: use auto, 32-true, bf16-mixed"),
+    ("trainer.precision=fp16", r"trainer.precision=fp16 is not valid"),
+    ("trainer.max_time=abc", r"trainer.max_time=abc is not valid: use null or a wall time DD:HH:MM:SS"),
+    ("trainer.max_epochs=ten", r"trainer.max_epochs=ten is not valid: use 1 or more"),
+    ("trainer.devices=0", r"trainer.devices=0 is not valid"),
+    ("trainer.limit_val_batches=1.5", r"trainer.limit_val_batches=1.5 is not valid"),
+    ("trainer.accelerator=quantum", r"trainer.accelerator=quantum is not valid: use auto, cpu, gpu or mps"),
+    ("monitor.mode=up", r"monitor.mode=up is not valid: use min or max"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_CONFIG_VALUES, ids=[o for o, _ in BAD_CONFIG_VALUES])
+def test_a_config_value_that_means_nothing_is_refused_in_one_line(tmp_path, tiny_root, override, message):
+    from pneumo.cli.arguments import check_train_config
+
+    with pytest.raises(PneumoError, match=message):
+        check_train_config(make_cfg(tmp_path / "run", [*FAST, f"data.root={tiny_root}", override]))
+
+
+def test_valid_settings_pass_the_config_check(tmp_path, tiny_root):
+    from pneumo.cli.arguments import check_train_config
+
+    for extra in ([], ["trainer.precision=auto", "trainer.max_time=00:04:00:00"], ["debug=fast_dev_run"]):
+        check_train_config(make_cfg(tmp_path / "run", [*FAST, f"data.root={tiny_root}", *extra]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_a_gpu_run_without_a_gpu_stops_before_the_data(tmp_path, tiny_root, accelerator):
+    from pneumo.cli.arguments import check_train_config
+
+    said = f"trainer.accelerator={accelerator}, but this machine has no GPU PyTorch can use"
+    with pytest.raises(PneumoError, match=re.escape(said)):
+        overrides = [*FAST, f"data.root={tiny_root}", f"trainer.accelerator={accelerator}"]
+        check_train_config(make_cfg(tmp_path / "run", overrides))
+
+
+# data settings of the wrong type: the DataModule refuses them as it is built, before any listing
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.image_size=big", r"data.image_size=big is not valid: use at least 28 px and at most 2048 px"),
+        ("data.image_size=100000", r"data.image_size=100000 is not valid"),
+        ("data.batch_size=1.5", r"data.batch_size=1.5 is not valid: use a positive number of images"),
+        ("data.val_fraction=abc", r"data.val_fraction=abc is not valid"),
+        ("data.classes=NORMAL", r"data.classes='NORMAL' is not valid: use a list of the two class folder"),
+        ("data.on_bad_image=ignore", r"data.on_bad_image must be 'skip' or 'fail'"),
+    ],
+)
+def test_a_data_setting_of_the_wrong_kind_is_refused_in_one_line(tmp_path, tiny_root, override, message):
+    with pytest.raises(PneumoError, match=message):
+        train(make_cfg(tmp_path / "run", [*FAST, f"data.root={tiny_root}", override]))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_the_command_refuses_a_bad_value_before_it_reads_any_film(tmp_path, tiny_root):
+    run_dir = tmp_path / "run"
+    for override in ("model.optimizer.lr=-1", "trainer.precision=8", "data.image_size=big"):
+        result = run_cli(
+            "-m", "pneumo.cli.train", *FAST, f"data.root={tiny_root}", override, f"hydra.run.dir={run_dir}"
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: {override} is not valid")
+        assert not (run_dir / "checkpoints").exists() and not (run_dir / "tensorboard").exists()
+
+
+def _weights(tmp_path: Path, kind: str) -> Path:
+    import torchvision
+
+    path = tmp_path / f"{kind}.pth"
+    if kind == "resnet34":  # more blocks: tensors a ResNet18 does not have
+        torch.save(torchvision.models.resnet34().state_dict(), path)
+    elif kind == "resnet50":  # bottleneck blocks: the same names, other shapes
+        torch.save(torchvision.models.resnet50().state_dict(), path)
+    elif kind == "densenet":  # another family: none of a ResNet18's names
+        torch.save(torchvision.models.densenet121().state_dict(), path)
+    elif kind == "whole_model":  # torch.save(model): pickled objects, not weights
+        torch.save(torchvision.models.resnet18(), path)
+    else:
+        path.write_bytes(b"\x80\x02not a torch file at all" * 10)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("resnet34", r"does not fit a ResNet18: it has 96 tensors a ResNet18 does not \(e.g. layer1.2.conv1"),
+        ("resnet50", r"does not fit a ResNet18: 23 of its tensors have other shapes \(e.g. "
+         r"layer1.0.conv1.weight: 64x64x1x1 in the file, 64x64x3x3 in a ResNet18\)"),
+        ("densenet", r"holds none of a ResNet18's layers .*'features.conv0.weight'"),
+        ("whole_model", r"holds pickled Python objects \(a whole saved model, not its weights\), which "
+         r"pneumo does not unpickle"),
+        ("junk", r"is not a PyTorch weights file"),
+    ],
+)  # fmt: skip
+def test_weights_of_another_network_or_a_pickled_model_are_refused(tmp_path, tiny_root, kind, said):
+    weights = _weights(tmp_path, kind)
+    with pytest.raises(PneumoError, match=said) as refused:
+        train(make_cfg(tmp_path / "run", [*FAST, f"data.root={tiny_root}", f"model.weights={weights}"]))
+    message = str(refused.value)
+    assert "\n" not in message and len(message) < 400  # not torch's size-mismatch dump
+    assert "weights_only=False" not in message  # never advice to unpickle
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_eval_without_its_checkpoint_is_one_line(tmp_path):
+    for args, said in (
+        ([], "error: ckpt_path is required: give it on the command line, e.g. ckpt_path=...\n"),
+        (["ckpt_path=${nowhere}"], "error: ckpt_path: Interpolation key 'nowhere' not found\n"),
+    ):
+        result = run_cli("-m", "pneumo.cli.evaluate", *args, f"hydra.run.dir={tmp_path / 'eval'}")
+        assert result.returncode == 2 and result.stderr == said, result.stderr[-2000:]
+
+
+# -- flags that mean nothing: refused by argparse, one line, exit 2 ------------------------------
+def _command(name: str):
+    from importlib import import_module
+
+    return import_module(f"pneumo.cli.{name}").main
+
+
+PREDICT = ["--ckpt", "x.ckpt", "films/"]
+BAD_FLAGS = [
+    ("predict", [*PREDICT, "--threshold", "1.5"], "--threshold: 1.5 is not a probability: use a number"),
+    ("predict", [*PREDICT, "--threshold", "nan"], "--threshold: 'nan' is not a probability: give a finite"),
+    ("predict", [*PREDICT, "--threshold", "-0.1"], "--threshold: -0.1 is not a probability"),
+    ("predict", [*PREDICT, "--batch-size", "-1"], "--batch-size: -1 is not valid: use a whole number of 1"),
+    ("predict", [*PREDICT, "--batch-size", "0"], "--batch-size: 0 is not valid"),
+    ("predict", [*PREDICT, "--batch-size", "2.5"], "--batch-size: '2.5' is not a whole number"),
+    ("predict", [*PREDICT, "--out", "preds.txt"], "--out: preds.txt: use a .csv or .json file name"),
+    ("predict", ["--ckpt", "", "films/"], "--ckpt: an empty value"),
+    ("export", ["--ckpt", "x.ckpt", "--format", "tflite"], "--format: invalid choice: 'tflite'"),
+    ("data", ["verify", "x", "--classes", "A,A"], "--classes: 'A,A': give distinct names"),
+    ("data", ["verify", "x", "--labels", "1"], "--labels: '1': give KEY=VALUE pairs"),
+    ("data", ["download", "--source", "medmnist", "--to", "d", "--size", "100"], "--size: invalid choice"),
+    ("data", ["import", "t.csv", "--format", "nih", "--to", "m.txt"], "--to: m.txt: use a .csv file name"),
+    ("jetson", ["data", "--epochs", "0"], "--epochs: 0 is not valid: use a whole number of 1 or more"),
+    ("jetson", ["data", "--workers", "-1"], "-j/--workers: -1 is not valid: use a whole number of 0 or more"),
+    ("jetson", ["data", "--lr", "-1"], "--lr/--learning-rate: -1 is not valid: use a number above 0"),
+    ("jetson", ["data", "--lr", "inf"], "--lr/--learning-rate: 'inf' is not a number: give a finite number"),
+    ("jetson", ["data", "--resolution", "8"], "--resolution: 8 is not valid: use at least 28 px"),
+    ("jetson", ["data", "-b", "0"], "-b/--batch-size: 0 is not valid"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("command", "argv", "said"), BAD_FLAGS, ids=[" ".join(a) for _, a, _ in BAD_FLAGS])
+def test_a_flag_that_means_nothing_is_refused_by_its_type(tmp_path, capsys, monkeypatch, command, argv, said):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        _command(command)(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    [line] = err.splitlines()
+    prog = {"data": "pneumo-data", "jetson": "pneumo-jetson-train"}.get(command, f"pneumo-{command}")
+    assert line.startswith(f"error: {prog}") and f"argument {said}" in line, line
+
+
+@pytest.mark.slow
+def test_a_bad_flag_in_a_real_process_is_one_line_and_status_2(tmp_path):
+    result = run_cli("-m", "pneumo.cli.predict", "--ckpt", "x.ckpt", str(tmp_path), "--threshold", "1.5")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "error: pneumo-predict: argument --threshold: 1.5 is not a probability: use a number from 0 to 1, "
+        "e.g. 0.5 (see pneumo-predict --help)"
+    ]
+    script = run_cli(str(REPO / "scripts" / "train.py"), str(tmp_path), "--batch-size", "0")
+    assert script.returncode == 2 and len(script.stderr.splitlines()) == 1
+    assert "argument -b/--batch-size: 0 is not valid" in script.stderr
+
+
+# -- every write error in one line, nothing partial left -----------------------------------------
+def test_destinations_that_cannot_be_written_are_refused_before_any_work(tmp_path, capsys, trained_ckpt):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    a_folder = tmp_path / "preds.csv"
+    a_folder.mkdir()
+    cases = [
+        ("predict", ["--ckpt", str(trained_ckpt), str(tmp_path), "--out", str(a_file / "p.csv")],
+         f"cannot write {a_file / 'p.csv'}: {a_file} is a file, not a folder"),
+        ("predict", ["--ckpt", str(trained_ckpt), str(tmp_path), "--out", str(a_folder)],
+         f"cannot write {a_folder}: it is a folder; give a file name"),
+        ("predict", ["--ckpt", str(trained_ckpt), str(tmp_path), "--cam", str(a_file)],
+         f"cannot write into {a_file}: it is a file, not a folder"),
+        ("export", ["--ckpt", str(trained_ckpt), "--out", str(a_file)],
+         f"cannot write into {a_file}: it is a file, not a folder"),
+        ("export", ["--ckpt", str(trained_ckpt), "--out", str(a_file / "exported")],
+         f"{a_file} is a file, not a folder"),
+        ("ensemble", [str(trained_ckpt), str(trained_ckpt), "--out", str(tmp_path)],
+         f"cannot write {tmp_path}: it is a folder; give a file name"),
+        ("data", ["import", str(a_file), "--format", "nih", "--to", str(a_file / "m.csv")],
+         f"{a_file} is a file, not a folder"),
+        ("data", ["convert", str(a_file), "--to", str(a_file)], f"cannot write into {a_file}: it is a file"),
+        ("jetson", [str(tmp_path), f"--model-dir={a_file}"], f"cannot write into {a_file}: it is a file"),
+    ]  # fmt: skip
+    for command, args, said in cases:
+        with pytest.raises(SystemExit) as stop:
+            _command(command)(args)
+        [line] = capsys.readouterr().err.splitlines()
+        assert stop.value.code == 2 and said in line, (command, line)
+    assert a_file.read_text() == "x" and not list(a_folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    "run_dir",
+    [lambda f: f / "run", lambda f: f],
+    ids=["under a file", "a file"],
+)
+def test_a_run_directory_that_cannot_be_made_is_one_line(tmp_path, run_dir):
+    a_file = tmp_path / "runs"
+    a_file.write_text("x")
+    said = r"cannot write into hydra.run.dir=.*(runs: it|runs) is a file, not a folder"
+    with pytest.raises(PneumoError, match=said):
+        prepare_launch([f"hydra.run.dir={run_dir(a_file)}"])
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (PermissionError(13, "Permission denied"), "permission denied (a read-only folder or file system)"),
+        (OSError(30, "Read-only file system"), "permission denied (a read-only folder or file system)"),
+        (IsADirectoryError(21, "Is a directory"), "it is a folder; give a file name"),
+    ],
+    ids=["permission", "read-only file system", "a folder in the way"],
+)
+def test_a_write_that_fails_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, trained_ckpt, error, said):
+    """Whatever stops the final rename (a read-only place, a folder appearing at the path): one line
+    naming the file, no partial file, and the earlier file kept."""
+    out = tmp_path / "p.csv"
+    out.write_text("earlier\n")
+
+    def refuse(src, dst):
+        raise error
+
+    monkeypatch.setattr(os, "replace", refuse)
+    rows = predict(load_model(trained_ckpt), sample_files("NORMAL")[:1])
+    with pytest.raises(PneumoError, match=re.escape(f"cannot write {out}: {said}")):
+        write_predictions(rows, out)
+    assert out.read_text() == "earlier\n" and sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]
+    monkeypatch.undo()
+    with pytest.raises(PneumoError, match=r"cannot write .*: it is a file, not a folder"):
+        AtomicCheckpointIO().save_checkpoint({"w": torch.ones(1)}, tmp_path / "p.csv" / "last.ckpt")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_destination_is_refused_for_every_command(tmp_path, capsys, trained_ckpt):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        for command, args in (
+            ("predict", ["--ckpt", str(trained_ckpt), str(tmp_path), "--out", str(locked / "p.csv")]),
+            ("export", ["--ckpt", str(trained_ckpt), "--out", str(locked / "exported")]),
+            ("ensemble", [str(trained_ckpt), str(trained_ckpt), "--out", str(locked / "e.ckpt")]),
+        ):
+            with pytest.raises(SystemExit):
+                _command(command)(args)
+            assert f"{locked} is read-only for you (permission denied)" in capsys.readouterr().err
+        with pytest.raises(PneumoError, match="read-only for you"):
+            prepare_launch([f"hydra.run.dir={locked / 'run'}"])
+        assert not list(locked.iterdir())
+    finally:
+        locked.chmod(0o755)
+
+
+# -- the original command line takes any path the shell can pass --------------------------------
+ODD_NAMES = ["with space", "a=b", "a,b", "café 中文", "it's", "[x]", "${oops}", "back\\slash", "-dash"]
+
+
+@pytest.mark.parametrize("name", ODD_NAMES)
+def test_the_jetson_command_line_quotes_any_path_for_hydra(name):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from pneumo.cli.jetson import overrides_for, parse_args
+
+    data, model_dir = f"/data/{name}/chest_xray", f"models/{name}"
+    args, extra = parse_args([data, f"--model-dir={model_dir}", f"--resume={model_dir}/last.ckpt"])
+    parser = OverridesParser.create()
+    read = {}
+    for override in parser.parse_overrides(overrides_for(args)):
+        read[override.key_or_group] = OmegaConf.create({"v": override.value()}).v  # resolved as Hydra does
+    assert read["data.root"] == data and read["hydra.run.dir"] == model_dir
+    assert read["ckpt_path"] == f"{model_dir}/last.ckpt"
+    prepare_launch(overrides_for(args)[:-1])  # pneumo-train's own check reads them as given
+
+
+@pytest.mark.slow
+def test_the_original_script_trains_on_a_path_with_spaces_commas_and_equals(tmp_path):
+    data = tmp_path / "x-rays, 2024 =final= é"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (data / label).mkdir(parents=True)
+        for film in sample_files(label):
+            (data / label / film.name).write_bytes(film.read_bytes())
+    model_dir = tmp_path / "model dir, v=2"
+    result = run_cli(
+        str(REPO / "scripts" / "train.py"),
+        str(data),
+        f"--model-dir={model_dir}",
+        "--epochs=1",
+        "--resolution=32",
+        "--batch-size=4",
+        "--workers=0",
+        "--no-pretrained",
+        "data.val_fraction=0.25",
+        "trainer.precision=32-true",
+        "callbacks.progress_bar=null",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (model_dir / "model_best.pth.tar").is_file() and (model_dir / "resnet18.onnx").is_file()
+    output = result.stdout + result.stderr
+    for said in ("run directory: ", "wrote ", DISCLAIMER_START):
+        lines = [line for line in output.splitlines() if said in line]
+        assert lines and len(lines) == len(set(lines)), lines  # each message once
+
+
+DISCLAIMER_START = "pneumo is a research tool"

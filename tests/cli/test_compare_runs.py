@@ -1,13 +1,19 @@
-"""An ablation sweep as a user runs it, summarised from its TensorBoard files."""
+"""An ablation sweep as a user runs it, summarised from its TensorBoard files; runs logged to CSV alone."""
 
 import json
+import shutil
 
 import pytest
 from omegaconf import OmegaConf
 
+from pneumo.cli.train import train
 from tests.helpers import FAST, REPO, SAMPLE, make_cfg, run_cli
 
-ABLATIONS = sorted(p.stem for p in (REPO / "conf" / "ablation").glob("*.yaml"))
+# NAME, and a recipe's own as RECIPE/NAME (conf/ablation/kermany_cpu/no_ema.yaml: kermany_cpu/no_ema)
+ABLATIONS = sorted(
+    p.relative_to(REPO / "conf" / "ablation").with_suffix("").as_posix()
+    for p in (REPO / "conf" / "ablation").rglob("*.yaml")
+)
 # kermany_cpu already averages its weights: ema is the ablation for the other experiments
 EXPERIMENT = {"ema": "quickstart"}
 
@@ -30,7 +36,7 @@ def test_ablation_sweep_is_summarised_one_row_a_job(tmp_path):
         "pneumo.cli.train",
         "-m",
         "experiment=kermany_cpu",
-        "ablation=recipe,no_smoothing,no_augment",
+        "ablation=recipe,no_smoothing,no_augment,kermany_cpu/no_ema",
         *FAST,
         f"data.root={SAMPLE}",
         f"hydra.sweep.dir={sweep}",
@@ -43,7 +49,13 @@ def test_ablation_sweep_is_summarised_one_row_a_job(tmp_path):
     assert lines[0].startswith("all runs: ") and "experiment=kermany_cpu" in lines[0]
     assert "ablation" not in lines[0]
     rows = [line.split(" | ")[0].removeprefix("| ") for line in lines if line.startswith("| ablation=")]
-    assert rows == ["ablation=recipe", "ablation=no_smoothing", "ablation=no_augment"]
+    # a recipe's own ablation is a folder below its job's (Hydra keeps the / of the override)
+    assert rows == [
+        "ablation=recipe",
+        "ablation=no_smoothing",
+        "ablation=no_augment",
+        "ablation=kermany_cpu/no_ema",
+    ]
 
     as_json = run_cli(str(REPO / "scripts" / "compare_runs.py"), str(sweep), "--json")
     for line in as_json.stdout.splitlines():
@@ -67,3 +79,19 @@ def test_evaluation_folders_are_not_runs(tmp_path, trained_ckpt):
     assert list((tmp_path / "eval" / "tensorboard").glob("events.out.tfevents.*"))
     result = run_cli(str(REPO / "scripts" / "compare_runs.py"), str(tmp_path))
     assert result.returncode == 2 and "no training runs" in result.stderr
+
+
+def test_a_run_logged_to_csv_alone_is_summarised_as_from_tensorboard(tmp_path):
+    both, alone = tmp_path / "both", tmp_path / "csv_only"
+    train(make_cfg(both, [*FAST, f"data.root={SAMPLE}", "logger=many", "logger.mlflow=null"]))
+    shutil.copytree(both / "csv", alone / "csv")  # the same run, as logger=csv leaves it
+
+    rows = {}
+    for run in (both, alone):
+        summary = run_cli(str(REPO / "scripts" / "compare_runs.py"), str(run), "--json")
+        assert summary.returncode == 0, summary.stderr
+        (line,) = summary.stdout.splitlines()
+        rows[run] = json.loads(line)
+        rows[run].pop("run")
+    assert rows[alone]["epochs"] == 2
+    assert rows[alone] == pytest.approx(rows[both])  # TensorBoard's figures (read when present)

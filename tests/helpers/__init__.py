@@ -1,4 +1,4 @@
-"""What tests share: tiny datasets, fast run settings, a TensorBoard reader."""
+"""What tests share: tiny datasets, fast run settings, readers of TensorBoard, CSV and W&B logs."""
 
 from tests.helpers.data import (
     REPO,
@@ -13,6 +13,7 @@ from tests.helpers.data import (
 )
 from tests.helpers.runs import FAST, fit_until_interrupted, make_cfg, run_cli
 from tests.helpers.tensorboard import scalars
+from tests.helpers.trackers import csv_rows, wandb_run
 
 __all__ = [
     "FAST",
@@ -21,6 +22,7 @@ __all__ = [
     "SHARED_DATA",
     "SHARED_TRAIN",
     "SHARED_VAL16",
+    "csv_rows",
     "fit_until_interrupted",
     "make_cfg",
     "make_tiny_root",
@@ -28,5 +30,6 @@ __all__ = [
     "run_cli",
     "sample_files",
     "scalars",
+    "wandb_run",
     "write_dicom",
 ]

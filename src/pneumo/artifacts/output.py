@@ -21,23 +21,90 @@ def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest of ``path`` and its parents that exists (as anything: a file stops the climb)."""
+    path = path.absolute()
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _refuse_unwritable(folder: Path, what: str) -> None:
+    """Refuse ``folder`` (a folder to create, or to write into) when it cannot be: a file stands
+    where a folder is needed, or the nearest existing folder is read-only."""
+    found = _existing_ancestor(folder)
+    if not found.is_dir():
+        raise PneumoError(
+            f"cannot write {what}: {found} is a file, not a folder; choose another place, or move the file"
+        )
+    if not os.access(found, os.W_OK | os.X_OK):
+        raise PneumoError(
+            f"cannot write {what}: {found} is read-only for you (permission denied); choose a folder you "
+            "can write to"
+        )
+
+
+def check_file_destination(path: str | Path, named: str = "") -> None:
+    """Stop, before any work, when the file ``path`` could not be written: it is a folder, a
+    parent is a file, or its folder is read-only. ``named`` is how messages name it (the flag
+    that gave it: ``--out x.csv``), by default the path."""
+    path = Path(path)
+    named = named or str(path)
+    if path.is_dir():
+        raise PneumoError(f"cannot write {named}: it is a folder; give a file name")
+    _refuse_unwritable(path.parent, named)
+
+
+def check_folder_destination(path: str | Path, named: str = "") -> None:
+    """Stop, before any work, when files could not be written into the folder ``path``: it is a
+    file, a parent is a file, or it (or the folder it would be made in) is read-only. ``named``
+    as for ``check_file_destination``."""
+    path = Path(path)
+    named = named or str(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise PneumoError(f"cannot write into {named}: it is a file, not a folder; give a folder")
+    _refuse_unwritable(path, f"into {named}")
+
+
+def _write_error(path: Path, err: OSError) -> PneumoError:
+    """The one line for an ``OSError`` met writing ``path`` (other than a full disk)."""
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "permission denied (a read-only folder or file system); choose a place you can write to"
+    elif err.errno == errno.EISDIR or path.is_dir():
+        why = "it is a folder; give a file name"
+    elif err.errno in (errno.ENOTDIR, errno.EEXIST):
+        found = _existing_ancestor(path.parent)
+        why = f"{found} is a file, not a folder; choose another place, or move the file"
+    else:
+        why = (err.strerror or str(err)).lower()
+    return PneumoError(f"cannot write {path}: {why}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, size_hint: int | None = None) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to; rename it over ``path`` on success.
 
     On any failure the temporary file is removed. A full disk becomes one line naming
-    ``path``, the space it needed (``size_hint`` bytes, when known) and the space left.
+    ``path``, the space it needed (``size_hint`` bytes, when known) and the space left; any
+    other write error (a read-only folder, a folder where the file goes, a file where a folder
+    is needed) one line naming ``path`` and the cause.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise _write_error(path, IsADirectoryError(errno.EISDIR, "is a directory"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _write_error(path, err) from None
     partial = path.with_name(f".{path.name}.partial")
     try:
         yield partial
         os.replace(partial, path)
     except OSError as err:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
         if err.errno != errno.ENOSPC:
-            raise
+            raise _write_error(path, err) from err
         free = shutil.disk_usage(path.parent).free
         needed = f"about {_megabytes(size_hint)}" if size_hint else "more space"
         raise PneumoError(
@@ -45,7 +112,8 @@ def atomic_path(path: str | Path, size_hint: int | None = None) -> Iterator[Path
             f"there; free some space (earlier files in {path.parent} are kept) and run again"
         ) from err
     except BaseException:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
         raise
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +27,7 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
+from pneumo.artifacts.output import check_folder_destination
 from pneumo.errors import PneumoError
 
 LOCK_NAME = "run.lock"
@@ -147,7 +150,13 @@ def claim_run_dir(run_dir: str | Path, ckpt_path: str | Path | None) -> Iterator
     run) is taken over.
     """
     run_dir = Path(run_dir).absolute()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_folder_destination(run_dir, f"the run directory {run_dir}")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PneumoError(
+            f"cannot create the run directory {run_dir}: {(err.strerror or str(err)).lower()}"
+        ) from None
     lock = run_dir / LOCK_NAME
     for _ in range(2):
         try:
@@ -158,6 +167,11 @@ def claim_run_dir(run_dir: str | Path, ckpt_path: str | Path | None) -> Iterator
                 _refuse_locked(run_dir, pid)
             lock.unlink(missing_ok=True)  # stale: its run was killed
             continue
+        except OSError as err:
+            raise PneumoError(
+                f"cannot write in the run directory {run_dir}: {(err.strerror or str(err)).lower()}; "
+                "choose a folder you can write to (hydra.run.dir)"
+            ) from None
         with os.fdopen(fd, "w") as file:
             file.write(f"{os.getpid()}\n")
         break
@@ -190,15 +204,18 @@ def _literal_overrides(args: list[str], keys: tuple[str, ...]) -> dict[str, str 
     return found
 
 
+def hydra_quote(value: str | Path) -> str:
+    """``value`` as a Hydra override value that reads back as exactly that string, whatever it
+    holds: spaces, ``=``, ``,``, brackets, quotes, backslashes, ``${`` (never an interpolation),
+    any Unicode. For command lines pneumo writes itself (``key=`` + ``hydra_quote(path)``)."""
+    text = re.sub(r"(\\+)(?='|\$\{|$)", lambda m: m.group(1) * 2, str(value))
+    text = text.replace("${", "\\${").replace("'", "\\'")
+    return f"'{text}'"
+
+
 def _quoted(path: Path) -> str:
     """``path`` as a quoted Hydra override value (sweep folders hold ``=`` and ``,``)."""
-    text = str(path)
-    if "'" in text or "\\" in text or "${" in text:
-        raise PneumoError(
-            f"cannot continue the run in {text} automatically (quote, backslash or '${{' in its "
-            "path); pass hydra.run.dir=DIR with the run's directory"
-        )
-    return f"'{text}'"
+    return hydra_quote(path)
 
 
 def check_overrides(args: list[str]) -> None:
@@ -220,6 +237,19 @@ def check_overrides(args: list[str]) -> None:
                 f"cannot read the override {arg!r} (key {key.lstrip('+')}): {reason}; quote a value "
                 f"holding '=', spaces or brackets, e.g. '{key}=\"{value}\"'"
             ) from None
+
+
+def check_launch_dir(args: list[str]) -> None:
+    """Refuse a Hydra command line whose run directory cannot be written: a literal
+    ``hydra.run.dir`` that is a file, lies under a file or in a read-only place, or (without it)
+    Hydra's default ``outputs/`` in the current folder (``check_folder_destination``)."""
+    if any(arg in _NO_JOB_FLAGS or arg in ("-m", "--multirun") for arg in args):
+        return
+    run_dir = _literal_overrides(args, ("hydra.run.dir",)).get("hydra.run.dir")
+    if run_dir is None:
+        check_folder_destination(Path("outputs"), "outputs/ (where runs go unless hydra.run.dir=DIR says)")
+    elif "${" not in run_dir:
+        check_folder_destination(Path(run_dir), f"hydra.run.dir={run_dir}")
 
 
 def prepare_launch(args: list[str]) -> list[str]:
@@ -259,9 +289,36 @@ def prepare_launch(args: list[str]) -> list[str]:
         )
     if rank > 0:
         return [*args, *_FOLLOWER_OVERRIDES]
+    check_launch_dir(args)  # before Hydra creates the folder and its log
     if run_dir is None or "${" in run_dir:
         return args  # a new directory of Hydra's naming, checked again when the run starts
     if own is not None and own.resolve() == Path(run_dir).resolve() and "hydra.output_subdir" not in values:
         args.append(f"hydra.output_subdir=.hydra/resume_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}")
     check_run_dir(run_dir, ckpt_path)
     return args
+
+
+# The checkpoints a requeued job resumes from, most recent first when both are there.
+RESUMABLE = ("interrupted.ckpt", "last.ckpt")
+
+
+def requeued_resume(args: list[str]) -> list[str]:
+    """Complete the command line of a SLURM job that SLURM started again (``scontrol requeue``,
+    e.g. by ``slurm.requeue=true``: ``SLURM_RESTART_COUNT`` is 1 or more): it runs its first
+    command line again, so with a literal ``hydra.run.dir`` that holds the run's checkpoints and
+    no ``ckpt_path``, ``ckpt_path`` becomes the run's newest of ``interrupted.ckpt`` and
+    ``last.ckpt``, and the run continues where it stopped instead of being refused."""
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    if not restarts.isdigit() or int(restarts) < 1 or any(a in ("-m", "--multirun") for a in args):
+        return args
+    values = _literal_overrides(args, ("ckpt_path", "hydra.run.dir"))
+    run_dir = values.get("hydra.run.dir")
+    if values.get("ckpt_path") or not run_dir or "${" in run_dir:
+        return args
+    found = [Path(run_dir) / "checkpoints" / name for name in RESUMABLE]
+    found = [path for path in found if path.is_file()]
+    if not found:
+        return args
+    newest = max(found, key=lambda path: path.stat().st_mtime)
+    print(f"SLURM started this job again (restart {restarts}): resuming {newest}", file=sys.stderr)
+    return [*args, f"ckpt_path={hydra_quote(newest)}"]

@@ -19,6 +19,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pneumo.cli.arguments import (
+    ArgumentParser,
+    comma_list,
+    input_path,
+    key_values,
+    non_empty,
+    output_file,
+    output_folder,
+)
 from pneumo.data.dataset import DEFAULT_CLASSES
 from pneumo.data.importers import FORMATS, TABLES, ImportRules, ImportSummary, import_table
 from pneumo.data.manifest import Manifest
@@ -68,20 +77,9 @@ def print_report(report: Report) -> None:
     console.print("[green]ok[/green]" if not report.errors else "[red]not safe to train on[/red]")
 
 
-def class_list(text: str) -> list[str]:
-    """``--classes NORMAL,PNEUMONIA`` as a list of folder names."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if len(names) != len(set(names)) or not names:
-        raise PneumoError(f"--classes {text!r}: give distinct class folder names, comma-separated")
-    return names
-
-
-def settings(text: str) -> dict[str, str | None]:
-    """``--columns path=file,split=fold`` or ``--labels 1=PNEUMONIA,-1=null`` as a mapping."""
-    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
-    if not pairs or any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
-        raise PneumoError(f"{text!r}: give KEY=VALUE pairs, comma-separated")
-    return {key.strip(): None if value.strip() == "null" else value.strip() for key, value in pairs}
+# ``--classes NORMAL,PNEUMONIA`` as a list of folder names; ``--columns path=file,split=fold`` and
+# ``--labels 1=PNEUMONIA,-1=null`` as mappings (the flag types of pneumo.cli.arguments)
+class_list, settings = comma_list, key_values
 
 
 def verify_source(root: str, columns: dict | None, labels: dict | None) -> str | Manifest:
@@ -106,12 +104,14 @@ def print_import(summary: ImportSummary, to: str) -> None:
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of pneumo-data."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pneumo-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("verify", help="report counts, bad files, duplicates and patient leaks")
-    check.add_argument("root", help="DATA_ROOT with train/ (val/, test/) or class folders, or a CSV manifest")
+    check.add_argument(
+        "root", type=non_empty, help="DATA_ROOT with train/ (val/, test/) or class folders, or a CSV manifest"
+    )
     check.add_argument(
         "--classes",
         type=class_list,
@@ -134,17 +134,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     fetch = commands.add_parser("download", help="fetch a source and lay it out as DIR/split/class")
     fetch.add_argument("--source", choices=["kaggle", "medmnist"], required=True)
-    fetch.add_argument("--to", required=True, metavar="DIR")
+    fetch.add_argument("--to", required=True, type=output_folder, metavar="DIR")
     fetch.add_argument("--size", type=int, default=128, choices=MEDMNIST_SIZES, help="PneumoniaMNIST size")
     convert = commands.add_parser("convert", help="lay out a MedMNIST .npz as DIR/split/class PNGs")
-    convert.add_argument("npz")
-    convert.add_argument("--to", required=True, metavar="DIR")
+    convert.add_argument("npz", type=input_path)
+    convert.add_argument("--to", required=True, type=output_folder, metavar="DIR")
     table = commands.add_parser("import", help="write a manifest from an NIH, RSNA or CheXpert table")
-    table.add_argument("table", help="the set's table: " + ", ".join(f"{f} {t}" for f, t in TABLES.items()))
+    table.add_argument(
+        "table",
+        type=input_path,
+        help="the set's table: " + ", ".join(f"{f} {t}" for f, t in TABLES.items()),
+    )
     table.add_argument("--format", choices=FORMATS, required=True)
-    table.add_argument("--to", required=True, metavar="MANIFEST", help="the manifest to write (CSV)")
+    table.add_argument(
+        "--to",
+        required=True,
+        type=output_file(".csv"),
+        metavar="MANIFEST",
+        help="the manifest to write (CSV)",
+    )
     table.add_argument(
         "--images",
+        type=input_path,
         metavar="DIR",
         help="the folder of the films (default: nih the table's folder, rsna stage_2_train_images/ "
         "beside it, chexpert the folder above it)",

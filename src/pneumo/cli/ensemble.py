@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pneumo import DISCLAIMER
+from pneumo.cli.arguments import ArgumentParser, input_path, non_empty, output_file
 from pneumo.errors import PneumoError, exit_on_user_error, exit_with, printable
 from pneumo.model.ensemble import BEST, make_ensemble
 
@@ -157,7 +158,7 @@ def build_sweep_ensemble(sweep: Path) -> bool:
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of pneumo-ensemble."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pneumo-ensemble",
         description=__doc__,
         epilog=DISCLAIMER,
@@ -166,13 +167,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "members",
         nargs="+",
+        type=non_empty,
         metavar="CKPT_OR_RUN_DIR",
         help="checkpoints, run directories or sweep directories (two members or more in all)",
     )
-    parser.add_argument("--out", type=Path, required=True, help="the ensemble checkpoint to write")
+    parser.add_argument("--out", type=output_file(), required=True, help="the ensemble checkpoint to write")
     parser.add_argument(
         "--data-root",
-        type=Path,
+        type=input_path,
         default=None,
         help="where the members' validation films lie (default: the data.root of the first member)",
     )

@@ -1,11 +1,14 @@
 """pneumo-eval: a checkpoint on a labelled split, read the way a screening test is read.
 
     pneumo-eval ckpt_path=RUN/checkpoints/best.ckpt data.root=DATA_ROOT [data.split=val]
+        [cam=true] [compare_ckpt_path=OTHER.ckpt] [card.authors="..."]
 
-Writes metrics.json, confusion_matrix.png and roc.png into the run directory and logs
-the pictures to TensorBoard. Figures are given at the threshold chosen on validation
-during training (stored in the checkpoint) and at 0.5, and per acquisition group (the
-file-naming families of Kermany's archive) at the stored threshold.
+Writes metrics.json, errors.csv, model_card.md, confusion_matrix.png, roc.png,
+reliability.png and decision_curve.png into the run directory and logs the pictures to
+TensorBoard (``pneumo.model.evaluation``). Figures are given at the threshold chosen on
+validation during training (stored in the checkpoint) and at 0.5 (exploratory), with 95 %
+intervals, and per acquisition group (the file-naming families of Kermany's archive) at the
+stored threshold. This module only prints.
 """
 
 from __future__ import annotations
@@ -15,36 +18,78 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from pneumo.cli.arguments import config_errors, writable_run_dir
 from pneumo.errors import exit_on_user_error
-from pneumo.model.evaluation import evaluate
+from pneumo.model.evaluation import ReportOptions, evaluate
+
+SHOWN = ("acc", "sensitivity", "specificity", "precision", "npv", "f1")
+
+
+def _ci(bounds: list[float] | None) -> str:
+    if not bounds or any(math.isnan(b) for b in bounds):
+        return "-"
+    return f"{bounds[0]:.3f}-{bounds[1]:.3f}"
+
+
+def _value(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.4f}"
 
 
 def print_table(metrics: dict[str, Any]) -> None:
-    """Short console summary at both thresholds."""
-    table = Table(title=f"{metrics['split']}: {metrics['n']} images, AUROC {metrics['auroc']:.4f}")
-    table.add_column("threshold")
-    for key in ("acc", "sensitivity", "specificity", "f1"):
-        table.add_column(key, justify="right")
+    """Console summary: the figures with their intervals at both thresholds, where the threshold
+    came from, the flow of films, calibration, groups, a comparison and the errors."""
+    console = Console()
+    intervals = metrics.get("intervals")
+    if not intervals:  # metrics of an earlier pneumo: the figures alone
+        intervals = {"at_threshold": {"figures": {}}, "at_0.5": {"figures": {}}, "auroc": {}}
+    boot = intervals.get("bootstrap")
+    patients = f" of {boot['patients']} patients" if boot else ""
+    table = Table(
+        title=f"{metrics['split']}: {metrics['n']} films{patients}, AUROC {metrics['auroc']:.4f} "
+        f"({_ci(intervals['auroc'].get('bootstrap'))})",
+        caption="0.5 is exploratory: the stored threshold is the operating point",
+    )
     # the stored threshold is the operating point; 0.5 is shown for comparison only
-    for name, row in (
-        (f"{metrics['threshold']:.3f} (stored)", metrics),
-        ("0.5 (exploratory)", metrics["at_0.5"]),
-    ):
-        table.add_row(name, *(f"{row[k]:.4f}" for k in ("acc", "sensitivity", "specificity", "f1")))
-    Console().print(table)
+    table.add_column("figure")
+    table.add_column(f"at {metrics['threshold']:.3f}\n(stored)", justify="right")
+    table.add_column("Wilson", justify="right")
+    table.add_column("patient\nbootstrap", justify="right")
+    table.add_column("at 0.5\n(explor.)", justify="right")
+    table.add_column("patient\nbootstrap", justify="right")
+    stored, half = intervals["at_threshold"]["figures"], intervals["at_0.5"]["figures"]
+    for key in SHOWN:
+        table.add_row(
+            key,
+            _value(metrics.get(key, math.nan)),
+            _ci(stored.get(key, {}).get("wilson")),
+            _ci(stored.get(key, {}).get("bootstrap")),
+            _value(metrics["at_0.5"].get(key, math.nan)),
+            _ci(half.get(key, {}).get("bootstrap")),
+        )
+    console.print(table)
+    if boot:
+        console.print(
+            f"{boot['level']:.0%} intervals: Wilson (films as independent; none for F1); percentile "
+            f"bootstrap of patients within each class ({boot['draws']} draws, seed {boot['seed']})",
+            highlight=False,
+        )
+    if "threshold_rule" in metrics:
+        print_threshold_rule(console, metrics["threshold_rule"])
+    if "flow" in metrics:
+        print_flow(console, metrics["flow"])
     for method, cuts in metrics["threshold_spread"].items():
-        Console().print(
+        console.print(
             f"threshold by {method} on resampled films: {cuts['p05']:.3f} to {cuts['p95']:.3f} "
             f"(5th to 95th percentile, median {cuts['p50']:.3f})",
             highlight=False,
         )
     calibration = metrics["calibration"]
     before, after = calibration["before"], calibration["after"]
-    Console().print(
+    console.print(
         f"calibration (temperature {calibration['temperature']:.3f}): ECE {before['ece']:.4f} -> "
         f"{after['ece']:.4f}, Brier {before['brier']:.4f} -> {after['brier']:.4f}, slope "
         f"{before['calibration_slope']:.2f} -> {after['calibration_slope']:.2f} (network -> served)",
@@ -52,38 +97,136 @@ def print_table(metrics: dict[str, Any]) -> None:
     )
     if metrics["groups"]:
         print_groups(metrics["groups"], metrics["threshold"])
+    if metrics.get("comparison"):
+        print_comparison(console, metrics["comparison"])
+    if "errors" in metrics:
+        errors = metrics["errors"]
+        cams = f"; Grad-CAM overlays in {errors['cam']}" if errors.get("cam") else ""
+        console.print(
+            f"errors.csv: {errors['false_positives']} false positives, {errors['false_negatives']} false "
+            f"negatives, worst first{cams}; model_card.md; decision_curve.png (exploratory)",
+            highlight=False,
+        )
+
+
+def print_threshold_rule(console: Console, rule: dict[str, Any]) -> None:
+    """Where the stored threshold came from, in one or two lines."""
+    parameters = ", ".join(f"{k}={v}" for k, v in rule["parameters"].items())
+    console.print(
+        f"threshold {rule['value']:.4f}: model.threshold_method={rule['rule']}"
+        f"{' (' + parameters + ')' if parameters else ''}"
+        f"{'' if rule['rule_recorded'] else ' (not in the config: the default)'}, {rule['where']}; "
+        "figures at 0.5 are exploratory",
+        highlight=False,
+    )
+
+
+def print_flow(console: Console, flow: dict[str, Any]) -> None:
+    """From the split's files to the films counted, and the overlap warnings."""
+    found, evaluated = flow["found"], flow["evaluated"]
+    per_class = ", ".join(f"{n} {name}" for name, n in found["by_class"].items())
+    kept = "; ".join(
+        f"{name} {row['films']} films / {row['patients']} patients"
+        for name, row in evaluated["by_class"].items()
+    )
+    console.print(
+        f"films: {found['films']} found ({per_class}), {len(flow['skipped_files'])} non-image files "
+        f"skipped, {len(flow['left_out'])} left out unreadable; evaluated {evaluated['films']} films of "
+        f"{evaluated['patients']} patients ({kept})",
+        highlight=False,
+    )
+    for film in flow["left_out"][:5]:
+        console.print(f"  left out {film['path']} ({film['class']}): {film['reason']}", highlight=False)
+    if len(flow["left_out"]) > 5:
+        console.print(f"  ... and {len(flow['left_out']) - 5} more (metrics.json, flow.left_out)")
+    training = flow["overlap"]["training"]
+    if training["checked"]:
+        console.print(
+            f"training patients among these: {training['patients']} (of {training['training_patients']} "
+            f"training patients, checked on the rebuilt training files)",
+            highlight=False,
+        )
+    for warning in flow["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
 
 
 def print_groups(groups: dict[str, dict[str, Any]], threshold: float) -> None:
     """One row per acquisition group at the stored threshold; a figure with nothing to count is '-'."""
 
-    def shown(value: float, count: int) -> str:
-        return "-" if math.isnan(value) else f"{value:.4f} ({count})"
+    def shown(value: float, count: int, bounds: list[float] | None) -> str:
+        if math.isnan(value):
+            return "-"
+        return f"{value:.4f} ({count})" + (f"\n{_ci(bounds)}" if bounds is not None else "")
 
-    table = Table(title=f"by acquisition group, at threshold {threshold:.3f}")
+    table = Table(title=f"by acquisition group, at threshold {threshold:.3f} (bootstrap 95 % below)")
     table.add_column("group")
     for name in ("films", "neg/pos", "specificity\n(FP)", "sensitivity\n(missed)", "AUROC"):
         table.add_column(name, justify="right")
     for group, row in groups.items():
+        extra = row.get("intervals", {})
         table.add_row(
             group,
             str(row["n"]),
             f"{row['n_negative']} / {row['n_positive']}",
-            shown(row["specificity"], row["false_positives"]),
-            shown(row["sensitivity"], row["false_negatives"]),
+            shown(row["specificity"], row["false_positives"], extra.get("specificity", {}).get("bootstrap")),
+            shown(row["sensitivity"], row["false_negatives"], extra.get("sensitivity", {}).get("bootstrap")),
             "-" if math.isnan(row["auroc"]) else f"{row['auroc']:.4f}",
         )
     Console().print(table)
 
 
+def print_comparison(console: Console, comparison: dict[str, Any]) -> None:
+    """Model A (ckpt_path) against model B (compare_ckpt_path) on the same films."""
+    auroc = comparison["auroc"]
+    console.print(
+        f"A = {comparison['a']['checkpoint']}\nB = {comparison['b']['checkpoint']}\n"
+        f"on the same {comparison['films']} films ({comparison['patients']} patients): AUROC A "
+        f"{auroc['auroc_a']:.4f}, B {auroc['auroc_b']:.4f}, A - B {auroc['difference']:+.4f} "
+        f"(paired patient bootstrap {_ci(auroc['bootstrap'])})",
+        highlight=False,
+    )
+    for figure, verb in (("sensitivity", "found"), ("specificity", "cleared")):
+        row = comparison[figure]
+        console.print(
+            f"{figure} A {_value(row['a'])}, B {_value(row['b'])}: {row['a_only']} films only A {verb}, "
+            f"{row['b_only']} only B; exact McNemar p = {row['p_value']:.4f}",
+            highlight=False,
+        )
+
+
+def report_options(cfg: DictConfig) -> ReportOptions:
+    """The report's settings from the config (each with its default when absent)."""
+    intervals = cfg.get("intervals") or {}
+    card = OmegaConf.to_container(cfg.card, resolve=True) if cfg.get("card") is not None else {}
+    assert isinstance(card, dict)
+    return ReportOptions(
+        level=float(intervals.get("level", 0.95)),
+        draws=int(intervals.get("draws", 2000)),
+        seed=int(intervals.get("seed", 0)),
+        cam=bool(cfg.get("cam", False)),
+        compare_ckpt_path=cfg.get("compare_ckpt_path"),
+        card={str(k): v for k, v in card.items()},
+    )
+
+
+@writable_run_dir  # a run directory that cannot be written: one line, before Hydra makes it
 @hydra.main(version_base="1.3", config_path="pkg://pneumo.conf", config_name="eval")
 @exit_on_user_error
+@config_errors  # a missing ckpt_path (or any config error) in one line
 def main(cfg: DictConfig) -> float:
     """Evaluate; return the AUROC."""
+    output_dir = Path(cfg.paths.output_dir)
     metrics = evaluate(
-        cfg.ckpt_path, cfg.data.root, cfg.data.split, Path(cfg.paths.output_dir), cfg.data.batch_size, cfg.tta
+        cfg.ckpt_path,
+        cfg.data.root,
+        cfg.data.split,
+        output_dir,
+        cfg.data.batch_size,
+        cfg.tta,
+        report_options(cfg),
     )
     print_table(metrics)
+    Console().print(f"written to {output_dir}", highlight=False)
     return metrics["auroc"]
 
 

@@ -14,9 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pneumo.cli.arguments import ArgumentParser, non_empty, output_folder
+from pneumo.data.dataset import list_films, summarize_ignored
 from pneumo.errors import exit_on_user_error
 from pneumo.model.export import TOLERANCE, WRITERS, export
-from pneumo.model.inference import collect_images
 
 DEFAULT_CHECK_IMAGES = Path("data/sample")
 
@@ -24,15 +25,18 @@ DEFAULT_CHECK_IMAGES = Path("data/sample")
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of pneumo-export."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pneumo-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by pneumo-train")
+    parser.add_argument("--ckpt", required=True, type=non_empty, help="checkpoint written by pneumo-train")
     parser.add_argument("--format", choices=sorted(WRITERS), default="onnx")
-    parser.add_argument("--out", default="exported", help="output folder (default: exported/)")
+    parser.add_argument(
+        "--out", type=output_folder, default=Path("exported"), help="output folder (default: exported/)"
+    )
     parser.add_argument(
         "--images",
         nargs="*",
+        type=non_empty,
         default=None,
         help=f"images to compare the export on (default: {DEFAULT_CHECK_IMAGES}/ when present)",
     )
@@ -40,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     sources = args.images
     if sources is None:
         sources = [DEFAULT_CHECK_IMAGES] if DEFAULT_CHECK_IMAGES.is_dir() else []
-    images = collect_images(sources)[:16]
+    listing = list_films(sources)
+    if listing.ignored and args.images is not None:
+        print(f"not used for the check: {summarize_ignored(listing.ignored)}", file=sys.stderr)
+    images = listing.files[:16]
     path, difference = export(args.ckpt, args.format, args.out, images)
     on = f"{len(images)} images" if images else "4 random inputs (no images found)"
     print(f"wrote {path}, labels.txt, preprocessing.json in {Path(args.out)}")

@@ -19,6 +19,17 @@ from pathlib import Path
 import torch
 
 from pneumo.artifacts.checkpoint import network_state_dict, read_checkpoint
+from pneumo.artifacts.output import atomic_path
+from pneumo.artifacts.rundir import hydra_quote
+from pneumo.cli.arguments import (
+    ArgumentParser,
+    image_size,
+    non_empty,
+    non_negative_int,
+    output_folder,
+    positive_float,
+    positive_int,
+)
 from pneumo.errors import exit_on_user_error
 from pneumo.model.export import export
 from pneumo.model.loading import load_model
@@ -36,45 +47,62 @@ def write_model_dir(ckpt: Path, model_dir: Path) -> list[Path]:
     )
     checkpoint = read_checkpoint(ckpt)
     best = model_dir / "model_best.pth.tar"
-    torch.save(
-        {
-            "epoch": checkpoint.get("epoch", 0),
-            "arch": "resnet18",
-            "resolution": meta.image_size,
-            "num_classes": len(meta.classes),
-            "classes": list(meta.classes),
-            "state_dict": network_state_dict(checkpoint),
-        },
-        best,
-    )
+    with atomic_path(best) as partial, partial.open("wb") as file:
+        torch.save(
+            {
+                "epoch": checkpoint.get("epoch", 0),
+                "arch": "resnet18",
+                "resolution": meta.image_size,
+                "num_classes": len(meta.classes),
+                "classes": list(meta.classes),
+                "state_dict": network_state_dict(checkpoint),
+            },
+            file,
+        )
     onnx_path, _ = export(ckpt, "onnx", model_dir)
     return [best, model_dir / "labels.txt", onnx_path]
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Parse jetson-inference style flags; return them and any Hydra overrides."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pneumo-jetson-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "data", metavar="DATA_DIR", help="dataset root: DATA_DIR/train/NORMAL, DATA_DIR/train/PNEUMONIA, ..."
+        "data",
+        type=non_empty,
+        metavar="DATA_DIR",
+        help="dataset root: DATA_DIR/train/NORMAL, DATA_DIR/train/PNEUMONIA, ...",
     )
     parser.add_argument(
-        "--model-dir", default="models", help="where the run, weights, labels.txt and ONNX go"
+        "--model-dir",
+        type=output_folder,
+        default=Path("models"),
+        help="where the run, weights, labels.txt and ONNX go",
     )
     parser.add_argument(
-        "--epochs", type=int, default=35, help="maximum number of epochs (early stopping may end sooner)"
+        "--epochs",
+        type=positive_int,
+        default=35,
+        help="maximum number of epochs (early stopping may end sooner)",
     )
-    parser.add_argument("-b", "--batch-size", type=int, default=8)
-    parser.add_argument("-j", "--workers", type=int, default=2, help="data loader worker processes")
+    parser.add_argument("-b", "--batch-size", type=positive_int, default=8, help="films per batch")
     parser.add_argument(
-        "--lr", "--learning-rate", type=float, default=None, help="AdamW learning rate (default: conf/model)"
+        "-j", "--workers", type=non_negative_int, default=2, help="data loader worker processes (0 or more)"
     )
     parser.add_argument(
-        "--resolution", type=int, default=224, help="input images are resized to this square size"
+        "--lr",
+        "--learning-rate",
+        type=positive_float,
+        default=None,
+        help="AdamW learning rate (default: conf/model)",
+    )
+    parser.add_argument(
+        "--resolution", type=image_size, default=224, help="input images are resized to this square size"
     )
     parser.add_argument(
         "--resume",
+        type=non_empty,
         default=None,
         metavar="CKPT",
         help="resume from a pneumo checkpoint (e.g. MODEL_DIR/checkpoints/last.ckpt)",
@@ -96,21 +124,25 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def overrides_for(args: argparse.Namespace) -> list[str]:
-    """The pneumo-train overrides equivalent to the jetson-inference flags."""
+    """The pneumo-train overrides equivalent to the jetson-inference flags.
+
+    Paths are quoted for Hydra here (``hydra_quote``): any path the shell passed arrives as it
+    is, spaces, commas, ``=``, quotes and all, without the user quoting it a second time.
+    """
     overrides = [
-        f"data.root={args.data}",
+        f"data.root={hydra_quote(args.data)}",
         f"data.batch_size={args.batch_size}",
         f"data.num_workers={args.workers}",
         f"data.image_size={args.resolution}",
         f"trainer.max_epochs={args.epochs}",
-        f"hydra.run.dir={args.model_dir}",
+        f"hydra.run.dir={hydra_quote(args.model_dir)}",
     ]
     if args.lr is not None:
-        overrides.append(f"model.optimizer.lr={args.lr}")
+        overrides.append(f"model.optimizer.lr={args.lr!r}")
     if not args.pretrained:
         overrides.append("model.weights=null")
     if args.resume:
-        overrides.append(f"ckpt_path={args.resume}")
+        overrides.append(f"ckpt_path={hydra_quote(args.resume)}")
     return overrides
 
 

@@ -21,8 +21,17 @@ from rich.table import Table
 
 from pneumo import DISCLAIMER
 from pneumo.artifacts.output import write_text_atomically
+from pneumo.cli.arguments import (
+    ArgumentParser,
+    non_empty,
+    output_file,
+    output_folder,
+    positive_int,
+    probability,
+)
+from pneumo.data.dataset import Sample, label_conflict_groups, list_films, summarize_ignored
 from pneumo.errors import PneumoError, exit_on_user_error, printable
-from pneumo.model.inference import Prediction, collect_images, predict
+from pneumo.model.inference import Prediction, predict
 from pneumo.model.loading import load_model
 
 
@@ -58,25 +67,53 @@ def write_predictions(rows: Sequence[Prediction], out: Path | None) -> None:
         raise PneumoError(f"--out {out}: use a .csv or .json file name")
 
 
+def report_inputs(files: Sequence[Path], ignored: dict[Path, str]) -> None:
+    """Say on stderr, once each, what of the input is not predicted (ignored files, by reason,
+    with examples) and which inputs are one film given twice (the same bytes under two paths)."""
+    if ignored:
+        print(f"not predicted: {summarize_ignored(ignored)}", file=sys.stderr)
+    # the rule training and verify apply to class folders: the same bytes are one film
+    groups = label_conflict_groups([Sample(path, index) for index, path in enumerate(files)])
+    if groups:
+        shown = "; ".join(" = ".join(printable(str(s.path)) for s in group) for group in groups[:3])
+        more = f" and {len(groups) - 3} more" if len(groups) > 3 else ""
+        print(
+            f"warning: {len(groups)} films are given more than once (the same bytes under several "
+            f"paths: {shown}{more}); each copy gets its own row",
+            file=sys.stderr,
+        )
+
+
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of pneumo-predict; exits 1 when some files could not be read."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pneumo-predict",
         description=__doc__,
         epilog=DISCLAIMER,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by pneumo-train")
+    parser.add_argument("--ckpt", required=True, type=non_empty, help="checkpoint written by pneumo-train")
     parser.add_argument(
-        "paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)"
+        "paths",
+        nargs="+",
+        type=non_empty,
+        metavar="PATH",
+        help="image files or folders (searched recursively)",
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="write .csv or .json instead of printing a table"
+        "--out",
+        type=output_file(".csv", ".json"),
+        default=None,
+        help="write .csv or .json instead of printing a table",
     )
-    parser.add_argument("--cam", type=Path, default=None, metavar="DIR", help="write Grad-CAM overlays here")
-    parser.add_argument("--threshold", type=float, default=None, help="override the checkpoint's threshold")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--cam", type=output_folder, default=None, metavar="DIR", help="write Grad-CAM overlays here"
+    )
+    parser.add_argument(
+        "--threshold", type=probability, default=None, help="override the checkpoint's threshold (0 to 1)"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="films per batch (1 or more)")
     parser.add_argument(
         "--tta",
         action="store_true",
@@ -89,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         refuse_ensemble(model)  # before predicting: a refused --cam costs nothing
     print(DISCLAIMER, file=sys.stderr)
-    files = collect_images(args.paths)
+    listing = list_films(args.paths)
+    files = listing.files
+    report_inputs(files, listing.ignored)
     if not files:
         raise PneumoError(f"no images found in {' '.join(args.paths)}")
     rows = predict(

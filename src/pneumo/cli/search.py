@@ -3,8 +3,10 @@
 pneumo-search data.root=data/chest_xray experiment=kermany_cpu         # hparams_search=default
 pneumo-search data.root=data/chest_xray search.n_trials=40 search.dir=outputs/search/DATE   # resume
 
-The space, the sampler, the pruner and the number of trials live in ``conf/hparams_search/``.
-Every trial is an ordinary pneumo-train run (``train(compose_config(...))``, one device) in its
+Its config is ``conf/search.yaml``: pneumo-train's (``train.yaml``) plus the ``hparams_search``
+group, whose files (``conf/hparams_search/``) hold the space, the sampler, the pruner and the
+number of trials under ``search.*``. Every trial is an ordinary pneumo-train run
+(``train(compose_config(...))``, one device) composed from that config, in its
 own folder of the search's directory, so ``scripts/compare_runs.py`` and TensorBoard read
 trials as they read sweep jobs. The study is kept in ``study.db`` (SQLite) in the same
 directory: a search launched again into it continues where it stopped.
@@ -12,7 +14,6 @@ directory: a search launched again into it continues where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import sys
@@ -28,6 +29,7 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pneumo.cli.arguments import ArgumentParser, check_train_config
 from pneumo.cli.train import compose_config, optimized_value, train
 from pneumo.errors import PneumoError, exit_on_user_error
 
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STUDY_FILE = "study.db"
+# conf/search.yaml: train.yaml plus the hparams_search group; the search and its trials read it
+SEARCH_CONFIG = "search"
 STUDY_NAME = "pneumo"
 # Hydra's format, so a trial's train.log reads like a pneumo-train run's
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
@@ -144,16 +148,16 @@ def _run_log(run_dir: Path) -> Iterator[None]:
 
 
 def _compose(overrides: list[str], run_dir: str | Path) -> DictConfig:
-    """``compose_config``, with Hydra's message for a bad override as one line."""
+    """``compose_config`` of ``conf/search.yaml``, with Hydra's message for a bad override as one line."""
     try:
-        return compose_config(overrides, run_dir)
+        return compose_config(overrides, run_dir, config_name=SEARCH_CONFIG)
     except HydraException as err:
         raise PneumoError(" ".join(line.strip() for line in str(err).splitlines() if line.strip())) from None
 
 
 def _record(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
     """Write ``.hydra/config.yaml`` and ``overrides.yaml`` as Hydra does for a pneumo-train run,
-    so a trial can be rerun with ``pneumo-train`` and its overrides."""
+    so a trial can be rerun with ``pneumo-train --config-name search`` and its overrides."""
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra" / "overrides.yaml")
@@ -175,6 +179,7 @@ def _settings(overrides: list[str]) -> DictConfig:
         )
     if cfg.monitor.mode not in ("min", "max"):
         raise PneumoError(f"monitor.mode={cfg.monitor.mode}: use min or max")
+    check_train_config(cfg)  # what every trial shares, before any trial decodes a film
     return cfg
 
 
@@ -261,12 +266,11 @@ def _check_goal(study: optuna.Study, goal: dict[str, str], search_dir: Path) -> 
 def search(overrides: list[str]) -> optuna.Study:
     """Run the search that ``overrides`` (pneumo-train's, plus ``search.*``) describe; return its study.
 
-    ``hparams_search=default`` is used unless another space is chosen. Trials already finished
-    in ``search.dir`` (complete, pruned or failed) count towards ``search.n_trials``.
+    ``hparams_search=default`` (``conf/search.yaml``) is used unless another space is chosen.
+    Trials already finished in ``search.dir`` (complete, pruned or failed) count towards
+    ``search.n_trials``.
     """
     _optuna()  # a missing Optuna is reported before anything else
-    if not any(o.lstrip("+").startswith("hparams_search=") for o in overrides):
-        overrides = ["hparams_search=default", *overrides]
     cfg = _settings(overrides)
     search_dir = Path(cfg.search.dir)
     # every trial records the search it belongs to, not a time of its own
@@ -300,7 +304,7 @@ def _report(study: optuna.Study, cfg: DictConfig, search_dir: Path) -> None:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     """pneumo-search: parse the overrides, log to the console and run the search."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pneumo-search",
         description=(
             "Optuna search over pneumo-train settings. It maximises validation AUROC: each trial "

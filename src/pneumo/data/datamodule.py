@@ -21,12 +21,19 @@ from pneumo.data.dataset import (
     Sample,
     XrayDataset,
     collate_skipping_bad,
+    label_conflicts,
     scan_split,
     split_dirs,
 )
 from pneumo.data.manifest import Manifest, check_patients_apart, check_split_classes, load_manifest
 from pneumo.data.preprocess import MIN_SIDE, to_model_input, to_unit
-from pneumo.data.split import HOLDOUTS, known_patient_name, patient_split
+from pneumo.data.split import (
+    HOLDOUTS,
+    check_validation_patients,
+    known_patient_name,
+    patient_id,
+    patient_split,
+)
 from pneumo.data.transforms import BatchAugment
 from pneumo.errors import PneumoError, printable
 
@@ -35,16 +42,51 @@ log = logging.getLogger(__name__)
 BALANCE_MODES = ("loss", "sampler", "none")
 
 
+# The largest data.image_size: ResNet18 gains nothing past the films' own detail, and the
+# decoded cache grows with its square (2048 px: 4 MB a film, 21 GB for the Kaggle train split).
+MAX_IMAGE_SIZE = 2048
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_settings(
-    batch_size: int, image_size: int, num_workers: int, val_fraction: float, min_val_images: int
+    batch_size: Any, image_size: Any, num_workers: Any, val_fraction: Any, min_val_images: Any, seed: Any = 0
 ) -> None:
-    """Refuse impossible data settings in one line each, before any file is read."""
+    """Refuse impossible data settings in one line each, before any file is read: a value of
+    the wrong type (``data.image_size=big``) as much as one out of range."""
     checks = (
-        ("data.batch_size", batch_size, batch_size >= 1, "a positive number of images"),
-        ("data.image_size", image_size, image_size >= MIN_SIDE, f"at least {MIN_SIDE} px"),
-        ("data.num_workers", num_workers, num_workers >= 0, "0 or more loader processes"),
-        ("data.val_fraction", val_fraction, 0.0 < val_fraction < 1.0, "a fraction between 0 and 1"),
-        ("data.min_val_images", min_val_images, min_val_images >= 0, "0 or more"),
+        (
+            "data.batch_size",
+            batch_size,
+            _is_int(batch_size) and batch_size >= 1,
+            "a positive number of images",
+        ),
+        (
+            "data.image_size",
+            image_size,
+            _is_int(image_size) and MIN_SIDE <= image_size <= MAX_IMAGE_SIZE,
+            f"at least {MIN_SIDE} px and at most {MAX_IMAGE_SIZE} px, a whole number (e.g. 224)",
+        ),
+        (
+            "data.num_workers",
+            num_workers,
+            _is_int(num_workers) and num_workers >= 0,
+            "0 or more loader processes",
+        ),
+        (
+            "data.val_fraction",
+            val_fraction,
+            _is_number(val_fraction) and 0.0 < val_fraction < 1.0,
+            "a fraction between 0 and 1",
+        ),
+        ("data.min_val_images", min_val_images, _is_int(min_val_images) and min_val_images >= 0, "0 or more"),
+        ("data.seed", seed, _is_int(seed), "a whole number"),
     )
     for key, value, ok, expected in checks:
         if not ok:
@@ -85,11 +127,18 @@ class XrayDataModule(L.LightningDataModule):
         manifest: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        _check_settings(batch_size, image_size, num_workers, val_fraction, min_val_images)
+        _check_settings(batch_size, image_size, num_workers, val_fraction, min_val_images, seed)
+        if on_bad_image not in ("skip", "fail"):
+            raise PneumoError(f"data.on_bad_image must be 'skip' or 'fail', got {on_bad_image!r}")
         if balance not in BALANCE_MODES:
             raise PneumoError(f"data.balance must be one of {', '.join(BALANCE_MODES)}, got {balance!r}")
         if val_holdout not in HOLDOUTS:
             raise PneumoError(f"data.val_holdout must be one of {', '.join(HOLDOUTS)}, got {val_holdout!r}")
+        if isinstance(classes, str) or not all(isinstance(c, str) and c for c in classes):
+            raise PneumoError(
+                f"data.classes={classes!r} is not valid: use a list of the two class folder names, "
+                "e.g. data.classes=[NORMAL,PNEUMONIA]"
+            )
         self.classes = list(classes)
         if len(self.classes) != 2 or len(set(self.classes)) != 2 or positive_class not in self.classes:
             raise PneumoError(
@@ -116,6 +165,11 @@ class XrayDataModule(L.LightningDataModule):
         self.seed = seed
         self.train_set: XrayDataset | None = None
         self._split: tuple[list[Sample], list[Sample]] | None = None
+        # where the validation films come from, and their patients (manifests), for check_validation
+        self._val_source = ""
+        self._val_carved = True
+        self._val_patients: list[str] = []
+        self._val_from_split_column = False
         self.val_set: XrayDataset | None = None
 
     # -- discovering files -------------------------------------------------------------
@@ -157,6 +211,32 @@ class XrayDataModule(L.LightningDataModule):
             self._split = self._list_and_split()
         return self._split
 
+    def check_validation(self) -> None:
+        """Refuse, before any film is decoded, a validation split that cannot measure the model:
+        a class with fewer than ``MIN_VAL_PATIENTS`` patients in it (a single film or child would
+        set the threshold, the AUROC and best.ckpt). ``pneumo-train`` calls it before the run
+        starts, and ``setup`` again for runs built in code."""
+        train, val = self.split_samples()
+        if self.manifest is not None:
+            patients = self._val_patients
+            source = f"the validation rows of {self.manifest.file}"
+            remedies = (
+                "add patients, or name validation rows of more patients in the manifest's split column "
+                "(data.manifest.columns.split)"
+            )
+            if not self._val_from_split_column:
+                remedies = "raise data.val_fraction, or " + remedies
+        else:
+            patients = [patient_id(s.path) for s in val]
+            source = self._val_source
+            remedies = (
+                "add patients, or give a val/ folder with films of more patients (used when it holds at "
+                "least data.min_val_images films), or import the films as a manifest with a split column"
+            )
+            if self._val_carved:
+                remedies = "raise data.val_fraction, or " + remedies
+        check_validation_patients([s.label for s in val], patients, self.classes, source, remedies)
+
     def _list_and_split(self) -> tuple[list[Sample], list[Sample]]:
         self.check_root()
         if self.manifest is not None:
@@ -167,6 +247,10 @@ class XrayDataModule(L.LightningDataModule):
         if val_dir is not None:
             val = scan_split(val_dir, self.classes)
             if len(val) >= self.min_val_images:
+                conflicts = label_conflicts([*train, *val], self.classes)
+                if conflicts:
+                    raise PneumoError(conflicts[0])
+                self._val_source, self._val_carved = str(val_dir), False
                 return train, val
             log.info(
                 "%s has %d images (< data.min_val_images=%d): validating on a patient-level "
@@ -179,6 +263,8 @@ class XrayDataModule(L.LightningDataModule):
         train_idx, val_idx = patient_split(
             [s.path for s in train], [s.label for s in train], self.val_fraction, self.seed, self.val_holdout
         )
+        self._val_source = f"the validation films carved from {folders['train']}"
+        self._val_carved = True
         return [train[i] for i in train_idx], [train[i] for i in val_idx]
 
     def _split_manifest(self, manifest: Manifest) -> tuple[list[Sample], list[Sample]]:
@@ -190,10 +276,11 @@ class XrayDataModule(L.LightningDataModule):
         listing = load_manifest(manifest, self.classes)
         train, patients = listing.split("train")
         check_split_classes(train, self.classes, "training", manifest.file)
-        val, _ = listing.split("val")
+        val, val_patients = listing.split("val")
         if val:
             check_split_classes(val, self.classes, "validation", manifest.file)
             check_patients_apart(listing, manifest.file, "train", "val")
+            self._val_patients, self._val_from_split_column = val_patients, True
             return train, val
         if manifest.columns.patient is None:
             self._check_patient_names(train)
@@ -211,6 +298,7 @@ class XrayDataModule(L.LightningDataModule):
             self.val_holdout,
             patients=patients,
         )
+        self._val_patients = [patients[i] for i in val_idx]
         return [train[i] for i in train_idx], [train[i] for i in val_idx]
 
     def _check_patient_names(self, samples: list[Sample]) -> None:
@@ -261,6 +349,7 @@ class XrayDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None) and self.train_set is None:
+            self.check_validation()
             train, val = self.split_samples()
             log.info("train: %d images, validation: %d images", len(train), len(val))
             # mixed classes in every validation batch, so the sanity check sees both

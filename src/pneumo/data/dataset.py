@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from pneumo.data.cache import DecodedImages, decode_in_memory
 from pneumo.data.preprocess import IMAGE_EXTENSIONS, BadImageError, load_image
-from pneumo.errors import PneumoError
+from pneumo.errors import PneumoError, printable
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +35,69 @@ DEFAULT_CLASSES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
 
 
-def is_image_file(path: Path) -> bool:
-    """True for files with an image extension; hidden files (.DS_Store, ._x.jpg) are not.
+# The rules of what counts as a film of a class, shared by training, verify, eval and predict:
+# a file with an accepted extension (preprocess.IMAGE_EXTENSIONS), not hidden, and not inside a
+# hidden or system folder. Everything else met is ignored and reported, with its reason.
 
-    Every other file (Thumbs.db, desktop.ini, notes.txt) is ignored by training, evaluation,
-    prediction and ``pneumo-data verify`` alike.
+# Folders that file managers, NAS boxes, archivers and operating systems add inside any folder
+# (thumbnails, recycle bins, resource forks): their files are never films of the class around
+# them. Any folder whose name starts with "." (.thumbnails, .Trash-1000, .@__thumb) or "@"
+# (@eaDir, @Recycle, @Recently-Snapshot) counts too.
+SYSTEM_FOLDERS = frozenset(
+    {"__macosx", "$recycle.bin", "#recycle", "system volume information", "lost+found"}
+)
+
+# Why a file is not a film, as reports and log lines give it.
+IN_HIDDEN_FOLDER = "in hidden or system folders (thumbnails, trash, NAS metadata)"
+OTHER_FORMAT = "of an image format pneumo does not read"
+HIDDEN_FILE = "hidden (a name starting with '.')"
+NOT_A_FILM = "not image files"
+OUTSIDE_CLASSES = "outside the class folders"
+
+
+def is_hidden_folder(path: Path) -> bool:
+    """Whether a sub-folder holds no films of its class: hidden, or added by a system (``SYSTEM_FOLDERS``)."""
+    name = Path(path).name
+    return name.startswith((".", "@")) or name.lower() in SYSTEM_FOLDERS
+
+
+def accepted_formats() -> str:
+    """The accepted extensions, for messages: ``.bmp .dcm .jpeg ...``."""
+    return " ".join(sorted(IMAGE_EXTENSIONS))
+
+
+def is_image_file(path: Path) -> bool:
+    """True for files with an accepted extension (``IMAGE_EXTENSIONS``); hidden files
+    (.DS_Store, ._x.jpg) are not.
+
+    Every other file (Thumbs.db, desktop.ini, notes.txt, x.webp) is ignored, and reported with
+    ``ignore_reason``, by training, evaluation, prediction and ``pneumo-data verify`` alike.
     """
     is_file = path.is_file() or (path.is_symlink() and not path.is_dir())  # a broken link is a bad file
     return is_file and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def ignore_reason(path: Path) -> str:
+    """Why ``path`` (a file that ``is_image_file`` refuses) is not a film."""
+    if path.name.startswith("."):
+        return HIDDEN_FILE
+    suffix = path.suffix.lower()
+    if suffix and suffix in Image.registered_extensions() or suffix in (".heic", ".heif", ".avif"):
+        return f"{OTHER_FORMAT} ({suffix})"
+    return NOT_A_FILM
+
+
+def summarize_ignored(ignored: Mapping[Path, str], examples: int = 3) -> str:
+    """``ignored`` (file -> reason) in one line: the count, by reason, with a few examples each."""
+    by_reason: dict[str, list[Path]] = defaultdict(list)
+    for path, reason in sorted(ignored.items()):
+        by_reason[reason].append(path)
+    parts = []
+    for reason, paths in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(printable(str(p)) for p in paths[:examples])
+        more = f" and {len(paths) - examples} more" if len(paths) > examples else ""
+        parts.append(f"{len(paths)} {reason}: {shown}{more}")
+    return f"{len(ignored)} files ignored ({'; '.join(parts)}); films are {accepted_formats()} files"
 
 
 @dataclass
@@ -47,17 +105,35 @@ class FolderWalk:
     """Everything under a folder that is not a folder, and the folders that could not be read.
 
     ``files`` includes broken links and links that loop: with an image extension they are
-    bad images (named by the decoder), never silently dropped.
+    bad images (named by the decoder), never silently dropped. ``hidden`` are the files inside
+    hidden or system sub-folders (``is_hidden_folder``), which are never films of the folder.
     """
 
     files: list[Path] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    hidden: list[Path] = field(default_factory=list)
+
+    def ignored(self) -> dict[Path, str]:
+        """The files of the walk that are not films, each with its reason."""
+        found = {path: IN_HIDDEN_FOLDER for path in self.hidden}
+        found.update({path: ignore_reason(path) for path in self.files if not is_image_file(path)})
+        return found
+
+
+def _hidden_files(folder: Path) -> list[Path]:
+    """Every file under a hidden or system folder (links not followed: they are not walked)."""
+    found: list[Path] = []
+    for current, _, names in os.walk(folder, onerror=lambda err: None):
+        found.extend(Path(current) / name for name in names)
+    return found
 
 
 def walk_folder(folder: Path) -> FolderWalk:
     """List ``folder`` recursively, following links to folders, each real folder once.
 
     A link back to a folder already walked (a loop) is not entered again, so the walk ends.
+    Hidden and system sub-folders (``is_hidden_folder``) are not walked as part of the folder:
+    their files go to ``hidden``.
     """
     walk, seen, pending = FolderWalk(), set(), [Path(folder)]
     while pending:
@@ -73,13 +149,99 @@ def walk_folder(folder: Path) -> FolderWalk:
             walk.unreadable.append((current, _reason(err)))
             continue
         for path in found:
-            if path.is_dir():
+            if path.is_dir() and is_hidden_folder(path):
+                walk.hidden.extend(_hidden_files(path))
+            elif path.is_dir():
                 pending.append(path)
             else:
                 walk.files.append(path)
     walk.files.sort()
     walk.unreadable.sort()
+    walk.hidden.sort()
     return walk
+
+
+def _content_key(path: Path) -> str | None:
+    """SHA-1 of a file's bytes; ``None`` when it cannot be read (a bad image, reported elsewhere)."""
+    digest = hashlib.sha1()
+    try:
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def label_conflict_groups(samples: Sequence[Sample]) -> list[list[Sample]]:
+    """The films listed under two classes or more: groups of samples holding the same bytes
+    (in two class folders, or under two labels of a manifest), whatever their names.
+
+    Only files of equal size are read and hashed, so a split of thousands of films costs
+    little more than its listing.
+    """
+    by_size: dict[int, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        try:
+            by_size[sample.path.stat().st_size].append(sample)
+        except OSError:
+            continue
+    by_content: dict[str, list[Sample]] = defaultdict(list)
+    for same_size in by_size.values():
+        if len({s.label for s in same_size}) < 2:
+            continue
+        for sample in same_size:
+            key = _content_key(sample.path)
+            if key is not None:
+                by_content[key].append(sample)
+    groups = [sorted(g, key=lambda s: s.path) for g in by_content.values() if len({s.label for s in g}) > 1]
+    return sorted(groups, key=lambda g: g[0].path)
+
+
+def conflict_message(group: Sequence[Sample], classes: Sequence[str]) -> str:
+    """The one line for a film listed under two classes (``label_conflict_groups``)."""
+    films = " = ".join(f"{s.path} ({classes[s.label]})" for s in group)
+    return (
+        f"one film under two classes: {films} hold the same bytes; a film has one label: remove the "
+        "copy in the wrong class"
+    )
+
+
+def label_conflicts(samples: Sequence[Sample], classes: Sequence[str]) -> list[str]:
+    """``conflict_message`` for every film listed under two classes."""
+    return [conflict_message(group, classes) for group in label_conflict_groups(samples)]
+
+
+@dataclass
+class FilmListing:
+    """The films among paths given to a command (``list_films``), and what was not taken."""
+
+    files: list[Path] = field(default_factory=list)
+    ignored: dict[Path, str] = field(default_factory=dict)
+
+
+def list_films(paths: Iterable[str | Path]) -> FilmListing:
+    """Expand folders (recursively, by the rules of class folders) into films; named files are
+    kept as given (a bad or missing one becomes an error row), unless their extension is not an
+    accepted one: those, and every other file met, are ``ignored`` with their reason.
+
+    A folder that cannot be read stops with one line: its films would otherwise go missing
+    from the output without a word.
+    """
+    listing = FilmListing()
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            walk = walk_folder(path)
+            if walk.unreadable:
+                raise PneumoError(unreadable_message(*walk.unreadable[0], what="folder"))
+            listing.files.extend(p for p in walk.files if is_image_file(p))
+            listing.ignored.update(walk.ignored())
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            listing.files.append(path)
+        else:
+            listing.ignored[path] = ignore_reason(path)
+    return listing
 
 
 def split_dirs(root: Path) -> dict[str, Path]:
@@ -101,13 +263,25 @@ class SplitListing:
     """A split folder read by the training rules.
 
     ``samples`` are the images training uses, ``ignored`` the files it leaves out (not
-    images, or not inside a class folder) and ``problems`` one message for each folder
-    problem that stops training: an unknown, missing, empty or unreadable class folder.
+    images, of another format, hidden, in hidden or system folders, or not inside a class
+    folder), each with its reason in ``reasons``, and ``problems`` one message for each folder
+    problem that stops training: an unknown, missing, empty or unreadable class folder, or
+    one film in two class folders.
     """
 
     samples: list[Sample] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    reasons: dict[Path, str] = field(default_factory=dict)
+
+    def ignore(self, found: Mapping[Path, str]) -> None:
+        for path, reason in found.items():
+            self.ignored.append(path)
+            self.reasons[path] = reason
+
+    def ignored_in_classes(self) -> dict[Path, str]:
+        """The ignored files that lie inside the class folders: what training reports."""
+        return {p: r for p, r in self.reasons.items() if r != OUTSIDE_CLASSES}
 
 
 def _reason(err: OSError) -> str:
@@ -146,8 +320,10 @@ def list_split(split_dir: Path, classes: Sequence[str]) -> SplitListing:
         listing.problems.append(unreadable_message(split_dir, reason, "data folder"))
         return listing
     entries = sorted(split_dir.iterdir())
-    listing.ignored.extend(p for p in entries if p.is_file())
-    folders = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
+    listing.ignore({p: OUTSIDE_CLASSES for p in entries if p.is_file()})
+    for hidden in (p for p in entries if p.is_dir() and is_hidden_folder(p)):
+        listing.ignore({p: IN_HIDDEN_FOLDER for p in _hidden_files(hidden)})
+    folders = [p for p in entries if p.is_dir() and not is_hidden_folder(p)]
     for folder in (p for p in folders if p.name not in classes):
         hint = (
             f" (a split folder: a data root with {folder.name}/ needs its training images in "
@@ -162,6 +338,7 @@ def list_split(split_dir: Path, classes: Sequence[str]) -> SplitListing:
         )
     for label, name in enumerate(classes):
         _list_class(split_dir / name, label, listing)
+    listing.problems.extend(label_conflicts(listing.samples, classes))
     return listing
 
 
@@ -178,9 +355,15 @@ def _list_class(class_dir: Path, label: int, listing: SplitListing) -> None:
     for folder, reason in walk.unreadable:
         listing.problems.append(unreadable_message(folder, reason, "folder"))
     images = [p for p in walk.files if is_image_file(p)]
-    listing.ignored.extend(p for p in walk.files if not is_image_file(p))
+    ignored = walk.ignored()
+    listing.ignore(ignored)
     if not images:
-        listing.problems.append(f"class folder has no images: {class_dir} (expected .jpeg/.png files)")
+        held = (
+            f"; it holds {summarize_ignored(ignored)}"
+            if ignored
+            else f" (films are {accepted_formats()} files)"
+        )
+        listing.problems.append(f"class folder has no images: {class_dir}{held}")
     listing.samples.extend(Sample(path, label) for path in images)
 
 
@@ -194,6 +377,9 @@ def scan_split(split_dir: Path, classes: Sequence[str]) -> list[Sample]:
     listing = list_split(split_dir, classes)
     if listing.problems:
         raise PneumoError(listing.problems[0])
+    ignored = listing.ignored_in_classes()
+    if ignored:
+        log.warning("%s: %s", printable(str(split_dir)), summarize_ignored(ignored))
     return listing.samples
 
 

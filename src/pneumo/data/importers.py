@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumo.artifacts.output import write_text_atomically
-from pneumo.data.manifest import ManifestColumns
+from pneumo.data.manifest import ManifestColumns, repeated_column
 from pneumo.errors import PneumoError
 
 NORMAL, PNEUMONIA, DROP = "NORMAL", "PNEUMONIA", "drop"
@@ -108,6 +108,9 @@ def _rows(table: Path, fmt: str, required: Sequence[str]) -> Iterator[tuple[int,
         with open(table, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = reader.fieldnames or []
+            repeated = repeated_column(table, header)
+            if repeated:
+                raise PneumoError(repeated)
             for name in required:
                 if name not in header:
                     raise PneumoError(

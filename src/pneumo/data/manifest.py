@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pneumo.data.dataset import Sample
+from pneumo.data.dataset import Sample, conflict_message, label_conflict_groups
 from pneumo.data.split import patient_id
 from pneumo.errors import PneumoError
 
@@ -214,6 +214,26 @@ class _RowReader:
         self.listing.rows.append(row)
 
 
+def repeated_column(file: Path, header: Sequence[str]) -> str | None:
+    """The one line for a header that names a column twice, ``None`` when each name is once.
+
+    A CSV reader keeps only the last of two columns of one name: a label or path column given
+    twice would be read from the other copy without a word.
+    """
+    places: dict[str, list[int]] = {}
+    for number, name in enumerate(header, start=1):
+        if name and name.strip():
+            places.setdefault(name.strip(), []).append(number)
+    for name, numbers in places.items():
+        if len(numbers) > 1:
+            where = ", ".join(map(str, numbers))
+            return (
+                f"{file} row 1: column {name!r} appears {len(numbers)} times (columns {where}); a table "
+                "must name each column once: rename or remove the extra one"
+            )
+    return None
+
+
 def read_manifest(manifest: Manifest, classes: Sequence[str]) -> ManifestListing:
     """Read every row of a manifest, collecting each problem as one line (file, row, column)."""
     listing = ManifestListing()
@@ -221,6 +241,10 @@ def read_manifest(manifest: Manifest, classes: Sequence[str]) -> ManifestListing
         with open(manifest.file, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = reader.fieldnames or []
+            repeated = repeated_column(manifest.file, header)
+            if repeated:
+                listing.problems.append(repeated)
+                return listing
             missing = [(key, name) for key, name in manifest.columns.named().items() if name not in header]
             if missing:
                 key, name = missing[0]
@@ -233,6 +257,10 @@ def read_manifest(manifest: Manifest, classes: Sequence[str]) -> ManifestListing
             rows = _RowReader(manifest, classes, listing)
             for number, cells in enumerate(reader, start=2):
                 rows.read(number, cells)
+        row_of = {s.path: row for s, row in zip(listing.samples, listing.rows)}
+        for group in label_conflict_groups(listing.samples):
+            rows_named = ", ".join(str(row_of[s.path]) for s in group)
+            listing.problems.append(f"{manifest.file} rows {rows_named}: {conflict_message(group, classes)}")
     except FileNotFoundError:
         listing.problems.append(f"manifest not found: {manifest.file} (data.manifest.file)")
     except (OSError, UnicodeDecodeError, csv.Error) as err:

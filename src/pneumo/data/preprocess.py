@@ -24,6 +24,9 @@ from pneumo.errors import PneumoError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The one list of file formats pneumo reads as films, by extension: training, verify, eval and
+# predict take these files and report every other file they meet (count and examples) as ignored.
+# Other formats Pillow could decode (.webp, .gif, .jp2, ...) are not films here: convert them.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"})
 # Chest films are at most ~4000 px a side; anything past this many pixels is a
 # malformed or hostile file (a "decompression bomb"), not an X-ray.
@@ -34,7 +37,8 @@ MAX_PIXELS = 64_000_000
 MIN_SIDE = 28
 # The version of the pixels load_image returns: raise it with any change to read_grey or
 # load_image that changes them, so decoded-image caches on disk are rebuilt (pneumo.data.cache).
-DECODE_VERSION = 1
+# 2: files of several frames (multi-page TIFF, animated PNG) are refused, no longer read as page 1.
+DECODE_VERSION = 2
 
 
 class BadImageError(PneumoError):
@@ -68,6 +72,23 @@ def _check_size(path: Path, width: int, height: int) -> None:
         )
 
 
+def _frames_message(path: Path, kind: str, frames: int) -> str:
+    """The one line for a file holding several images: pneumo never picks one of them itself."""
+    pages = "pages" if kind == "TIFF" else "frames"
+    return (
+        f"{path}: a {kind} with {frames} {pages}; pneumo reads single-frame films "
+        f"(save the {pages[:-1]} to classify as its own file)"
+    )
+
+
+def _check_single_frame(path: Path, image: Image.Image) -> None:
+    """Refuse a multi-page TIFF or an animated PNG as a multi-frame DICOM is refused: Pillow would
+    otherwise show page 1 alone, and the other pages would go unread without a word."""
+    frames = int(getattr(image, "n_frames", 1) or 1)
+    if frames > 1:
+        raise BadImageError(_frames_message(path, str(image.format or "file"), frames))
+
+
 def _read_dicom(path: Path) -> Image.Image:
     """Read a single-frame DICOM film as a grey PIL image.
 
@@ -87,10 +108,7 @@ def _read_dicom(path: Path) -> Image.Image:
     _check_size(path, int(dataset.get("Columns", 0) or 0), int(dataset.get("Rows", 0) or 0))
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if frames > 1:
-        raise BadImageError(
-            f"{path}: a DICOM with {frames} frames; pneumo reads single-frame films "
-            "(save the frame to classify as its own file)"
-        )
+        raise BadImageError(_frames_message(path, "DICOM", frames))
     pixels = apply_voi_lut(apply_modality_lut(dataset.pixel_array, dataset), dataset).astype(np.float32)
     if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
         pixels = pixels.max() - pixels
@@ -120,6 +138,7 @@ def read_grey(path: str | Path, draft_size: int | None = None) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image: Image.Image = Image.open(path)
             _check_size(path, *image.size)
+            _check_single_frame(path, image)
             if draft_size:
                 image.draft("L", (draft_size, draft_size))
             image.load()
@@ -180,6 +199,11 @@ def preprocessing_spec(image_size: int) -> dict:
         "image_size": image_size,
         "decode": {
             "library": "PIL (Pillow)",
+            "formats": sorted(IMAGE_EXTENSIONS),
+            "frames": (
+                "single-frame files only: a multi-page TIFF, an animated PNG or a multi-frame DICOM "
+                "is refused (Image.n_frames > 1, NumberOfFrames > 1), never read as its first frame"
+            ),
             "exif_orientation": "applied after loading: ImageOps.exif_transpose(image)",
             "jpeg_draft": {
                 "mode": "L",

@@ -12,6 +12,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from pneumo.errors import PneumoError
+
+# The fewest patients of each class a validation split must hold. With one, a single child
+# sets the threshold, the AUROC and which epoch is kept (best.ckpt, early stopping): the
+# figures measure that child, not the model.
+MIN_VAL_PATIENTS = 2
+
 # Every file name in the Kermany/Kaggle chest_xray archive (train, val and test splits):
 #   personNNN_bacteria_MMM, personNNN_virus_MMM, personNNN_virus_MMM_K   -> personNNN
 #   IM-NNNN-0001, IM-NNNN-0001-0002 (a further film of the same visit)   -> IM-NNNN
@@ -137,3 +144,29 @@ def patient_split(
     val_set = set(val)
     train = [i for i in range(len(paths)) if i not in val_set]
     return train, sorted(val)
+
+
+def check_validation_patients(
+    labels: Sequence[int], patients: Sequence[str], classes: Sequence[str], source: str, remedies: str
+) -> None:
+    """Stop, in one line, when a class has fewer than ``MIN_VAL_PATIENTS`` patients among the
+    validation films (``labels`` and ``patients`` run in parallel, one per film); ``source``
+    says where the films came from, ``remedies`` what the user can do."""
+    by_class: dict[int, set[str]] = defaultdict(set)
+    films: dict[int, int] = defaultdict(int)
+    for label, patient in zip(labels, patients):
+        by_class[label].add(patient)
+        films[label] += 1
+    short = [(name, len(by_class[label]), films[label]) for label, name in enumerate(classes)]
+    short = [item for item in short if item[1] < MIN_VAL_PATIENTS]
+    if not short:
+        return
+    held = " and ".join(
+        f"{name} has {n} patient{'s' if n != 1 else ''} ({f} film{'s' if f != 1 else ''})"
+        for name, n, f in short
+    )
+    raise PneumoError(
+        f"the validation split cannot measure the model: {held} in {source}; each class needs films of "
+        f"at least {MIN_VAL_PATIENTS} patients there (the threshold, AUROC and best.ckpt are chosen on "
+        f"them): {remedies}"
+    )

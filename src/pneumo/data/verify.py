@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pneumo.data.dataset import DEFAULT_CLASSES, list_split, split_dirs
+from pneumo.data.dataset import DEFAULT_CLASSES, accepted_formats, list_split, split_dirs
 from pneumo.data.manifest import Manifest, read_manifest
 from pneumo.data.preprocess import BadImageError, read_grey
 from pneumo.data.split import known_patient_name, patient_id
@@ -72,6 +72,8 @@ class Report:
     sizes: dict[str, int] = field(default_factory=dict)
     modes: dict[str, int] = field(default_factory=dict)
     ignored_files: list[str] = field(default_factory=list)
+    # why the ignored files are not films (hidden folder, other format, ...): files per reason
+    ignored_reasons: dict[str, int] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[str]:
@@ -99,9 +101,11 @@ class Report:
                 "(each is treated as its own patient)"
             )
         if self.ignored_files:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in self.ignored_reasons.items())
             found.append(
                 f"{len(self.ignored_files)} files ignored, as training ignores them "
-                "(not images, or outside the class folders)"
+                f"({reasons or 'not images, or outside the class folders'}); films are "
+                f"{accepted_formats()} files"
             )
         return found
 
@@ -144,6 +148,8 @@ def _folder_jobs(root: Path, report: Report) -> list[_Job]:
         listing = list_split(split_dir, report.classes)
         report.folder_errors.extend(listing.problems)
         report.ignored_files.extend(str(path) for path in listing.ignored)
+        for reason in listing.reasons.values():
+            report.ignored_reasons[reason] = report.ignored_reasons.get(reason, 0) + 1
         jobs.extend(_Job(sample.path, split, report.classes[sample.label]) for sample in listing.samples)
     return jobs
 

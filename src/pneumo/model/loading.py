@@ -66,6 +66,9 @@ class LoadedModel:
             "std": list(self.std),
             "threshold": self.threshold,
             "positive_class": self.meta.positive_class,
+            # what p is, named by the class it is the probability of (data.positive_class)
+            "positive_index": self.positive_index,
+            "p": f"P({self.meta.positive_class}): column {self.positive_index} of the calibrated softmax",
             "positive_if": POSITIVE_IF,
             # applied inside the exported graph: its outputs are calibrated probabilities already
             "calibration": self.meta.calibration or {"method": "none", "temperature": 1.0},

@@ -17,11 +17,15 @@ from torchmetrics.classification import BinaryAUROC
 
 from pneumo.model.threshold import is_positive
 
+# The figures training logs per epoch (``*/at_0.5/*``, ``val/at_threshold/*``). ``ratios`` also
+# gives NPV, which pneumo-eval reports; it is left out here so that training logs keep their tags.
 FIGURES = ("acc", "sensitivity", "specificity", "precision", "f1")
 
 
 def ratios(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
-    """Accuracy, sensitivity (recall of the positive class), specificity, precision and F1."""
+    """Accuracy, sensitivity (recall of the positive class), specificity, precision (positive
+    predictive value), NPV (negative predictive value: the share of films called negative that
+    are) and F1."""
 
     def ratio(a: float, b: float) -> float:
         return a / b if b else float("nan")
@@ -31,6 +35,7 @@ def ratios(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
         "sensitivity": ratio(tp, tp + fn),
         "specificity": ratio(tn, tn + fp),
         "precision": ratio(tp, tp + fp),
+        "npv": ratio(tn, tn + fn),
         "f1": ratio(2 * tp, 2 * tp + fp + fn),
     }
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import pickle
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,17 +33,66 @@ def resnet18_classifier(weights: str | None = None) -> nn.Module:
     return net.to(memory_format=torch.channels_last)
 
 
+def _first_line(err: BaseException) -> str:
+    """An exception's first line, short, without any advice it carries on loading unsafely."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:200]
+
+
+def _tensor_state(state: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded weights file: a state dict itself, or one under ``state_dict`` or
+    ``model`` (Lightning, timm and most training scripts); refuse anything else in one line."""
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state:
+        raise PneumoError(
+            f"model.weights file {path} holds no state dict (a mapping of layer names to tensors); "
+            "save the network's weights with torch.save(net.state_dict(), path)"
+        )
+    tensors = {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise PneumoError(
+            f"model.weights file {path} holds no tensors under its keys (e.g. {next(iter(state))!r}); "
+            "save the network's weights with torch.save(net.state_dict(), path)"
+        )
+    return tensors
+
+
 def _imagenet_state_dict(weights: str) -> dict[str, torch.Tensor]:
-    """ImageNet weights by torchvision name (downloaded once) or from a local file."""
-    if Path(weights).suffix in (".pth", ".pt", ".ckpt", ".bin") or Path(weights).exists():
+    """ImageNet weights by torchvision name (downloaded once) or from a local file.
+
+    A file is read with ``weights_only=True``: tensors and plain data only. One that holds
+    pickled objects (a whole saved model) is refused without being unpickled.
+    """
+    if Path(weights).suffix in (".pth", ".pt", ".ckpt", ".bin", ".tar") or Path(weights).exists():
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise PneumoError(f"model.weights file not found: {path}")
+            what = "is a folder, not a file" if path.is_dir() else "not found"
+            raise PneumoError(f"model.weights file {what}: {path}")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            # objects name their classes ("Unsupported global: ...ResNet"); random or damaged bytes do not
+            if "unsupported global" not in str(err).lower():
+                raise PneumoError(
+                    f"model.weights file {path} is not a PyTorch weights file ({path.stat().st_size} "
+                    "bytes of something else, or a damaged file)"
+                ) from None
+            raise PneumoError(
+                f"model.weights file {path} holds pickled Python objects (a whole saved model, not its "
+                "weights), which pneumo does not unpickle: unpickling can run arbitrary code. Save the "
+                "weights alone with torch.save(model.state_dict(), path), or use model.weights=IMAGENET1K_V1"
+            ) from None
         except Exception as err:
-            raise PneumoError(f"model.weights file {path} is not a PyTorch state dict: {err}") from err
-        return state.get("state_dict", state) if isinstance(state, dict) else state
+            raise PneumoError(
+                f"model.weights file {path} is not a PyTorch weights file ({path.stat().st_size} bytes; "
+                f"{_first_line(err)})"
+            ) from None
+        return _tensor_state(state, path)
     try:
         enum = ResNet18_Weights[weights]
     except KeyError:
@@ -56,25 +108,56 @@ def _imagenet_state_dict(weights: str) -> dict[str, torch.Tensor]:
     except Exception as err:
         file_name = Path(enum.url).name
         raise PneumoError(
-            f"could not download the {weights} weights ({type(err).__name__}: {err}). Without "
+            f"could not download the {weights} weights ({type(err).__name__}: {_first_line(err)}). Without "
             f"network, copy {file_name} from {enum.url} to ~/.cache/torch/hub/checkpoints/ "
             f"or pass model.weights=/path/to/{file_name}; or train from scratch with "
             "model.weights=null"
-        ) from err
+        ) from None
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "x".join(map(str, tensor.shape)) or "scalar"
 
 
 def load_backbone_weights(net: nn.Module, weights: str) -> None:
-    """Load pretrained ResNet18 weights into ``net``, all layers but the classifier head."""
+    """Load pretrained ResNet18 weights into ``net``, all layers but the classifier head.
+
+    Weights of another network (a ResNet34 or 50, a DenseNet, a model of other input channels)
+    are refused in one line naming the first layer that does not fit, before any is loaded.
+    """
     state = _imagenet_state_dict(weights)
     state = {k.removeprefix("net.").removeprefix("module."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    shared = [k for k in own if k in state]
+    if not shared:
         raise PneumoError(
-            f"model.weights={weights} does not fit a ResNet18: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}"
+            f"model.weights={weights} holds none of a ResNet18's layers (its {len(state)} tensors are "
+            f"named e.g. {next(iter(state), 'nothing')!r}): weights of another network; use ResNet18 "
+            "weights (torchvision's resnet18), or model.weights=null"
         )
+    misfits = [k for k in shared if state[k].shape != own[k].shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if misfits or missing or unexpected:
+        if misfits:
+            first = misfits[0]
+            detail = (
+                f"{len(misfits)} of its tensors have other shapes (e.g. {first}: {_shape(state[first])} in "
+                f"the file, {_shape(own[first])} in a ResNet18)"
+            )
+        else:
+            parts = []
+            if missing:
+                parts.append(f"it lacks {len(missing)} of a ResNet18's tensors (e.g. {missing[0]})")
+            if unexpected:
+                parts.append(f"it has {len(unexpected)} tensors a ResNet18 does not (e.g. {unexpected[0]})")
+            detail = " and ".join(parts)
+        raise PneumoError(
+            f"model.weights={weights} does not fit a ResNet18: {detail}; it holds another network's "
+            "weights (a ResNet34 or 50, say): use ResNet18 weights, or model.weights=null"
+        )
+    net.load_state_dict(state, strict=False)
 
 
 def compile_backend(setting: bool | str | None) -> str | None:

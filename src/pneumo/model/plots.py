@@ -45,3 +45,24 @@ def plot_roc(probs: torch.Tensor, targets: torch.Tensor, metrics: dict[str, Any]
     ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def plot_decision_curve(rows: list[dict[str, float]], prevalence: float) -> plt.Figure:
+    """Net benefit of the model against treat-all and treat-none over threshold probabilities
+    (``statistics.decision_curve``'s rows), marked exploratory."""
+    pts = [row["threshold"] for row in rows]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(pts, [row["model"] for row in rows], "o-", markersize=3, label="model")
+    ax.plot(pts, [row["treat_all"] for row in rows], "--", color="grey", label="treat all")
+    ax.plot(pts, [row["treat_none"] for row in rows], ":", color="black", label="treat none")
+    top = max([row["model"] for row in rows] + [row["treat_all"] for row in rows] + [0.0])
+    ax.set(
+        xlim=(0, 1),
+        ylim=(-0.05 * max(top, 0.1), max(top, 0.1) * 1.1),
+        xlabel="threshold probability",
+        ylabel="net benefit",
+        title=f"decision curve (exploratory; prevalence {prevalence:.2f})",
+    )
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,180 @@
+"""Trackers (logger=csv | mlflow | wandb | many): real two-epoch runs on the bundled films, each
+read back with the tracker's own client or file format. Every tracker gets the per-epoch figures,
+the run's settings and the best epoch's figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pneumo.cli.train import train
+from pneumo.errors import PneumoError
+from tests.helpers import FAST, SAMPLE, csv_rows, make_cfg, scalars, wandb_run
+
+EPOCHS = 2  # FAST
+
+
+def _train(run_dir: Path, *overrides: str) -> dict[str, float]:
+    return train(make_cfg(run_dir, [*FAST, f"data.root={SAMPLE}", *overrides]))
+
+
+def _column(rows: list[dict[str, str]], key: str) -> list[float]:
+    return [float(row[key]) for row in rows if row.get(key)]
+
+
+def _mlflow_run(tracking_uri: str, experiment: str = "train"):
+    """The one run of ``experiment`` in an MLflow store, through MLflow's own client."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment} in {tracking_uri}"
+    (run,) = client.search_runs([found.experiment_id])
+    return client, run
+
+
+def _mlflow_curve(client, run, key: str) -> list[float]:
+    history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+    return [m.value for m in history]
+
+
+def test_csv_logs_a_row_per_epoch_the_settings_and_the_best_figures(tmp_path):
+    results = _train(tmp_path, "logger=csv")
+    rows = csv_rows(tmp_path)
+    assert _column(rows, "val/auroc")[-1] == pytest.approx(results["val/auroc"])
+    assert len(_column(rows, "val/auroc")) == len(_column(rows, "val/loss")) == EPOCHS
+    assert _column(rows, "best/val/loss") == [pytest.approx(results["best/val/loss"])]
+    settings = (tmp_path / "csv" / "version_0" / "hparams.yaml").read_text()
+    assert "data.image_size: 32" in settings and "seed: 42" in settings
+    assert not (tmp_path / "tensorboard").exists()
+
+
+def test_mlflow_records_params_metric_histories_and_best_figures(tmp_path):
+    pytest.importorskip("mlflow")
+    results = _train(tmp_path, "logger=mlflow")
+    # the default store: a SQLite file in the run directory
+    client, run = _mlflow_run(f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["data.image_size"] == "32" and params["seed"] == "42"
+    assert params["model.optimizer.lr"] == "0.0003" and params["trainer.max_epochs"] == str(EPOCHS)
+    for key in ("val/loss", "val/auroc"):
+        curve = _mlflow_curve(client, run, key)
+        assert len(curve) == EPOCHS, key  # one value an epoch
+        assert curve[-1] == pytest.approx(results[key]), key
+    assert run.data.metrics["best/val/loss"] == pytest.approx(results["best/val/loss"])
+    assert run.data.metrics["best/val/loss"] == pytest.approx(min(_mlflow_curve(client, run, "val/loss")))
+
+
+def test_wandb_offline_run_holds_the_history_config_and_best_figures(tmp_path):
+    pytest.importorskip("wandb")
+    runs = []
+    # two runs of one process, as sweep jobs and search trials are: each gets its own W&B run
+    for name in ("a", "b"):
+        results = _train(tmp_path / name, "logger=wandb")
+        (offline,) = (tmp_path / name / "wandb").glob("offline-run-*")
+        runs.append((wandb_run(offline), results))
+    for run, results in runs:
+        assert (run.project, run.group) == ("pneumo", "train")
+        assert len(run.curve("val/auroc")) == len(run.curve("val/loss")) == EPOCHS
+        assert run.curve("val/auroc")[-1] == pytest.approx(results["val/auroc"])
+        assert run.curve("best/val/loss") == [pytest.approx(results["best/val/loss"])]
+        assert run.summary["best/val/loss"] == pytest.approx(results["best/val/loss"])
+        assert run.config["data.image_size"] == 32 and run.config["seed"] == 42
+
+
+def test_many_trackers_record_the_same_figures(tmp_path):
+    pytest.importorskip("mlflow")
+    results = _train(tmp_path, "logger=many")
+    tensorboard = scalars(tmp_path)
+    client, run = _mlflow_run(f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    rows = csv_rows(tmp_path)
+    for key in ("val/loss", "val/auroc"):
+        curve = tensorboard[key]
+        assert len(curve) == EPOCHS
+        assert _column(rows, key) == pytest.approx(curve)
+        assert _mlflow_curve(client, run, key) == pytest.approx(curve)
+    # TensorBoard keeps its HPARAMS figures; the others have the best epoch's under its own name
+    assert tensorboard["hp/best_val_loss"] == [pytest.approx(results["best/val/loss"])]
+    assert _column(rows, "best/val/loss") == [pytest.approx(results["best/val/loss"])]
+    assert run.data.metrics["best/val/loss"] == pytest.approx(results["best/val/loss"])
+
+
+@pytest.mark.parametrize("package", ["mlflow", "wandb"])
+def test_a_tracker_without_its_package_is_one_line_naming_the_extra(tmp_path, monkeypatch, package):
+    monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
+    with pytest.raises(PneumoError, match=rf"logger.{package} .* pip install 'pneumo\[{package}\]'") as err:
+        _train(tmp_path, f"logger={package}")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "checkpoints").exists()  # refused before anything ran
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow  # starts an MLflow server (20-40 s on a busy 2-core machine)
+def test_a_run_logs_to_an_mlflow_tracking_server(tmp_path):
+    pytest.importorskip("mlflow")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
+            *("--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db"),
+            *("--artifacts-destination", str(tmp_path / "artifacts")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the server and its workers end together
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (
+                    "the MLflow server did not start"
+                )
+                time.sleep(0.5)
+        results = _train(tmp_path / "run", "logger=mlflow", f"logger.mlflow.tracking_uri={url}")
+        with urllib.request.urlopen(
+            f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=train"
+        ) as got:
+            experiment = json.loads(got.read())
+        found = _post(
+            f"{url}/api/2.0/mlflow/runs/search",
+            {"experiment_ids": [experiment["experiment"]["experiment_id"]]},
+        )
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    (run,) = found["runs"]
+    assert run["info"]["status"] == "FINISHED"
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert metrics["val/auroc"] == pytest.approx(results["val/auroc"])
+    assert metrics["best/val/loss"] == pytest.approx(results["best/val/loss"])
+    assert params["data.image_size"] == "32"
+    assert not (tmp_path / "run" / "mlflow").exists()  # nothing stored locally
