@@ -24,7 +24,7 @@ from pneumo.model.inference import predict
 from pneumo.model.loading import LoadedModel, load_model
 from pneumo.model.metrics import evaluation_metrics
 from pneumo.model.network import Ensemble
-from pneumo.model.threshold import choose_threshold
+from pneumo.model.threshold import PLATEAU_TOLERANCE, choose_threshold
 
 BEST = Path("checkpoints") / "best.ckpt"
 
@@ -76,6 +76,7 @@ def shared_settings(meta: CheckpointMeta) -> dict[str, Any]:
         # the defaults of XrayClassifier and pneumo-eval, for checkpoints without a config
         "model.threshold_method": model.get("threshold_method", "youden"),
         "model.target_sensitivity": model.get("target_sensitivity", 0.95),
+        "model.plateau_tolerance": model.get("plateau_tolerance", PLATEAU_TOLERANCE),
     }
 
 
@@ -178,7 +179,11 @@ def make_ensemble(
     probs = validation_probabilities(LoadedModel(net, meta, out), samples)
     rule = shared_settings(meta)
     threshold = choose_threshold(
-        probs, targets, rule["model.threshold_method"], rule["model.target_sensitivity"]
+        probs,
+        targets,
+        rule["model.threshold_method"],
+        rule["model.target_sensitivity"],
+        rule["model.plateau_tolerance"],
     )
     figures["ensemble"] = evaluation_metrics(probs, targets, threshold)
     checkpoint = {"pneumo": replace(meta, threshold=threshold).as_dict(), "state_dict": net.state_dict()}

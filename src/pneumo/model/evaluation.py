@@ -119,7 +119,7 @@ _RULES = {
     "sensitivity": "the highest cut-off whose sensitivity reaches target_sensitivity (the best "
     "specificity there)",
     "plateau": "the middle, on the logit scale, of the cut-offs reaching target_sensitivity whose "
-    "Youden's J lies within tolerance of the best",
+    "specificity lies within plateau_tolerance of the best such cut-off's",
     "fixed": "0.5 by rule, not chosen on data",
 }
 
@@ -135,7 +135,7 @@ def threshold_origin(meta: CheckpointMeta) -> dict[str, Any]:
     if method in ("sensitivity", "plateau"):
         parameters["target_sensitivity"] = float(model_cfg.get("target_sensitivity", 0.95))
     if method == "plateau":
-        parameters["tolerance"] = PLATEAU_TOLERANCE
+        parameters["plateau_tolerance"] = float(model_cfg.get("plateau_tolerance", PLATEAU_TOLERANCE))
     val = meta.val_files or []
     by_class = {name: sum(1 for _, c in val if c == name) for name in meta.classes}
     chosen_on = None if method == "fixed" else "validation"

@@ -19,7 +19,7 @@ from pneumo.model.calibration import calibration_report, fit_temperature
 from pneumo.model.metrics import FIGURES, classification_metrics, logged_name, metrics_at
 from pneumo.model.mixup import Mix, mix_batch
 from pneumo.model.network import compile_backend, compile_network, positive_probability
-from pneumo.model.threshold import THRESHOLD_METHODS, choose_threshold
+from pneumo.model.threshold import PLATEAU_TOLERANCE, THRESHOLD_METHODS, choose_threshold
 
 # torchmetrics' aggregators drop NaN by default; "replace NaN by NaN" keeps it, so a diverged
 # epoch shows (their "disable" would too, but makes MeanMetric ignore its weights).
@@ -55,6 +55,7 @@ class XrayClassifier(L.LightningModule):
         mixup_alpha: float = 0.0,
         threshold_method: str = "youden",
         target_sensitivity: float = 0.95,
+        plateau_tolerance: float = PLATEAU_TOLERANCE,
         seed: int = 0,
         monitor: str = "val/loss",
         compile: bool | str = False,
@@ -67,6 +68,10 @@ class XrayClassifier(L.LightningModule):
             )
         if not 0.0 < target_sensitivity <= 1.0:
             raise PneumoError(f"model.target_sensitivity={target_sensitivity} is not valid: use (0, 1]")
+        if not 0.0 <= plateau_tolerance < 1.0:
+            raise PneumoError(
+                f"model.plateau_tolerance={plateau_tolerance} is not valid: use a value in [0, 1)"
+            )
         if not 0.0 <= label_smoothing < 1.0:
             raise PneumoError(f"model.label_smoothing={label_smoothing} is not valid: use a value in [0, 1)")
         if not mixup_alpha >= 0.0:
@@ -78,6 +83,7 @@ class XrayClassifier(L.LightningModule):
         self.positive_index, self.seed, self.monitor = positive_index, seed, monitor
         self.label_smoothing, self.mixup_alpha = label_smoothing, mixup_alpha
         self.threshold_method, self.target_sensitivity = threshold_method, target_sensitivity
+        self.plateau_tolerance = plateau_tolerance
         self.compile_setting = compile
         # A plain tensor, not a buffer: weight averaging averages and swaps every buffer
         self.class_weights = torch.tensor(class_weights or [1.0, 1.0], dtype=torch.float32)
@@ -181,7 +187,9 @@ class XrayClassifier(L.LightningModule):
         self.temperature = fit_temperature(margins, positive)
         probs = positive_probability(logits, self.positive_index, self.temperature)
         self.val_predictions = (probs.cpu(), positive.cpu())
-        self.threshold = choose_threshold(probs, positive, self.threshold_method, self.target_sensitivity)
+        self.threshold = choose_threshold(
+            probs, positive, self.threshold_method, self.target_sensitivity, self.plateau_tolerance
+        )
         self._stop_if_diverged("decision threshold", torch.tensor(self.threshold))
         figures = metrics_at(probs, positive, self.threshold)
         # the same on every process; "max" passes each through the reduction unchanged
