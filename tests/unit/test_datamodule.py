@@ -171,7 +171,7 @@ def test_val_folder_used_when_large_enough(tiny_root):
 def test_class_weights_balance_the_loss(tiny_root):
     for path in sorted((tiny_root / "train" / "NORMAL").iterdir())[:4]:
         path.unlink()
-    dm = _datamodule(tiny_root)
+    dm = _datamodule(tiny_root, val_fraction=0.5)  # two NORMAL patients to validate on
     dm.setup("fit")
     counts = dm.class_counts()
     weights = dm.class_weights()

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from pneumo.cli.data import main as data_main
 from pneumo.data.datamodule import XrayDataModule
@@ -142,7 +143,87 @@ CASES = [
         "permission denied",
         marks=needs_non_root,
     ),
+    # films of the other class where file managers and NAS boxes keep thumbnails and trash
+    _case(
+        "film in .thumbnails/", lambda r: _other_film(r / "train/NORMAL/.thumbnails/x.jpeg"), "ignored", ""
+    ),
+    _case(
+        "film in .Trash-1000/",
+        lambda r: _other_film(r / "train/NORMAL/.Trash-1000/files/x.jpeg"),
+        "ignored",
+        "",
+    ),
+    _case(
+        "film in .@__thumb/", lambda r: _other_film(r / "train/PNEUMONIA/.@__thumb/s_x.jpeg"), "ignored", ""
+    ),
+    _case(
+        "film in @eaDir/",
+        lambda r: _other_film(r / "train/PNEUMONIA/@eaDir/x.jpeg/SYNOFILE.jpeg"),
+        "ignored",
+        "",
+    ),
+    _case("film in __MACOSX/", lambda r: _other_film(r / "train/NORMAL/__MACOSX/x.jpeg"), "ignored", ""),
+    _case(
+        "film in a hidden folder beside the classes",
+        lambda r: _film(r / "train/.cache/x.jpeg"),
+        "ignored",
+        "",
+    ),
+    # formats Pillow decodes but pneumo does not read as films: reported, never silently dropped
+    _case("a .webp film", lambda r: _converted(r / "train/NORMAL/IM-9999-0001.webp"), "ignored", ""),
+    _case("a .gif film", lambda r: _converted(r / "train/PNEUMONIA/person9999_virus_1.gif"), "ignored", ""),
+    _case(
+        "one film in both class folders",
+        lambda r: _copy_of(r / "train/PNEUMONIA", r / "train/NORMAL/IM-9999-0001.jpeg"),
+        "error",
+        r"one film under two classes: .*IM-9999-0001.jpeg \(NORMAL\) = .* \(PNEUMONIA\) hold the same bytes",
+    ),
+    _case(
+        "one film in both class folders, under the same name",
+        lambda r: _copy_of(r / "train/NORMAL", r / "train/PNEUMONIA" / sample_files("NORMAL")[0].name),
+        "error",
+        r"one film under two classes: .* \(NORMAL\) = .* \(PNEUMONIA\)",
+    ),
+    _case(
+        "a multi-page TIFF",
+        lambda r: _pages(r / "train/NORMAL/IM-9999-0001.tif", "TIFF", 3),
+        "bad file",
+        r"^a TIFF with 3 pages; pneumo reads single-frame films",
+    ),
+    _case(
+        "an animated PNG",
+        lambda r: _pages(r / "train/PNEUMONIA/person9999_virus_1.png", "PNG", 2),
+        "bad file",
+        r"^a PNG with 2 frames; pneumo reads single-frame films",
+    ),
 ]
+
+
+def _other_film(path: Path) -> Path:
+    """A film of the other class (PNEUMONIA), where a NORMAL folder's tools put it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(sample_files("PNEUMONIA")[-1], path)
+    return path
+
+
+def _converted(path: Path) -> Path:
+    """A real film saved in another format (by its extension)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.open(sample_files("NORMAL")[-1]).convert("L").resize((256, 256)).save(path)
+    return path
+
+
+def _copy_of(source_folder: Path, path: Path) -> Path:
+    """The first film of ``source_folder`` again, at ``path`` in the other class folder."""
+    shutil.copy(sorted(source_folder.iterdir())[0], path)
+    return path
+
+
+def _pages(path: Path, fmt: str, n: int) -> Path:
+    """A file of ``n`` films in one (multi-page TIFF, animated PNG): pneumo never picks one."""
+    films = [Image.open(f).convert("L").resize((256, 256)) for f in sample_files("NORMAL")[:n]]
+    films[0].save(path, format=fmt, save_all=True, append_images=films[1:])
+    return path
 
 
 def _verify_command(root: Path, capsys, *options: str) -> tuple[int, dict]:
