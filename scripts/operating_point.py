@@ -50,22 +50,23 @@ STRESS = BatchAugment(
 def scores(
     model: LoadedModel, images: torch.Tensor, draws: int, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """P(positive) of the uint8 films as they are, and of ``draws`` stressed copies (draw-major)."""
+    """P(positive) of the uint8 films as they are, and of ``draws`` stressed copies, draw-major
+    (all films of draw 0, then all of draw 1, ...), each as the checkpoint serves it."""
     generator = torch.Generator().manual_seed(seed)
-    clean, stressed = [], []
+
+    def served(x: torch.Tensor) -> torch.Tensor:
+        logits = model.net(to_model_input(x, model.mean, model.std))
+        return positive_probability(logits, model.positive_index, model.meta.temperature)
+
+    clean: list[torch.Tensor] = []
+    stressed: list[list[torch.Tensor]] = [[] for _ in range(draws)]
     with torch.inference_mode():
         for start in range(0, len(images), 64):
             x = to_unit(images[start : start + 64])
-            clean.append(
-                positive_probability(
-                    model.net(to_model_input(x, model.mean, model.std)), model.positive_index
-                )
-            )
-            for _ in range(draws):
-                shifted = STRESS(x.clone(), generator)
-                logits = model.net(to_model_input(shifted, model.mean, model.std))
-                stressed.append(positive_probability(logits, model.positive_index))
-    return torch.cat(clean), torch.cat(stressed)
+            clean.append(served(x))
+            for draw in range(draws):
+                stressed[draw].append(served(STRESS(x.clone(), generator)))
+    return torch.cat(clean), torch.cat([torch.cat(draw) for draw in stressed])
 
 
 def logit(p: float) -> float:
