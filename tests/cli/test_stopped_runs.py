@@ -64,6 +64,15 @@ def _wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, timeout: floa
     raise AssertionError(f"no checkpoint appeared: {err[-2000:]}")
 
 
+def _fake_scontrol(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder holding an ``scontrol`` that records its arguments (``requeue JOBID``) in a file."""
+    fake_bin, calls = tmp_path / "bin", tmp_path / "scontrol_calls"
+    fake_bin.mkdir()
+    (fake_bin / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (fake_bin / "scontrol").chmod(0o755)
+    return fake_bin, calls
+
+
 def _stop_line(stderr: str) -> str:
     """The one line saying the run stopped short."""
     (line,) = [line for line in stderr.splitlines() if line.startswith("stopped by ")]
@@ -89,11 +98,7 @@ def _resume_command(line: str) -> list[str]:
 )
 def test_a_signal_stops_the_run_non_zero_with_the_command_that_resumes_it(tmp_path, signum, status, named):
     run_dir = tmp_path / "run"
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    calls = tmp_path / "scontrol_calls"
-    (fake_bin / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
-    (fake_bin / "scontrol").chmod(0o755)
+    fake_bin, calls = _fake_scontrol(tmp_path)
     # SIGUSR1 under SLURM without slurm.requeue: the run stops and stays stopped (no requeue)
     env = _env(**SLURM_JOB, PATH=f"{fake_bin}:{os.environ['PATH']}") if signum == signal.SIGUSR1 else None
     process = _start(run_dir, "trainer.max_epochs=200", env=env)
@@ -105,13 +110,18 @@ def test_a_signal_stops_the_run_non_zero_with_the_command_that_resumes_it(tmp_pa
     line = _stop_line(stderr)
     saved = run_dir / "checkpoints" / "interrupted.ckpt"
     assert saved.is_file()
-    assert line.startswith(f"stopped by {named} after ") and "of 200 epochs, before the schedule finished" in line
+    assert (
+        line.startswith(f"stopped by {named} after ")
+        and "of 200 epochs, before the schedule finished" in line
+    )
     assert line.endswith(f"ckpt_path={saved} hydra.run.dir={run_dir}")
     assert "resume with: pneumo-train " in line and f"data.root={SAMPLE}" in line
     assert not calls.exists()  # requeue was not asked for
     # the resume command of the line, run as it is (with a shorter schedule), continues the run
     if signum == signal.SIGTERM:
-        again = [a if a != "trainer.max_epochs=200" else "trainer.max_epochs=2" for a in _resume_command(line)]
+        again = [
+            a if a != "trainer.max_epochs=200" else "trainer.max_epochs=2" for a in _resume_command(line)
+        ]
         resumed = subprocess.run(
             [sys.executable, "-m", "pneumo.cli.train", *again],
             cwd=REPO,
@@ -147,11 +157,7 @@ def test_max_time_exits_non_zero_and_a_finished_schedule_zero(tmp_path):
 @pytest.mark.slow
 def test_slurm_requeue_on_sigusr1_and_the_requeued_job_resumes_by_itself(tmp_path):
     run_dir = tmp_path / "run"
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    calls = tmp_path / "scontrol_calls"
-    (fake_bin / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
-    (fake_bin / "scontrol").chmod(0o755)
+    fake_bin, calls = _fake_scontrol(tmp_path)
     env = _env(**SLURM_JOB, PATH=f"{fake_bin}:{os.environ['PATH']}")
     command = ("trainer.max_epochs=4", "slurm.requeue=true")
     process = _start(run_dir, *command, env=env)
@@ -166,7 +172,7 @@ def test_slurm_requeue_on_sigusr1_and_the_requeued_job_resumes_by_itself(tmp_pat
     assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))  # interrupted.ckpt supersedes Lightning's copy
     # SLURM starts the job again with its first command line
     again = _start(run_dir, *command, env={**env, "SLURM_RESTART_COUNT": "1"})
-    stdout, stderr = again.communicate(timeout=300)
+    _, stderr = again.communicate(timeout=300)
     assert again.returncode == 0, stderr[-3000:]
     assert f"resuming {saved}" in stderr
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3

@@ -166,6 +166,8 @@ def test_a_sweep_of_ddp_runs_in_one_process_is_refused_in_one_line(tmp_path, odd
         "-m", "pneumo.cli.train", "-m", *FAST, f"data.root={odd_root}", "data.min_val_images=5",
         *DDP_CPU, "trainer.devices=2",
         "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        # jobs by number: the overrides alone would name a folder longer than 255 characters
+        "hydra.sweep.subdir=${hydra.job.num}",
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: -m runs its jobs")
@@ -230,7 +232,7 @@ class RankGoneThenInterrupt(L.Callback):
 @pytest.mark.slow
 def test_ctrl_c_saves_on_rank_zero_when_another_rank_is_gone(tmp_path, odd_root):
     run_dir = tmp_path / "run"
-    fault = "+callbacks.fault._target_=tests.test_ddp.RankGoneThenInterrupt"
+    fault = "+callbacks.fault._target_=tests.run.test_ddp.RankGoneThenInterrupt"
     nodes = _two_machines([*_overrides(odd_root), "trainer.max_epochs=5", fault], run_dir)
     output = nodes[0].communicate(timeout=240)[0]
     nodes[1].communicate(timeout=60)

@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--tta",
         action="store_true",
-        help="average over fixed zooms, rotations and shifts (6x the time; see README)",
+        help="average over fixed zooms, rotations and shifts (6x the time; see docs/evaluation.md)",
     )
     args = parser.parse_args(argv)
     model = load_model(args.ckpt)

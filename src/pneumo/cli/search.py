@@ -319,7 +319,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    search(args.overrides)
+    try:
+        search(args.overrides)
+    except SystemExit as stopped:  # Lightning ends a trial on SIGTERM with status 0, on Ctrl-C with 1
+        if stopped.code in (None, 0, 1):
+            print(
+                "error: pneumo-search was stopped (a signal) before its trials finished; the study keeps "
+                "the finished ones: launch the same command with search.dir=THE_SEARCH'S_FOLDER to go on",
+                file=sys.stderr,
+            )
+            raise SystemExit(143 if stopped.code in (None, 0) else 130) from None
+        raise
 
 
 if __name__ == "__main__":

@@ -320,7 +320,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     elif requeue:
         log.warning("slurm.requeue=true, but this is no SLURM job (SLURM_NTASKS unset): nothing to requeue")
     # the films are listed, none decoded: a split that cannot measure the model stops here
-    _build(cfg.data).check_validation()
+    # (trainer.fast_dev_run, a wiring check on one batch, measures nothing)
+    if not cfg.trainer.get("fast_dev_run"):
+        _build(cfg.data).check_validation()
     outcome = RunOutcome(cfg.trainer.get("max_time"))
     resume_args = list(hydra_cfg.overrides.task)
     try:

@@ -349,7 +349,9 @@ class XrayDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None) and self.train_set is None:
-            self.check_validation()
+            # trainer.fast_dev_run checks the wiring on a batch: it measures nothing, keeps nothing
+            if self.trainer is None or not getattr(self.trainer, "fast_dev_run", False):
+                self.check_validation()
             train, val = self.split_samples()
             log.info("train: %d images, validation: %d images", len(train), len(val))
             # mixed classes in every validation batch, so the sanity check sees both

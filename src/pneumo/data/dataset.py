@@ -82,7 +82,7 @@ def ignore_reason(path: Path) -> str:
     if path.name.startswith("."):
         return HIDDEN_FILE
     suffix = path.suffix.lower()
-    if suffix and suffix in Image.registered_extensions() or suffix in (".heic", ".heif", ".avif"):
+    if suffix in Image.registered_extensions() or suffix in (".heic", ".heif", ".avif", ".jxl"):
         return f"{OTHER_FORMAT} ({suffix})"
     return NOT_A_FILM
 
