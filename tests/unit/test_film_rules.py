@@ -235,3 +235,28 @@ def test_a_manifest_split_column_of_one_film_a_class_is_refused(film_folder):
     )
     with pytest.raises(PneumoError, match=said):
         XrayDataModule("unused", manifest=block).check_validation()
+
+
+def test_a_file_named_alone_that_is_not_a_film_gets_an_error_row(tmp_path, trained_ckpt, capsys):
+    webp = tmp_path / "film.webp"
+    Image.open(sample_files("NORMAL")[0]).save(webp)  # Pillow decodes it, pneumo does not take it
+    film = sample_files("NORMAL")[1]
+    out = tmp_path / "p.csv"
+    with pytest.raises(SystemExit) as stopped:
+        predict_main(["--ckpt", str(trained_ckpt), str(film), str(webp), "--out", str(out)])
+    assert stopped.value.code == 1  # not a silent skip: the user named it
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(out.open())}
+    assert rows[film.name]["error"] == "" and rows["film.webp"]["label"] == ""
+    assert ".webp" in rows["film.webp"]["error"]
+
+
+def test_a_val_folder_sharing_patients_with_train_is_refused(tmp_path):
+    root = tmp_path / "xray"
+    for split in ("train", "val"):
+        for label in ("NORMAL", "PNEUMONIA"):
+            (root / split / label).mkdir(parents=True)
+            for path in sample_files(label):
+                shutil.copy(path, root / split / label / path.name)  # val/ repeats train/
+    datamodule = XrayDataModule(str(root), min_val_images=4)
+    with pytest.raises(PneumoError, match=r"belong to patients with films in .*train"):
+        datamodule.split_samples()

@@ -36,3 +36,14 @@ def test_failed_download_says_how_to_work_offline(monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(PneumoError, match=r"resnet18-f37072fd\.pth.*model\.weights=null"):
         resnet18_classifier("IMAGENET1K_V1")
+
+
+def test_weights_without_batchnorm_step_counters_load(tmp_path):
+    # torchvision's ImageNet files predate BatchNorm's num_batches_tracked: they must load as before
+    reference = resnet18(weights=None)
+    torch.nn.init.normal_(reference.conv1.weight)
+    state = {k: v for k, v in reference.state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "resnet18-2017.pth"
+    torch.save(state, path)
+    net = resnet18_classifier(str(path))
+    assert torch.equal(net.conv1.weight, reference.conv1.weight)

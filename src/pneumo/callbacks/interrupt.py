@@ -201,7 +201,8 @@ class RunOutcome(L.Callback):
             return None
         done = int(trainer.fit_loop.epoch_progress.current.completed)
         max_epochs = int(trainer.max_epochs if trainer.max_epochs is not None else -1)
-        if self.signal is not None:
+        # a signal that came once the schedule had ended (during the last epoch's end) stops nothing
+        if self.signal is not None and not _schedule_done(trainer, done, max_epochs):
             saved = next(
                 (c.saved for c in trainer.callbacks if isinstance(c, SaveOnInterrupt) and c.saved),  # type: ignore[attr-defined]
                 None,
@@ -228,17 +229,21 @@ class RunOutcome(L.Callback):
         )
 
 
-def _finished_early(trainer: L.Trainer, timer: Timer, done: int, max_epochs: int) -> bool:
-    """Whether ``timer`` ended the run before its schedule did."""
+def _schedule_done(trainer: L.Trainer, done: int, max_epochs: int) -> bool:
+    """Whether the run's schedule ended: all epochs or steps, or early stopping."""
     if max_epochs != -1 and done >= max_epochs:
-        return False
+        return True
     if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
-        return False
-    stopped_early = any(
+        return True
+    return any(
         isinstance(c, EarlyStopping) and c.stopped_epoch > 0
         for c in trainer.callbacks  # type: ignore[attr-defined]
     )
-    if stopped_early or getattr(trainer, "fast_dev_run", False):
+
+
+def _finished_early(trainer: L.Trainer, timer: Timer, done: int, max_epochs: int) -> bool:
+    """Whether ``timer`` ended the run before its schedule did."""
+    if _schedule_done(trainer, done, max_epochs) or getattr(trainer, "fast_dev_run", False):
         return False
     remaining = timer.time_remaining("train")
     return remaining is not None and remaining <= 0

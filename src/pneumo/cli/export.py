@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pneumo.cli.arguments import ArgumentParser, non_empty, output_folder
 from pneumo.data.dataset import list_films, summarize_ignored
-from pneumo.errors import exit_on_user_error
+from pneumo.errors import PneumoError, exit_on_user_error
 from pneumo.model.export import TOLERANCE, WRITERS, export
 
 DEFAULT_CHECK_IMAGES = Path("data/sample")
@@ -45,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if sources is None:
         sources = [DEFAULT_CHECK_IMAGES] if DEFAULT_CHECK_IMAGES.is_dir() else []
     listing = list_films(sources)
+    if listing.refused:  # named on their own: the user meant them
+        raise PneumoError(f"--images: {summarize_ignored(listing.refused)}; give films pneumo reads")
     if listing.ignored and args.images is not None:
         print(f"not used for the check: {summarize_ignored(listing.ignored)}", file=sys.stderr)
     images = listing.files[:16]

@@ -129,11 +129,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     listing = list_films(args.paths)
     files = listing.files
     report_inputs(files, listing.ignored)
-    if not files:
+    if not files and not listing.refused:
         raise PneumoError(f"no images found in {' '.join(args.paths)}")
     rows = predict(
         model, files, args.batch_size, args.threshold, progress=len(files) > args.batch_size, tta=args.tta
     )
+    for path, why in listing.refused.items():  # named alone, yet not a film: a row says why
+        rows.append(Prediction(str(path), error=why, positive_class=model.meta.positive_class))
     write_predictions(rows, args.out)
     if args.cam is not None:
         from pneumo.model.cam import write_cams

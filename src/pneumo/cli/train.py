@@ -330,7 +330,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except SystemExit:  # Lightning ends a run on Ctrl-C or SIGTERM with SystemExit (status 1 or 0)
         end_run(outcome, cfg.paths.output_dir, resume_args)
         raise
-    end_run(outcome, cfg.paths.output_dir, resume_args, in_sweep=hydra_cfg.mode == RunMode.MULTIRUN)
+    # a sweep in this process goes on to its next job; a cluster job is its own process
+    end_run(outcome, cfg.paths.output_dir, resume_args, in_sweep=in_process_sweep)
     return optimized_value(cfg, results)
 
 

@@ -250,6 +250,7 @@ class XrayDataModule(L.LightningDataModule):
                 conflicts = label_conflicts([*train, *val], self.classes)
                 if conflicts:
                     raise PneumoError(conflicts[0])
+                _refuse_shared_patients(train, val, folders["train"], val_dir)
                 self._val_source, self._val_carved = str(val_dir), False
                 return train, val
             log.info(
@@ -429,3 +430,23 @@ class XrayDataModule(L.LightningDataModule):
             generator = torch.Generator().manual_seed(int(seeds[0]))
             x = self.augment(x, generator)
         return to_model_input(x), labels
+
+
+def _refuse_shared_patients(train: list[Sample], val: list[Sample], train_dir: Path, val_dir: Path) -> None:
+    """Stop when a patient has films in both ``train/`` and ``val/``: the threshold, calibration
+    and best epoch would be chosen partly on what the network learnt. Patients are read from file
+    names that follow the archive's patterns (``known_patient_name``); other names tell nothing."""
+    trained = {patient_id(s.path): s.path for s in train if known_patient_name(s.path)}
+    shared = [
+        (s.path, trained[patient_id(s.path)])
+        for s in val
+        if known_patient_name(s.path) and patient_id(s.path) in trained
+    ]
+    if shared:
+        (film, twin), more = shared[0], len(shared) - 1
+        raise PneumoError(
+            f"{len(shared)} films of {val_dir} belong to patients with films in {train_dir} (e.g. "
+            f"{film} and {twin}{f', and {more} more' if more else ''}): validation would measure what "
+            "the network learnt; move those patients' films to one side, or remove val/ to carve "
+            "validation from train by patient (data.val_fraction)"
+        )

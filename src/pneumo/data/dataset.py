@@ -218,12 +218,16 @@ class FilmListing:
 
     files: list[Path] = field(default_factory=list)
     ignored: dict[Path, str] = field(default_factory=dict)
+    # files named on their own that are not films pneumo reads: the user asked for them by name,
+    # so each gets an error row, not a skip
+    refused: dict[Path, str] = field(default_factory=dict)
 
 
 def list_films(paths: Iterable[str | Path]) -> FilmListing:
     """Expand folders (recursively, by the rules of class folders) into films; named files are
     kept as given (a bad or missing one becomes an error row), unless their extension is not an
-    accepted one: those, and every other file met, are ``ignored`` with their reason.
+    accepted one: those are ``refused`` with their reason, and every other file met in a folder
+    is ``ignored`` with its reason.
 
     A folder that cannot be read stops with one line: its films would otherwise go missing
     from the output without a word.
@@ -240,7 +244,7 @@ def list_films(paths: Iterable[str | Path]) -> FilmListing:
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
             listing.files.append(path)
         else:
-            listing.ignored[path] = ignore_reason(path)
+            listing.refused[path] = ignore_reason(path)
     return listing
 
 

@@ -66,8 +66,9 @@ def fit_temperature(margins: torch.Tensor, positive: torch.Tensor) -> float:
     than 2 films, one class only, a margin that is not finite, or classes that do not overlap
     at all (every positive above every negative: the loss would keep falling as ``T`` shrinks,
     making a model that has shown no error yet ever more confident), fewer than
-    ``MIN_FILMS_PER_CLASS`` films of a class, or a fit that lands on a bound of
-    ``TEMPERATURE_BOUNDS``, there is nothing reliable to fit and 1.0 (no change) is returned.
+    ``MIN_FILMS_PER_CLASS`` films of a class, or a fit that lands on the lower bound of
+    ``TEMPERATURE_BOUNDS`` (sharpening as far as allowed), there is nothing reliable to fit and
+    1.0 (no change) is returned; a fit on the upper bound softens as far as allowed.
     """
     z, y = _as_float64(margins), _as_float64(positive)
     if z.size < 2 or not np.isfinite(z).all() or np.unique(y).size < 2:
@@ -82,9 +83,9 @@ def fit_temperature(margins: torch.Tensor, positive: torch.Tensor) -> float:
         options={"xatol": 1e-8},
     )
     temperature = math.exp(float(result.x))
-    if min(abs(result.x - low), abs(result.x - high)) < 1e-3:
-        return 1.0  # on a bound: the films do not pin the temperature down
-    return temperature
+    if abs(result.x - low) < 1e-3:
+        return 1.0  # on the sharpening bound: the films do not pin the temperature down
+    return temperature  # on the softening bound: an over-confident model, softened as far as allowed
 
 
 def apply_temperature(margins: torch.Tensor, temperature: float) -> torch.Tensor:

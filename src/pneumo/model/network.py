@@ -127,8 +127,16 @@ def load_backbone_weights(net: nn.Module, weights: str) -> None:
     """
     state = _imagenet_state_dict(weights)
     state = {k.removeprefix("net.").removeprefix("module."): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    state = {
+        k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+    }
+    # BatchNorm's step counters are not weights: torchvision's ImageNet files predate them, and
+    # loading leaves the network's own
+    own = {
+        k: v
+        for k, v in net.state_dict().items()
+        if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+    }
     shared = [k for k in own if k in state]
     if not shared:
         raise PneumoError(
