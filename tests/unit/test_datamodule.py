@@ -159,13 +159,17 @@ def test_uncached_dataset_matches_cached(tiny_root):
 
 
 def test_val_folder_used_when_large_enough(tiny_root):
-    (tiny_root / "test").rename(tiny_root / "val")
-    dm = _datamodule(tiny_root, min_val_images=10)
+    # val/ holds other patients' films: half of the sample's of each class move there
+    for label in ("NORMAL", "PNEUMONIA"):
+        (tiny_root / "val" / label).mkdir(parents=True)
+        for path in sorted((tiny_root / "train" / label).iterdir())[4:]:
+            path.rename(tiny_root / "val" / label / path.name)
+    dm = _datamodule(tiny_root, min_val_images=8)
     dm.setup("fit")
-    assert len(dm.train_set) == 16 and len(dm.val_set) == 16
-    small = _datamodule(tiny_root, min_val_images=100)
+    assert len(dm.train_set) == 8 and len(dm.val_set) == 8
+    small = _datamodule(tiny_root, min_val_images=100, val_fraction=0.5)
     small.setup("fit")
-    assert len(small.train_set) + len(small.val_set) == 16
+    assert len(small.train_set) + len(small.val_set) == 8
 
 
 def test_class_weights_balance_the_loss(tiny_root):
