@@ -34,14 +34,16 @@ DDP_CPU = ["trainer.accelerator=cpu", "trainer.strategy=ddp"]
 
 @pytest.fixture
 def odd_root(tmp_path: Path) -> Path:
-    """train/ with 6 NORMAL and 8 PNEUMONIA films (unequal class weights), val/ with 7 films: an
-    odd count, which a padding sampler would even out by validating one film twice."""
+    """train/ with 5 NORMAL and 4 PNEUMONIA films (unequal class weights), val/ with 7 films of
+    other patients: an odd count, which a padding sampler would even out by validating one film
+    twice."""
     root = tmp_path / "xray"
+    normal, pneumonia = sample_files("NORMAL"), sample_files("PNEUMONIA")
     chosen = {
-        ("train", "NORMAL"): sample_files("NORMAL")[:6],
-        ("train", "PNEUMONIA"): sample_files("PNEUMONIA"),
-        ("val", "NORMAL"): sample_files("NORMAL")[5:],
-        ("val", "PNEUMONIA"): sample_files("PNEUMONIA")[:4],
+        ("train", "NORMAL"): normal[:4] + normal[7:],
+        ("train", "PNEUMONIA"): pneumonia[4:],
+        ("val", "NORMAL"): normal[4:7],
+        ("val", "PNEUMONIA"): pneumonia[:4],
     }
     for (split, label), files in chosen.items():
         (root / split / label).mkdir(parents=True)
