@@ -357,12 +357,13 @@ def run_startup(args: argparse.Namespace) -> dict:
 def run_predict(args: argparse.Namespace) -> dict:
     """pneumo-predict's path on full-resolution films: decode, resize, classify."""
     from pneumo.artifacts.checkpoint import CheckpointMeta
+    from pneumo.data.dataset import list_films
     from pneumo.data.preprocess import preprocessing_spec
-    from pneumo.model.inference import collect_images, predict
+    from pneumo.model.inference import predict
     from pneumo.model.loading import LoadedModel
     from pneumo.model.network import build_resnet18
 
-    files = collect_images([args.films])
+    files = list_films([args.films]).files
     files = (files * (args.predict_count // len(files) + 1))[: args.predict_count]
     meta = CheckpointMeta(["NORMAL", "PNEUMONIA"], "PNEUMONIA", preprocessing_spec(args.image_size))
     model = LoadedModel(build_resnet18().eval(), meta, Path("-"))

@@ -17,9 +17,10 @@ from pneumo.cli.predict import main as predict_main
 from pneumo.cli.predict import write_predictions
 from pneumo.cli.train import train
 from pneumo.data.datamodule import XrayDataModule
+from pneumo.data.dataset import list_films
 from pneumo.data.preprocess import BadImageError, preprocessing_spec, read_grey
 from pneumo.errors import PneumoError
-from pneumo.model.inference import collect_images, predict
+from pneumo.model.inference import predict
 from pneumo.model.loading import load_model
 from tests.helpers import FAST, REPO, make_cfg, run_cli, sample_files, write_dicom
 
@@ -104,7 +105,7 @@ def test_a_link_to_a_folder_is_followed_once_even_when_it_loops(tmp_path, tiny_r
     train_files, val_files = XrayDataModule(str(tiny_root), image_size=32, val_fraction=0.25).split_samples()
     names = sorted(s.path.name for s in train_files + val_files)
     assert names.count(extra.name) == 1 and len(names) == 17  # the 16 films once, the linked one once
-    assert sorted(p.name for p in collect_images([normal])) == sorted(
+    assert sorted(p.name for p in list_films([normal]).files) == sorted(
         [*[p.name for p in sample_files("NORMAL")], extra.name]
     )
 
@@ -115,7 +116,7 @@ def test_a_broken_link_is_a_bad_image_for_training_and_predict_alike(tmp_path, t
     said = f"{link}: broken link to {tmp_path / 'moved_away.jpeg'}"
     with pytest.raises(PneumoError, match=re.escape(said)):
         train(make_cfg(tmp_path / "run", [*FAST, f"data.root={tiny_root}"]))
-    rows = predict(load_model(trained_ckpt), collect_images([link.parent]))
+    rows = predict(load_model(trained_ckpt), list_films([link.parent]).files)
     [bad] = [r for r in rows if r.error]
     assert bad.path == str(link) and bad.error.startswith("broken link to")
 
@@ -245,7 +246,7 @@ def test_a_folder_predict_cannot_read_stops_it_in_one_line(tmp_path):
     try:
         said = f"cannot read folder {re.escape(str(locked))}: permission denied"
         with pytest.raises(PneumoError, match=said):
-            collect_images([locked.parent])
+            list_films([locked.parent])
     finally:
         locked.chmod(0o755)
 

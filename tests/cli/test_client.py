@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from pneumo.data.dataset import list_films
 from pneumo.model.export import export
-from pneumo.model.inference import collect_images, predict
+from pneumo.model.inference import predict
 from pneumo.model.loading import load_model
 from tests.helpers import REPO, SAMPLE, run_cli, sample_files
 
@@ -25,7 +26,7 @@ def test_onnx_client_matches_predict_on_full_resolution_films(tmp_path, trained_
     assert result.returncode == 0, result.stderr[-2000:]
     by_path = {row["path"]: row for row in json.loads(result.stdout)}
     model = load_model(trained_ckpt)
-    rows = predict(model, collect_images([SAMPLE]))
+    rows = predict(model, list_films([SAMPLE]).files)
     assert len(rows) == len(by_path) == 16
     for row in rows:
         theirs = by_path[row.path]

@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from pneumo.cli.predict import main as predict_main
+from pneumo.data.dataset import list_films
 from pneumo.errors import PneumoError
-from pneumo.model.inference import collect_images, predict
+from pneumo.model.inference import predict
 from pneumo.model.loading import load_model
 from tests.helpers import SAMPLE, SHARED_VAL16, run_cli, sample_files
 
@@ -55,7 +56,7 @@ def test_bad_files_get_error_rows_and_a_nonzero_exit(tmp_path, trained_ckpt):
 
 def test_in_process_prediction_respects_threshold_override(trained_ckpt):
     model = load_model(trained_ckpt)
-    files = collect_images([SAMPLE])
+    files = list_films([SAMPLE]).files
     assert len(files) == 16
     assert {r.label for r in predict(model, files, threshold=0.0)} == {"PNEUMONIA"}
     assert {r.label for r in predict(model, files, threshold=1.01)} == {"NORMAL"}

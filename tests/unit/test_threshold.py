@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from pneumo.data.datamodule import XrayDataModule
+from pneumo.data.dataset import list_films
 from pneumo.data.preprocess import load_image
 from pneumo.model.evaluation import evaluate
 from pneumo.model.export import export
-from pneumo.model.inference import collect_images, predict, probabilities
+from pneumo.model.inference import predict, probabilities
 from pneumo.model.loading import load_model
 from pneumo.model.module import XrayClassifier
 from pneumo.model.network import resnet18_classifier
@@ -101,7 +102,7 @@ def test_films_on_the_threshold_are_pneumonia_for_predict_eval_export_and_traini
 ):
     ckpt = _tie_checkpoint(trained_ckpt, tmp_path / "tie.ckpt")
     model = load_model(ckpt)
-    rows = predict(model, collect_images([tiny_root / "test"]))
+    rows = predict(model, list_films([tiny_root / "test"]).files)
     assert {r.p_positive for r in rows} == {0.5} and {r.label for r in rows} == {"PNEUMONIA"}
 
     metrics = evaluate(str(ckpt), str(tiny_root), "test", tmp_path / "eval")
@@ -125,7 +126,7 @@ def test_films_on_the_threshold_are_pneumonia_for_predict_eval_export_and_traini
 
 def test_eval_counts_a_film_at_the_threshold_as_predict_labels_it(tmp_path, trained_ckpt, tiny_root):
     model = load_model(trained_ckpt)
-    files = collect_images([tiny_root / "test"])
+    files = list_films([tiny_root / "test"]).files
     exact = probabilities(model, torch.stack([load_image(f, model.image_size) for f in files])).tolist()
     # a film whose probability printed to 6 places reads lower than it is
     on_threshold = next(p for p in exact if round(p, 6) < p)

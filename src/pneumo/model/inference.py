@@ -17,10 +17,9 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
-from pneumo.data.dataset import is_image_file, unreadable_message, walk_folder
 from pneumo.data.preprocess import BadImageError, load_image, to_model_input, to_unit
 from pneumo.data.transforms import TTA_VIEWS, tta_views
-from pneumo.errors import PneumoError, printable
+from pneumo.errors import printable
 from pneumo.model.loading import LoadedModel
 from pneumo.model.network import positive_probability
 from pneumo.model.threshold import is_positive
@@ -46,25 +45,6 @@ class Prediction:
         if self.positive_class == "PNEUMONIA":
             row["p_pneumonia"] = self.p_positive
         return row
-
-
-def collect_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Expand folders (recursively) into image files; keep named files as given.
-
-    A folder that cannot be read stops with one line: its films would otherwise go
-    missing from the output without a word.
-    """
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            walk = walk_folder(path)
-            if walk.unreadable:
-                raise PneumoError(unreadable_message(*walk.unreadable[0], what="folder"))
-            found.extend(p for p in walk.files if is_image_file(p))
-        else:
-            found.append(path)  # a bad or missing file becomes an error row, not a crash
-    return found
 
 
 def label_for(model: LoadedModel, positive: bool) -> str:
