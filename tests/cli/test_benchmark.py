@@ -59,6 +59,7 @@ def test_report_compares_pneumo_with_the_plain_loop_and_its_compiled_self():
     assert "pneumo/baseline:" in result.stdout
 
 
+@pytest.mark.slow  # three modes, two of them training
 def test_other_modes_run_one_after_another_in_one_interpreter():
     # startup first: pneumo+films must not see its clock marks
     startup = benchmark.run_mode(benchmark.parse_args([*TINY, "--only", "startup"]))

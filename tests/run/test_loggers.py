@@ -75,6 +75,7 @@ def test_mlflow_records_params_metric_histories_and_best_figures(tmp_path):
     assert run.data.metrics["best/val/loss"] == pytest.approx(min(_mlflow_curve(client, run, "val/loss")))
 
 
+@pytest.mark.slow  # W&B runs its own service process
 def test_wandb_offline_run_holds_the_history_config_and_best_figures(tmp_path):
     pytest.importorskip("wandb")
     runs = []
