@@ -2,7 +2,6 @@
 each against a value worked out by hand or by scikit-learn."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -161,15 +160,14 @@ def test_paired_difference_of_a_model_with_itself_is_zero():
     assert worse["difference"] > 0 and worse["bootstrap"][0] < worse["difference"] < worse["bootstrap"][1]
 
 
-def test_two_thousand_draws_over_the_test_split_take_a_second_or_two():
-    """Kermany's test split: 624 films (234 normal, 390 pneumonia), children with 1 to 3 films."""
+def test_two_thousand_draws_over_a_test_split_sized_set_give_finite_nested_intervals():
+    """Kermany's test split's size: 624 films (234 normal, 390 pneumonia), children with 1 to 3
+    films (its speed is printed by scripts/bootstrap_benchmark.py, not asserted here)."""
     rng = np.random.default_rng(0)
     truth = np.r_[np.zeros(234, int), np.ones(390, int)]
     probs = np.clip(rng.normal(0.3 + 0.4 * truth, 0.2), 0, 1)
     patients = [f"p{i // (1 + i % 3)}-{t}" for i, t in enumerate(truth)]
-    start = time.perf_counter()
     boot = PatientBootstrap.draw(patients, truth, draws=2000, seed=0)
-    figures_with_intervals(probs, truth, 0.5, boot)
-    figures_with_intervals(probs, truth, 0.42, boot)
-    auroc_with_interval(probs, truth, boot)
-    assert time.perf_counter() - start < 2.0
+    auroc = auroc_with_interval(probs, truth, boot)
+    low, high = auroc["bootstrap"]
+    assert np.isfinite([low, high]).all() and low < auroc["estimate"] < high
