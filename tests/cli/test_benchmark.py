@@ -39,6 +39,9 @@ benchmark = _load_benchmark()
 def _assert_trained(figures: dict, mode: str) -> None:
     assert figures["peak_pss_mb"] > 0 and figures["main_rss_mb"] > 0, mode
     assert len(figures["epoch_s"]) == 2 and figures["images_per_s"] > 0, mode
+    # each epoch's validation is timed apart, inside its epoch
+    assert len(figures["val_s"]) == 2 and 0 < figures["val_s"][-1] < figures["epoch_s"][-1], mode
+    assert figures["train_images_per_s"] > figures["images_per_s"], mode
     assert 0 < figures["startup_s"] < figures["run_s"], mode
 
 
