@@ -26,7 +26,9 @@ by default, with an empty compile cache, so the first epoch pays what a first ru
 from the full-resolution films of --films, which the plain loop decodes every epoch and pneumo
 once). Modes without +bf16 run at --precision, without +compile eagerly.
 
-Per mode: train images/s over the last epoch (training images / its wall time), the first
+Per mode: train images/s over the last epoch (training images / its wall time), the same
+without that epoch's validation ("no-val": training images / (epoch - validation), which keeps
+augmentation, metrics, logging and checkpoints), each epoch's validation time, the first
 epoch's time, startup (from launching the mode's interpreter to its first training batch),
 the whole run's time, and peak memory: the peak PSS of the mode's process and all its children
 (DataLoader workers, compile workers) summed, sampled every 0.5 s (PSS splits each shared page
@@ -132,7 +134,9 @@ class PeakMemory:
 
 # -- clocks ----------------------------------------------------------------------------------
 class EpochClock(L.Callback):
-    """Wall-clock marks of a pneumo-train run: its first training batch, each epoch's start, its end.
+    """Wall-clock marks of a pneumo-train run: its first training batch, each epoch's start and
+    validation time (from ``on_validation_start``, after Lightning has fetched the first
+    validation batch, to ``on_validation_end``), its end.
 
     Hydra builds the instance inside ``pneumo.cli.train.train``, so the marks are kept on the class,
     fresh for each run.
@@ -151,28 +155,38 @@ class EpochClock(L.Callback):
         self.marks["first_batch"] = self.marks["first_batch"] or time.time()
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._val_start = time.time()
+        self._val_start = synchronized_time(pl_module.device)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:  # the sanity check's two batches are no epoch's
-            self.marks["val_s"].append(time.time() - self._val_start)
+            self.marks["val_s"].append(synchronized_time(pl_module.device) - self._val_start)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # checkpoints are written at each train epoch's end (save_on_train_epoch_end), before this
         self.marks["end"] = time.time()
 
 
+def synchronized_time(device: torch.device | str) -> float:
+    """``time.time()`` once the device's queued work is done: on a GPU, kernels run after the
+    Python call that queued them, and would otherwise be billed to the next mark's span."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return time.time()
+
+
 def timings(
     started: float, first_batch: float, epoch_starts: list[float], end: float, images: int, val_s: list[float]
 ) -> dict:
     """A mode's figures from its wall-clock marks (``time.time()``; ``started``: its launch) and
-    each epoch's validation time."""
+    each epoch's validation time (one per epoch: every mode validates every epoch)."""
     bounds = [*epoch_starts, end]
     epochs = [b - a for a, b in zip(bounds, bounds[1:])]
+    if len(val_s) != len(epochs):
+        raise ValueError(f"{len(val_s)} validation times for {len(epochs)} epochs: one per epoch expected")
     return {
         "images_per_s": images / epochs[-1],
-        # the same epoch without its validation: where a mode's extra time is spent
-        "train_images_per_s": images / (epochs[-1] - val_s[-1]),
+        # the same epoch without its validation: augmentation, metrics, logging, checkpoints stay
+        "no_val_images_per_s": images / (epochs[-1] - val_s[-1]),
         "epoch_s": epochs,
         "val_s": val_s,
         "startup_s": first_batch - started,
@@ -247,11 +261,11 @@ def plain_loop(
             loss.backward()
             optimizer.step()
         model.eval()
-        val_start = time.time()
+        val_start = synchronized_time(args.device)
         with torch.no_grad(), autocast(args):
             for images, _ in val:
                 model(images.to(args.device)).float().softmax(dim=1)
-        val_s.append(time.time() - val_start)
+        val_s.append(synchronized_time(args.device) - val_start)
         if checkpoint is not None:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint)
         if args.device == "cuda":
@@ -332,7 +346,7 @@ def pneumo_overrides(args: argparse.Namespace, root: Path) -> list[str]:
 
 
 def run_pneumo(args: argparse.Namespace) -> dict:
-    """pneumo-train for --epochs epochs; the figures are the whole run's, validation included."""
+    """pneumo-train for --epochs epochs; an epoch's time includes its validation and checkpoints."""
     from pneumo.cli.train import compose_config, train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -457,7 +471,7 @@ def ratios(results: dict[str, dict]) -> dict[str, float]:
     in float32 under +bf16, the ceiling in bf16), which leaves augmentation, metrics, logging
     and checkpoints."""
     rate = {mode: r["images_per_s"] for mode, r in results.items() if r.get("images_per_s")}
-    no_val = {mode: r["train_images_per_s"] for mode, r in results.items() if r.get("train_images_per_s")}
+    no_val = {mode: r["no_val_images_per_s"] for mode, r in results.items() if r.get("no_val_images_per_s")}
     pairs, no_val_pairs = [], []
     for mode in rate:
         base, variants = parse_mode(mode)
@@ -506,7 +520,7 @@ def print_report(settings: dict, results: dict[str, dict], summary: dict) -> Non
         last = r["epoch_s"][-1] if "epoch_s" in r else None
         first = r["epoch_s"][0] if "epoch_s" in r else None
         print(
-            f"{mode:<22} {cell(r.get('images_per_s'), 7)} {cell(r.get('train_images_per_s'), 7)} "
+            f"{mode:<22} {cell(r.get('images_per_s'), 7)} {cell(r.get('no_val_images_per_s'), 7)} "
             f"{cell(last, 8)} {cell(r['val_s'][-1] if r.get('val_s') else None, 6)} {cell(first, 8)} "
             f"{cell(r.get('startup_s'), 9)} {cell(r.get('run_s'), 7)} {cell(r.get('peak_pss_mb'), 7, '.0f')} "
             f"{cell(r.get('main_rss_mb'), 7, '.0f')} {cell(r.get('val_auroc'), 9, '.4f')}"

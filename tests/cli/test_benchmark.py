@@ -40,8 +40,7 @@ def _assert_trained(figures: dict, mode: str) -> None:
     assert figures["peak_pss_mb"] > 0 and figures["main_rss_mb"] > 0, mode
     assert len(figures["epoch_s"]) == 2 and figures["images_per_s"] > 0, mode
     # each epoch's validation is timed apart, inside its epoch
-    assert len(figures["val_s"]) == 2 and 0 < figures["val_s"][-1] < figures["epoch_s"][-1], mode
-    assert figures["train_images_per_s"] > figures["images_per_s"], mode
+    assert all(0 < v < e for v, e in zip(figures["val_s"], figures["epoch_s"], strict=True)), mode
     assert 0 < figures["startup_s"] < figures["run_s"], mode
 
 
@@ -78,6 +77,29 @@ def test_a_modes_own_peak_rss_is_its_own_not_its_launchers():
     del held
     assert figures["images"] == 4 and figures["images_per_s"] > 0
     assert 0 < figures["main_rss_mb"] < 1536
+
+
+def test_timings_take_each_epochs_validation_out_of_its_rate():
+    # launched at 0, first batch at 2, epochs 10-30 and 30-40, validations of 4 s and 2 s
+    figures = benchmark.timings(0.0, 2.0, [10.0, 30.0], 40.0, images=80, val_s=[4.0, 2.0])
+    assert figures["epoch_s"] == [20.0, 10.0] and figures["images_per_s"] == 8.0
+    assert figures["no_val_images_per_s"] == 10.0  # 80 images in the last epoch's 10 - 2 s
+    assert figures["startup_s"] == 2.0 and figures["run_s"] == 40.0
+    with pytest.raises(ValueError, match="1 validation times for 2 epochs"):
+        benchmark.timings(0.0, 2.0, [10.0, 30.0], 40.0, images=80, val_s=[4.0])
+
+
+def test_ratios_compare_pneumo_with_and_without_validation():
+    results = {
+        "model_bound+bf16": {"images_per_s": 100.0, "no_val_images_per_s": 110.0},
+        "pneumo+bf16": {"images_per_s": 80.0, "no_val_images_per_s": 99.0},
+        "model_bound": {"images_per_s": 50.0, "no_val_images_per_s": 55.0},
+    }
+    ratios = benchmark.ratios(results)
+    assert ratios["pneumo+bf16/model_bound+bf16"] == pytest.approx(0.8)
+    assert ratios["pneumo+bf16/model_bound+bf16 without validation"] == pytest.approx(0.9)
+    assert ratios["model_bound+bf16/model_bound"] == pytest.approx(2.0)
+    assert "pneumo+bf16/baseline+bf16" not in ratios  # no baseline ran
 
 
 def test_peak_memory_counts_children_and_a_block_shorter_than_a_period():
