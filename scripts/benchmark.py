@@ -347,7 +347,8 @@ def pneumo_overrides(args: argparse.Namespace, root: Path) -> list[str]:
 
 def run_pneumo(args: argparse.Namespace) -> dict:
     """pneumo-train for --epochs epochs; an epoch's time includes its validation and checkpoints."""
-    from pneumo.cli.train import compose_config, train
+    from pneumo.training.config import compose_config
+    from pneumo.training.fit import train
 
     with tempfile.TemporaryDirectory() as tmp:
         root = data_tree(args, Path(tmp))
@@ -366,8 +367,9 @@ def run_pneumo(args: argparse.Namespace) -> dict:
 
 def run_startup(args: argparse.Namespace) -> dict:
     """pneumo-train on the whole --data folder, stopped after its first training step."""
-    from pneumo.cli.train import compose_config, train
     from pneumo.data.dataset import scan_split
+    from pneumo.training.config import compose_config
+    from pneumo.training.fit import train
 
     overrides = [
         *pneumo_overrides(args, args.data),
@@ -391,9 +393,9 @@ def run_predict(args: argparse.Namespace) -> dict:
     from pneumo.artifacts.checkpoint import CheckpointMeta
     from pneumo.data.dataset import list_films
     from pneumo.data.preprocess import preprocessing_spec
-    from pneumo.model.inference import predict
-    from pneumo.model.loading import LoadedModel
     from pneumo.model.network import build_resnet18
+    from pneumo.serving.inference import predict
+    from pneumo.serving.loading import LoadedModel
 
     files = list_films([args.films]).files
     files = (files * (args.predict_count // len(files) + 1))[: args.predict_count]

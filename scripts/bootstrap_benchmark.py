@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from pneumo.model.statistics import PatientBootstrap, auroc_with_interval, figures_with_intervals
+from pneumo.evaluation.statistics import PatientBootstrap, auroc_with_interval, figures_with_intervals
 
 
 def main() -> None:

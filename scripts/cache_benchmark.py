@@ -96,7 +96,8 @@ def run_build(args: argparse.Namespace, cache: str) -> dict:
 
 def run_first_batch(args: argparse.Namespace, cache: str) -> dict:
     """Jobs 1 and 2 of a sweep in this process, then a second run in a new one."""
-    from pneumo.cli.train import compose_config, train
+    from pneumo.training.config import compose_config
+    from pneumo.training.fit import train
 
     process_start = psutil.Process().create_time()
     quick = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
@@ -120,7 +121,8 @@ def run_first_batch(args: argparse.Namespace, cache: str) -> dict:
 
 def second_run(shared: list[str], tmp: str) -> None:
     """A new process's run: print the seconds from its start to its first batch."""
-    from pneumo.cli.train import compose_config, train
+    from pneumo.training.config import compose_config
+    from pneumo.training.fit import train
 
     timer = FirstBatch(psutil.Process().create_time())
     train(compose_config(shared, Path(tmp) / "run_2"), callbacks=[timer])
@@ -129,7 +131,8 @@ def second_run(shared: list[str], tmp: str) -> None:
 
 def run_epoch(args: argparse.Namespace, cache: str) -> dict:
     """Two epochs; the second one's training time (the first builds the cache)."""
-    from pneumo.cli.train import compose_config, train
+    from pneumo.training.config import compose_config
+    from pneumo.training.fit import train
 
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
         cfg = overrides(args, data_root(args, Path(tmp)), cache, Path(tmp) / "cache")

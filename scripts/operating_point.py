@@ -27,11 +27,11 @@ from pneumo.data.preprocess import load_image, to_model_input, to_unit
 from pneumo.data.provenance import validation_samples
 from pneumo.data.transforms import BatchAugment
 from pneumo.model.calibration import fit_temperature
-from pneumo.model.ensemble import BEST, recorded_root
-from pneumo.model.loading import LoadedModel, load_model
 from pneumo.model.metrics import metrics_at
 from pneumo.model.network import positive_probability
 from pneumo.model.threshold import choose_threshold
+from pneumo.serving.ensemble import BEST, recorded_root
+from pneumo.serving.loading import LoadedModel, load_model
 
 # data/augment=strong's acquisition terms alone
 STRESS = BatchAugment(

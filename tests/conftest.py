@@ -28,7 +28,7 @@ def tiny_root(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def trained_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One short real training run on the bundled sample; its best.ckpt."""
-    from pneumo.cli.train import train
+    from pneumo.training.fit import train
 
     out = tmp_path_factory.mktemp("run")
     cfg = make_cfg(out, [*FAST, f"data.root={SAMPLE}", "data.image_size=64", "trainer.max_epochs=3"])

@@ -15,13 +15,13 @@ from pneumo.artifacts.checkpoint import AtomicCheckpointIO
 from pneumo.artifacts.rundir import prepare_launch
 from pneumo.cli.predict import main as predict_main
 from pneumo.cli.predict import write_predictions
-from pneumo.cli.train import train
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.dataset import list_films
 from pneumo.data.preprocess import BadImageError, preprocessing_spec, read_grey
 from pneumo.errors import PneumoError
-from pneumo.model.inference import predict
-from pneumo.model.loading import load_model
+from pneumo.serving.inference import predict
+from pneumo.serving.loading import load_model
+from pneumo.training.fit import train
 from tests.helpers import FAST, REPO, make_cfg, run_cli, sample_files, write_dicom
 
 # (override, what the one line must say): each stops before any image is decoded.
@@ -271,14 +271,14 @@ BAD_CONFIG_VALUES = [
 
 @pytest.mark.parametrize(("override", "message"), BAD_CONFIG_VALUES, ids=[o for o, _ in BAD_CONFIG_VALUES])
 def test_a_config_value_that_means_nothing_is_refused_in_one_line(tmp_path, tiny_root, override, message):
-    from pneumo.cli.arguments import check_train_config
+    from pneumo.training.settings import check_train_config
 
     with pytest.raises(PneumoError, match=message):
         check_train_config(make_cfg(tmp_path / "run", [*FAST, f"data.root={tiny_root}", override]))
 
 
 def test_valid_settings_pass_the_config_check(tmp_path, tiny_root):
-    from pneumo.cli.arguments import check_train_config
+    from pneumo.training.settings import check_train_config
 
     for extra in ([], ["trainer.precision=auto", "trainer.max_time=00:04:00:00"], ["debug=fast_dev_run"]):
         check_train_config(make_cfg(tmp_path / "run", [*FAST, f"data.root={tiny_root}", *extra]))
@@ -287,7 +287,7 @@ def test_valid_settings_pass_the_config_check(tmp_path, tiny_root):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")
 @pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
 def test_a_gpu_run_without_a_gpu_stops_before_the_data(tmp_path, tiny_root, accelerator):
-    from pneumo.cli.arguments import check_train_config
+    from pneumo.training.settings import check_train_config
 
     said = f"trainer.accelerator={accelerator}, but this machine has no GPU PyTorch can use"
     with pytest.raises(PneumoError, match=re.escape(said)):

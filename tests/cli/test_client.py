@@ -5,9 +5,9 @@ import json
 import pytest
 
 from pneumo.data.dataset import list_films
-from pneumo.model.export import export
-from pneumo.model.inference import predict
-from pneumo.model.loading import load_model
+from pneumo.serving.export import export
+from pneumo.serving.inference import predict
+from pneumo.serving.loading import load_model
 from tests.helpers import REPO, SAMPLE, run_cli, sample_files
 
 # Runs the client as a script, then fails if it pulled in pneumo or PyTorch.

@@ -6,7 +6,7 @@ import shutil
 import pytest
 from omegaconf import OmegaConf
 
-from pneumo.cli.train import train
+from pneumo.training.fit import train
 from tests.helpers import FAST, REPO, SAMPLE, make_cfg, run_cli
 
 # NAME, and a recipe's own as RECIPE/NAME (conf/ablation/kermany_cpu/no_ema.yaml: kermany_cpu/no_ema)
@@ -74,7 +74,7 @@ def test_a_folder_without_runs_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_evaluation_folders_are_not_runs(tmp_path, trained_ckpt):
-    from pneumo.model.evaluation import evaluate
+    from pneumo.evaluation.report import evaluate
 
     evaluate(str(trained_ckpt), str(REPO / "data"), "sample", tmp_path / "eval")
     assert list((tmp_path / "eval" / "tensorboard").glob("events.out.tfevents.*"))

@@ -2,10 +2,10 @@
 
 import pytest
 
-from pneumo.cli.ensemble import build_sweep_ensemble
-from pneumo.model.ensemble import BEST, make_ensemble
-from pneumo.model.loading import load_model
+from pneumo.callbacks.ensemble_sweep import build_sweep_ensemble
 from pneumo.model.network import Ensemble
+from pneumo.serving.ensemble import BEST, make_ensemble
+from pneumo.serving.loading import load_model
 from tests.helpers import FAST, SAMPLE, run_cli
 
 # 1 epoch: the members only need to exist, and be two different networks

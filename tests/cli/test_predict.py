@@ -10,8 +10,8 @@ from PIL import Image
 from pneumo.cli.predict import main as predict_main
 from pneumo.data.dataset import list_films
 from pneumo.errors import PneumoError
-from pneumo.model.inference import predict
-from pneumo.model.loading import load_model
+from pneumo.serving.inference import predict
+from pneumo.serving.loading import load_model
 from tests.helpers import SAMPLE, SHARED_VAL16, run_cli, sample_files
 
 
@@ -75,7 +75,7 @@ def test_test_time_augmentation_averages_views_of_each_image_alone(trained_ckpt)
 
 
 def test_grad_cam_overlays_have_the_image_size(tmp_path, trained_ckpt):
-    from pneumo.model.cam import write_cams
+    from pneumo.serving.cam import write_cams
 
     files = sample_files("PNEUMONIA")[:2]
     written = write_cams(load_model(trained_ckpt), files, tmp_path)

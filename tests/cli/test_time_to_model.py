@@ -2,7 +2,7 @@
 
 import importlib.util
 
-from pneumo.cli.train import train
+from pneumo.training.fit import train
 from tests.helpers import FAST, REPO, SAMPLE, make_cfg, scalars
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from pneumo.cli.train import compose_config
+from pneumo.training.config import compose_config
 from tests.helpers.data import REPO
 
 # Small and fast: 32 px images, scratch weights, no progress bar.

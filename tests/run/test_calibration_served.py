@@ -12,10 +12,10 @@ import torch
 from pneumo.artifacts.checkpoint import read_checkpoint
 from pneumo.data.preprocess import load_image, to_model_input, to_unit
 from pneumo.data.transforms import TTA_VIEWS, tta_views
-from pneumo.model.evaluation import evaluate
-from pneumo.model.export import check_batch, export
-from pneumo.model.inference import predict
-from pneumo.model.loading import load_model
+from pneumo.evaluation.report import evaluate
+from pneumo.serving.export import check_batch, export
+from pneumo.serving.inference import predict
+from pneumo.serving.loading import load_model
 from tests.helpers import sample_files
 
 TEMPERATURE = 2.5

@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from pneumo.cli.train import train
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.errors import PneumoError
-from pneumo.model.export import export
-from pneumo.model.loading import load_model
 from pneumo.model.module import XrayClassifier
 from pneumo.model.network import positive_probability, resnet18_classifier
+from pneumo.serving.export import export
+from pneumo.serving.loading import load_model
+from pneumo.training.fit import train
 from tests.helpers import FAST, SAMPLE, make_cfg, sample_files
 
 RUN = [*FAST, f"data.root={SAMPLE}", "callbacks.early_stopping=null"]

@@ -18,14 +18,14 @@ from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from torchmetrics.functional.classification import binary_auroc
 
 from pneumo.artifacts.rundir import LOCK_NAME, prepare_launch
-from pneumo.cli.train import build
 from pneumo.data.dataset import EpochSampler
 from pneumo.data.preprocess import to_model_input, to_unit
 from pneumo.errors import PneumoError
 from pneumo.model.calibration import fit_temperature
-from pneumo.model.loading import load_model
 from pneumo.model.network import positive_probability
 from pneumo.model.threshold import choose_threshold
+from pneumo.serving.loading import load_model
+from pneumo.training.build import build
 from tests.helpers import FAST, REPO, make_cfg, run_cli, sample_files, scalars
 
 EPOCHS = 2

@@ -8,8 +8,8 @@ import torch
 from pneumo.cli.export import main as export_main
 from pneumo.cli.predict import main as predict_main
 from pneumo.errors import PneumoError
-from pneumo.model.export import check_batch, check_parity, export_torchscript
-from pneumo.model.loading import load_model
+from pneumo.serving.export import check_batch, check_parity, export_torchscript
+from pneumo.serving.loading import load_model
 from tests.helpers import FAST, SAMPLE, run_cli, sample_files
 
 

@@ -13,17 +13,17 @@ from pneumo.artifacts.checkpoint import CheckpointMeta, read_checkpoint
 from pneumo.cli.ensemble import main
 from pneumo.cli.jetson import write_model_dir
 from pneumo.cli.predict import main as predict_main
-from pneumo.cli.train import train
 from pneumo.data.preprocess import preprocessing_spec
 from pneumo.data.provenance import validation_samples
 from pneumo.errors import PneumoError
-from pneumo.model.ensemble import make_ensemble
-from pneumo.model.evaluation import evaluate
-from pneumo.model.export import check_batch, export
-from pneumo.model.inference import predict
-from pneumo.model.loading import LoadedModel, load_model
+from pneumo.evaluation.report import evaluate
 from pneumo.model.network import Ensemble
 from pneumo.model.threshold import choose_threshold
+from pneumo.serving.ensemble import make_ensemble
+from pneumo.serving.export import check_batch, export
+from pneumo.serving.inference import predict
+from pneumo.serving.loading import LoadedModel, load_model
+from pneumo.training.fit import train
 from tests.helpers import FAST, SAMPLE, make_cfg, run_cli, sample_files
 
 # the same validation films for every member (data.seed), other weights (seed)

@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 from pneumo.cli.evaluate import print_table
-from pneumo.model.evaluation import evaluate
+from pneumo.evaluation.report import evaluate
 from pneumo.model.metrics import evaluation_metrics
 from tests.helpers import SAMPLE, run_cli, sample_files
 
@@ -49,8 +49,8 @@ def test_eval_writes_metrics_and_pictures(tmp_path, tiny_root, trained_ckpt):
 
 def test_eval_on_the_validation_split_uses_the_runs_validation_files(tmp_path, trained_ckpt):
     from pneumo.data.datamodule import XrayDataModule
-    from pneumo.model.evaluation import films_of_split
-    from pneumo.model.loading import load_model
+    from pneumo.evaluation.report import films_of_split
+    from pneumo.serving.loading import load_model
 
     # trained_ckpt was trained on data/sample with val_fraction 0.25 (and the default seed)
     validated = XrayDataModule(str(SAMPLE), val_fraction=0.25).split_samples()[1]
@@ -106,8 +106,8 @@ def test_acquisition_group_is_read_from_the_file_name(name, group):
 
 
 def test_eval_gives_figures_per_acquisition_group(tmp_path, trained_ckpt, capsys):
-    from pneumo.model.inference import predict
-    from pneumo.model.loading import load_model
+    from pneumo.serving.inference import predict
+    from pneumo.serving.loading import load_model
 
     # The bundled films renamed into the four families; one pneumonia film named like an IM-
     # film, so one group holds both classes; one film whose name is of no family.

@@ -18,10 +18,10 @@ from PIL import Image
 from pneumo.cli.evaluate import print_table
 from pneumo.data.split import patient_id
 from pneumo.errors import PneumoError
-from pneumo.model.evaluation import ReportOptions, evaluate
-from pneumo.model.inference import predict
-from pneumo.model.loading import load_model
-from pneumo.model.model_card import render_model_card
+from pneumo.evaluation.model_card import render_model_card
+from pneumo.evaluation.report import ReportOptions, evaluate
+from pneumo.serving.inference import predict
+from pneumo.serving.loading import load_model
 from tests.helpers import SAMPLE, make_tiny_root, sample_files
 
 AUTHORS = "A. Researcher and B. Researcher"
@@ -260,7 +260,7 @@ def test_two_models_on_the_same_films(tmp_path, tiny_root, trained_ckpt, capsys)
 
 
 def test_gradcam_of_the_errors_is_refused_for_an_ensemble(tmp_path, trained_ckpt):
-    from pneumo.model.ensemble import make_ensemble
+    from pneumo.serving.ensemble import make_ensemble
 
     members = []
     for name in ("a.ckpt", "b.ckpt"):

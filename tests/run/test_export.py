@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from pneumo.errors import PneumoError
-from pneumo.model.export import ProbabilityModel, check_batch, export
-from pneumo.model.inference import predict
-from pneumo.model.loading import load_model
+from pneumo.serving.export import ProbabilityModel, check_batch, export
+from pneumo.serving.inference import predict
+from pneumo.serving.loading import load_model
 from tests.helpers import run_cli, sample_files
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pneumo.cli.train import train
 from pneumo.errors import PneumoError
+from pneumo.training.fit import train
 from tests.helpers import FAST, SAMPLE, csv_rows, make_cfg, scalars, wandb_run
 
 EPOCHS = 2  # FAST

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from pneumo.cli.train import build
 from pneumo.errors import PneumoError
 from pneumo.model.mixup import mix_batch
 from pneumo.model.module import XrayClassifier
 from pneumo.model.network import resnet18_classifier
+from pneumo.training.build import build
 from tests.helpers import FAST, SAMPLE, make_cfg
 
 RUN = [*FAST, f"data.root={SAMPLE}", "callbacks.early_stopping=null", "trainer.max_epochs=1"]

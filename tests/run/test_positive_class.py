@@ -7,10 +7,10 @@ import json
 import pytest
 
 from pneumo.cli.predict import main as predict_main
-from pneumo.cli.train import train
-from pneumo.model.export import export
-from pneumo.model.inference import predict
-from pneumo.model.loading import load_model
+from pneumo.serving.export import export
+from pneumo.serving.inference import predict
+from pneumo.serving.loading import load_model
+from pneumo.training.fit import train
 from tests.helpers import FAST, REPO, SAMPLE, make_cfg, run_cli, sample_files
 
 

@@ -10,9 +10,10 @@ import lightning as L
 import pytest
 import torch
 
-from pneumo.cli.train import build, train
 from pneumo.errors import PneumoError
-from pneumo.model.evaluation import evaluate
+from pneumo.evaluation.report import evaluate
+from pneumo.training.build import build
+from pneumo.training.fit import train
 from tests.helpers import FAST, SAMPLE, fit_until_interrupted, make_cfg, run_cli, sample_files, scalars
 
 # A plateau schedule that halves the learning rate after any epoch that does not cut val/loss

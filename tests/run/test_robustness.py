@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 
 from pneumo.cli.data import main as data_main
-from pneumo.cli.train import train
 from pneumo.data.preprocess import BadImageError, load_image
 from pneumo.data.sources import convert_medmnist_npz
 from pneumo.data.verify import verify
 from pneumo.errors import PneumoError
+from pneumo.training.fit import train
 from tests.helpers import FAST, REPO, SAMPLE, make_cfg, run_cli, sample_files, scalars
 
 

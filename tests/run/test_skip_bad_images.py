@@ -2,9 +2,9 @@
 
 import pytest
 
-from pneumo.cli.train import train
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.errors import PneumoError
+from pneumo.training.fit import train
 from tests.helpers import FAST, make_cfg
 
 

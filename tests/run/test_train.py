@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pneumo.cli.train import train
+from pneumo.training.fit import train
 from tests.helpers import FAST, REPO, SAMPLE, make_cfg, run_cli, scalars
 
 TAGS = {

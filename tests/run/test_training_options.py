@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumo.cli.train import train
 from pneumo.model.calibration import fit_temperature
 from pneumo.model.network import positive_probability
 from pneumo.model.threshold import CUT_OFF_MARGIN, choose_threshold, is_positive
+from pneumo.training.fit import train
 from tests.helpers import FAST, SAMPLE, make_cfg, sample_files, scalars
 
 TARGET_SENSITIVITY = 0.75

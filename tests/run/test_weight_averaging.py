@@ -4,11 +4,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
-from pneumo.cli.train import build, train
-from pneumo.model.inference import predict
-from pneumo.model.loading import load_model
 from pneumo.model.module import XrayClassifier
 from pneumo.model.network import resnet18_classifier
+from pneumo.serving.inference import predict
+from pneumo.serving.loading import load_model
+from pneumo.training.build import build
+from pneumo.training.fit import train
 from tests.helpers import FAST, fit_until_interrupted, make_cfg
 
 # a short memory, so that a few steps leave the average far from the last step's weights

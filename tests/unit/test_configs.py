@@ -11,7 +11,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from pneumo.cli.train import build
+from pneumo.training.build import build
 from tests.helpers import REPO, SAMPLE, make_cfg
 
 

@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
-from pneumo.cli.train import build, resolve_precision
 from pneumo.hardware import auto_precision, cpu_flags
+from pneumo.training.build import build, resolve_precision
 from tests.helpers import FAST, SAMPLE, make_cfg
 
 

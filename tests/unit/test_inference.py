@@ -4,9 +4,10 @@ import lightning as L
 import pytest
 import torch
 
-from pneumo.cli.train import build, train
-from pneumo.model.inference import predict
-from pneumo.model.loading import load_model
+from pneumo.serving.inference import predict
+from pneumo.serving.loading import load_model
+from pneumo.training.build import build
+from pneumo.training.fit import train
 from tests.helpers import FAST, make_cfg
 
 

@@ -19,13 +19,13 @@ from PIL import Image
 
 from pneumo.artifacts.checkpoint import read_checkpoint, read_meta
 from pneumo.cli.data import main as data_main
-from pneumo.cli.train import train
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.manifest import Manifest, ManifestColumns
 from pneumo.data.provenance import validation_samples
 from pneumo.data.split import patient_id
 from pneumo.data.verify import verify
 from pneumo.errors import PneumoError
+from pneumo.training.fit import train
 from tests.helpers import FAST, SAMPLE, make_cfg, sample_files, write_dicom
 
 CLASSES = ("NORMAL", "PNEUMONIA")

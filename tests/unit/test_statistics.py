@@ -1,4 +1,4 @@
-"""pneumo.model.statistics: intervals, the patient bootstrap, McNemar and the decision curve,
+"""pneumo.evaluation.statistics: intervals, the patient bootstrap, McNemar and the decision curve,
 each against a value worked out by hand or by scikit-learn."""
 
 import math
@@ -8,8 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from pneumo.model.metrics import metrics_at
-from pneumo.model.statistics import (
+from pneumo.evaluation.statistics import (
     PatientBootstrap,
     auroc_with_interval,
     decision_curve,
@@ -19,6 +18,7 @@ from pneumo.model.statistics import (
     weighted_auroc,
     wilson,
 )
+from pneumo.model.metrics import metrics_at
 
 
 def wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

@@ -9,10 +9,7 @@ import torch
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.dataset import list_films
 from pneumo.data.preprocess import load_image
-from pneumo.model.evaluation import evaluate
-from pneumo.model.export import export
-from pneumo.model.inference import predict, probabilities
-from pneumo.model.loading import load_model
+from pneumo.evaluation.report import evaluate
 from pneumo.model.module import XrayClassifier
 from pneumo.model.network import resnet18_classifier
 from pneumo.model.threshold import (
@@ -22,6 +19,9 @@ from pneumo.model.threshold import (
     is_positive,
     threshold_spread,
 )
+from pneumo.serving.export import export
+from pneumo.serving.inference import predict, probabilities
+from pneumo.serving.loading import load_model
 
 # Ten validation cases: five NORMAL (0) and five PNEUMONIA (1), ranked by P(pneumonia).
 PROBS = torch.tensor([0.05, 0.10, 0.20, 0.30, 0.60, 0.40, 0.55, 0.70, 0.80, 0.90])

@@ -5,7 +5,7 @@
 
 Writes metrics.json, errors.csv, model_card.md, confusion_matrix.png, roc.png,
 reliability.png and decision_curve.png into the run directory and logs the pictures to
-TensorBoard (``pneumo.model.evaluation``). Figures are given at the threshold chosen on
+TensorBoard (``pneumo.evaluation.report``). Figures are given at the threshold chosen on
 validation during training (stored in the checkpoint) and at 0.5 (exploratory), with 95 %
 intervals, and per acquisition group (the file-naming families of Kermany's archive) at the
 stored threshold. This module only prints.
@@ -22,9 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from pneumo.cli.arguments import config_errors, writable_run_dir
+from pneumo.cli.arguments import writable_run_dir
 from pneumo.errors import exit_on_user_error
-from pneumo.model.evaluation import ReportOptions, evaluate
+from pneumo.evaluation.report import ReportOptions, evaluate
+from pneumo.training.settings import config_errors
 
 SHOWN = ("acc", "sensitivity", "specificity", "precision", "npv", "f1")
 

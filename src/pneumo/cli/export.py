@@ -17,7 +17,7 @@ from pathlib import Path
 from pneumo.cli.arguments import ArgumentParser, non_empty, output_folder
 from pneumo.data.dataset import list_films, summarize_ignored
 from pneumo.errors import PneumoError, exit_on_user_error
-from pneumo.model.export import TOLERANCE, WRITERS, export
+from pneumo.serving.export import TOLERANCE, WRITERS, export
 
 DEFAULT_CHECK_IMAGES = Path("data/sample")
 

@@ -31,8 +31,8 @@ from pneumo.cli.arguments import (
     positive_int,
 )
 from pneumo.errors import exit_on_user_error
-from pneumo.model.export import export
-from pneumo.model.loading import load_model
+from pneumo.serving.export import export
+from pneumo.serving.loading import load_model
 
 
 def write_model_dir(ckpt: Path, model_dir: Path) -> list[Path]:

@@ -31,8 +31,8 @@ from pneumo.cli.arguments import (
 )
 from pneumo.data.dataset import Sample, label_conflict_groups, list_films, summarize_ignored
 from pneumo.errors import PneumoError, exit_on_user_error, printable
-from pneumo.model.inference import Prediction, predict
-from pneumo.model.loading import load_model
+from pneumo.serving.inference import Prediction, predict
+from pneumo.serving.loading import load_model
 
 
 def write_predictions(rows: Sequence[Prediction], out: Path | None) -> None:
@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model = load_model(args.ckpt)
     if args.cam is not None:
-        from pneumo.model.cam import refuse_ensemble
+        from pneumo.serving.cam import refuse_ensemble
 
         refuse_ensemble(model)  # before predicting: a refused --cam costs nothing
     print(DISCLAIMER, file=sys.stderr)
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows.append(Prediction(str(path), error=why, positive_class=model.meta.positive_class))
     write_predictions(rows, args.out)
     if args.cam is not None:
-        from pneumo.model.cam import write_cams
+        from pneumo.serving.cam import write_cams
 
         write_cams(model, [Path(r.path) for r in rows if not r.error], args.cam)
         print(f"Grad-CAM overlays in {args.cam}", file=sys.stderr)

@@ -22,16 +22,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import lightning as L
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pneumo.cli.arguments import ArgumentParser, check_train_config
-from pneumo.cli.train import compose_config, optimized_value, train
+from pneumo.callbacks.trial_pruning import TrialPruning
+from pneumo.cli.arguments import ArgumentParser
 from pneumo.errors import PneumoError, exit_on_user_error
+from pneumo.training.config import compose_config
+from pneumo.training.fit import optimized_value, train
+from pneumo.training.settings import check_train_config
 
 if TYPE_CHECKING:
     import optuna
@@ -53,32 +55,6 @@ def _optuna() -> Any:
     except ImportError as err:
         raise PneumoError(f"pneumo-search needs Optuna: pip install 'pneumo[search]' ({err})") from err
     return optuna
-
-
-class TrialPruning(L.Callback):
-    """Report ``metric`` to an Optuna trial after every validation epoch, and end the run (as
-    early stopping does, so its checkpoints and TensorBoard files are complete) once the
-    study's pruner judges the trial not worth finishing."""
-
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
-        self.trial = trial
-        self.metric = metric
-        self.pruned = False
-        # set when the first training epoch begins: an error after it belongs to this trial's
-        # settings (e.g. a learning rate that diverges), one before it to what all trials share
-        self.trained = False
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.trained = True
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
-            return
-        self.trial.report(float(trainer.callback_metrics[self.metric]), step=trainer.current_epoch)
-        if self.trial.should_prune():
-            log.info("trial %d pruned after epoch %d", self.trial.number, trainer.current_epoch)
-            self.pruned = True
-            trainer.should_stop = True
 
 
 def parse_space(params: dict[str, str]) -> dict[str, Any]:

@@ -1,2 +1,2 @@
-"""The network, the LightningModule and what reads their outputs: metrics, the threshold,
-calibration, loading a checkpoint, inference, ensembles, export."""
+"""The network and the LightningModule that trains it: loss and mixup, per-epoch metrics, the
+threshold rules and calibration."""

@@ -29,19 +29,10 @@ from pneumo.artifacts.output import write_text_atomically
 from pneumo.data.dataset import Sample
 from pneumo.data.split import acquisition_group, patient_id
 from pneumo.errors import PneumoError, printable
-from pneumo.model.calibration import (
-    apply_temperature,
-    calibration_report,
-    margin_from_probability,
-    plot_reliability,
-)
-from pneumo.model.flow import SplitFiles, film_flow, list_split_files, overlap_report
-from pneumo.model.inference import Prediction, label_for, predict
-from pneumo.model.loading import LoadedModel, load_model
-from pneumo.model.metrics import evaluation_metrics, group_metrics
-from pneumo.model.model_card import CARD_KEYS, write_model_card
-from pneumo.model.plots import plot_confusion, plot_decision_curve, plot_roc
-from pneumo.model.statistics import (
+from pneumo.evaluation.flow import SplitFiles, film_flow, list_split_files, overlap_report
+from pneumo.evaluation.model_card import CARD_KEYS, write_model_card
+from pneumo.evaluation.plots import plot_confusion, plot_decision_curve, plot_roc
+from pneumo.evaluation.statistics import (
     DRAWS,
     LEVEL,
     SEED,
@@ -53,7 +44,16 @@ from pneumo.model.statistics import (
     mcnemar,
     paired_auroc_difference,
 )
+from pneumo.model.calibration import (
+    apply_temperature,
+    calibration_report,
+    margin_from_probability,
+    plot_reliability,
+)
+from pneumo.model.metrics import evaluation_metrics, group_metrics
 from pneumo.model.threshold import PLATEAU_TOLERANCE, POSITIVE_IF, is_positive, threshold_spread
+from pneumo.serving.inference import Prediction, label_for, predict
+from pneumo.serving.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +354,7 @@ def _report_errors(
     """errors.csv, with a Grad-CAM overlay of each error in errors_cam/ when ``cam``."""
     errors = error_rows(model, kept, positive)
     if cam and errors:
-        from pneumo.model.cam import write_cams
+        from pneumo.serving.cam import write_cams
 
         pictures = write_cams(model, [Path(row["path"]) for row in errors], output_dir / "errors_cam")
         for error, picture in zip(errors, pictures):

@@ -23,7 +23,7 @@ from pneumo.artifacts.checkpoint import CheckpointMeta
 from pneumo.artifacts.output import write_text_atomically
 from pneumo.data.split import known_patient_name
 from pneumo.errors import PneumoError
-from pneumo.model.statistics import REPORTED
+from pneumo.evaluation.statistics import REPORTED
 
 TEMPLATE = "model_card.md.j2"
 # The keys a user may set under card: in conf/eval.yaml.
@@ -276,7 +276,7 @@ def render_model_card(context: dict[str, Any]) -> str:
     )
     environment.filters["num"] = number
     environment.filters["ci"] = interval
-    source = resources.files("pneumo.model").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
+    source = resources.files("pneumo.evaluation").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
     text = environment.from_string(source).render(**context)
     leftover = _LEFTOVER.search(text)
     if leftover:

@@ -20,7 +20,7 @@ from torch import nn
 from pneumo.artifacts.output import atomic_path, write_text_atomically
 from pneumo.data.preprocess import load_image, to_model_input
 from pneumo.errors import PneumoError
-from pneumo.model.loading import LoadedModel, load_model
+from pneumo.serving.loading import LoadedModel, load_model
 
 TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "input_0", "output_0"

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pneumo.data.preprocess import load_image, read_grey, to_model_input
 from pneumo.errors import PneumoError
-from pneumo.model.loading import LoadedModel
+from pneumo.serving.loading import LoadedModel
 
 
 def refuse_ensemble(model: LoadedModel) -> None:

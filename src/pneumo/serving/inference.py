@@ -20,9 +20,9 @@ from rich.progress import track
 from pneumo.data.preprocess import BadImageError, load_image, to_model_input, to_unit
 from pneumo.data.transforms import TTA_VIEWS, tta_views
 from pneumo.errors import printable
-from pneumo.model.loading import LoadedModel
 from pneumo.model.network import positive_probability
 from pneumo.model.threshold import is_positive
+from pneumo.serving.loading import LoadedModel
 
 
 @dataclass

@@ -20,11 +20,11 @@ from pneumo.data.manifest import Manifest
 from pneumo.data.provenance import refuse_unrecorded, validation_samples
 from pneumo.errors import PneumoError
 from pneumo.model.calibration import fit_temperature, margin_from_probability
-from pneumo.model.inference import predict
-from pneumo.model.loading import LoadedModel, load_model
 from pneumo.model.metrics import evaluation_metrics
 from pneumo.model.network import Ensemble
 from pneumo.model.threshold import PLATEAU_TOLERANCE, choose_threshold
+from pneumo.serving.inference import predict
+from pneumo.serving.loading import LoadedModel, load_model
 
 BEST = Path("checkpoints") / "best.ckpt"
 

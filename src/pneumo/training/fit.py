@@ -1,0 +1,125 @@
+"""Fit a composed run: hold its directory, check a resume against its checkpoint, train,
+record and report the best figures."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from pneumo import DISCLAIMER
+from pneumo.artifacts.checkpoint import (
+    CheckpointMeta,
+    network_state_dict,
+    read_checkpoint,
+    read_meta,
+    refuse_diverged,
+)
+from pneumo.artifacts.rundir import checkpoint_run_dir, claim_run_dir, launch_rank
+from pneumo.artifacts.trackers import record_run, require_packages, where
+from pneumo.callbacks.checkpoint_metadata import CheckpointMetadata
+from pneumo.data.provenance import check_resume
+from pneumo.errors import PneumoError
+from pneumo.training.build import build
+from pneumo.training.config import flat_hparams
+
+log = logging.getLogger(__name__)
+
+
+def train(
+    cfg: DictConfig, callbacks: Sequence[L.Callback] = (), one_process_only: bool = False
+) -> dict[str, float]:
+    """Fit the model described by ``cfg``; return the best validation figures.
+
+    The run directory is held for the length of the run (``claim_run_dir``): a directory
+    holding another run, or being written by one, is refused. In a run of several processes
+    (DDP) rank zero holds it for all. ``one_process_only`` refuses a config that would start
+    more processes (see ``hydra_main``).
+    """
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise PneumoError(f"ckpt_path not found: {ckpt_path}")
+    rank, _ = launch_rank()
+    held = claim_run_dir(cfg.paths.output_dir, ckpt_path) if rank == 0 else contextlib.nullcontext()
+    with held:
+        return _fit(cfg, ckpt_path, callbacks, one_process_only)
+
+
+def _fit(
+    cfg: DictConfig, ckpt_path: str | None, callbacks: Sequence[L.Callback], one_process_only: bool
+) -> dict[str, float]:
+    """Build, check a resume against its checkpoint, train and report."""
+    L.seed_everything(cfg.seed, workers=True)
+    require_packages(cfg.get("logger"))  # logger=mlflow without MLflow: one line, not Hydra's
+    datamodule, model, trainer = build(cfg, callbacks)
+    if one_process_only and trainer.world_size > 1:
+        raise PneumoError(
+            f"-m runs its jobs one after another in this process, and a run of {trainer.world_size} "
+            "processes (trainer.devices, trainer.num_nodes) would start the whole sweep again in each; "
+            "sweep with the cluster launcher instead: launcher=slurm (each job a SLURM job of that size)"
+        )
+    if ckpt_path:
+        saved = read_checkpoint(ckpt_path)
+        saved_meta = read_meta(saved, ckpt_path)
+        check_resume(saved_meta, _run_meta(trainer), ckpt_path)
+        refuse_diverged(ckpt_path, network_state_dict(saved), saved_meta.threshold)
+        log.info("resuming from %s; the run continues in %s", ckpt_path, cfg.paths.output_dir)
+        own = checkpoint_run_dir(ckpt_path)
+        if own is None or own.resolve() != Path(cfg.paths.output_dir).resolve():
+            log.warning(
+                "%s is not a checkpoint of this run directory: best.ckpt here will be the best "
+                "epoch since this resume only",
+                ckpt_path,
+            )
+    log.info(DISCLAIMER)
+    with warnings.catch_warnings():
+        # claim_run_dir admits a used checkpoints/ folder only to the run that wrote it
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        # configure_model here only compiles (model.compile), it shards nothing
+        warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback with a model")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+
+    results = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    checkpoint = trainer.checkpoint_callback
+    if not isinstance(checkpoint, ModelCheckpoint):
+        checkpoint = None
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        results[f"best/{cfg.monitor.metric}"] = float(checkpoint.best_model_score)
+    record_run(trainer.loggers, flat_hparams(cfg), results, trainer.global_step)
+    output_dir = Path(cfg.paths.output_dir)
+    log.info("run directory: %s", output_dir)
+    if checkpoint is not None and checkpoint.best_model_path:
+        log.info(
+            "best checkpoint: %s (%s %.4f)",
+            checkpoint.best_model_path,
+            cfg.monitor.metric,
+            results.get(f"best/{cfg.monitor.metric}", float("nan")),
+        )
+    for line in where(trainer.loggers, output_dir):
+        log.info(line)
+    return results
+
+
+def _run_meta(trainer: L.Trainer) -> CheckpointMeta:
+    """The metadata ``build`` gave the run's ``CheckpointMetadata`` callback."""
+    callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # a property Lightning sets
+    return next(c.meta for c in callbacks if isinstance(c, CheckpointMetadata))
+
+
+def optimized_value(cfg: DictConfig, results: dict[str, float]) -> float | None:
+    """The figure named by ``optimized_metric``, for sweepers; ``None`` (with a warning) when the
+    run did not produce it, e.g. under ``debug=fast_dev_run``, which scores no checkpoint."""
+    if cfg.optimized_metric not in results:
+        log.warning(
+            "optimized_metric=%s was not produced by this run (it logged %s)",
+            cfg.optimized_metric,
+            ", ".join(sorted(results)) or "nothing",
+        )
+        return None
+    return results[cfg.optimized_metric]
