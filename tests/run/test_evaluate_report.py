@@ -96,6 +96,8 @@ def test_flow_counts_films_and_patients_and_says_what_was_left_out(report):
     assert training["training_films"] == 12 and training["films"] == 12
     assert validation["checked"] and validation["films"] == 4
     assert training["patients"] + validation["patients"] == 15
+    # the same files, so also byte for byte
+    assert training["identical_films"] == 12 and validation["identical_films"] == 4
     assert any("training patients" in w for w in flow["warnings"])
     assert any("validation patients" in w for w in flow["warnings"])
 
@@ -286,3 +288,18 @@ def test_validation_split_is_checked_against_the_rebuilt_training_patients(tmp_p
     assert not overlap["validation"]["checked"]  # these are the validation films
     assert metrics["flow"]["warnings"] == []
     assert metrics["flow"]["source"] == "the 4 validation files recorded in the checkpoint"
+
+
+def test_a_training_film_renamed_into_test_is_found_by_its_bytes(tmp_path, trained_ckpt):
+    """Names that hide the patient (no Kermany pattern: each its own patient) cannot hide the film."""
+    root = make_tiny_root(tmp_path / "xray")
+    for film in sorted((root / "test").rglob("*.jpeg")):
+        film.rename(film.with_name(f"copy{film.name.replace('-', '').replace('_', '')}"))
+    metrics = evaluate(str(trained_ckpt), str(root), "test", tmp_path / "out")
+    overlap = metrics["flow"]["overlap"]
+    assert overlap["training"]["patients"] == 0 and overlap["validation"]["patients"] == 0
+    assert overlap["training"]["identical_films"] == 12 and overlap["validation"]["identical_films"] == 4
+    [example, *_] = overlap["training"]["identical_examples"]
+    assert "/test/" in example and " = " in example
+    warned = [w for w in metrics["flow"]["warnings"] if "byte-identical" in w]
+    assert len(warned) == 2 and "training films" in warned[0] and "validation films" in warned[1]

@@ -15,6 +15,7 @@ exact. Where no rebuild matches, the flow says so, and checks what is recorded.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -197,6 +198,51 @@ def _overlap(evaluated: Sequence[Sample], others: Sequence[str | Path]) -> dict[
     return {"patients": len(shared), "films": len(films), "examples": shared[:EXAMPLES]}
 
 
+def _resolvable(meta: CheckpointMeta, roots: Sequence[Path]) -> list[Path]:
+    """The checkpoint's validation files that exist under the first of ``roots`` holding them."""
+    assert meta.val_files is not None
+    for root in dict.fromkeys(roots):
+        found = [Path(root) / path for path, _ in meta.val_files if (Path(root) / path).is_file()]
+        if found:
+            return found
+    return []
+
+
+def _content(path: str | Path) -> str | None:
+    """A film's SHA-256, or None when it cannot be read (it is then reported elsewhere)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def identical_films(evaluated: Sequence[Sample], others: Sequence[str | Path]) -> dict[str, Any]:
+    """The evaluated films whose bytes equal a film among ``others``, whatever their names: a
+    training film copied into test/ under a new name is the same film, and the patient rule,
+    which reads names, cannot see it."""
+    theirs: dict[str, str] = {}
+    for path in others:
+        digest = _content(path)
+        if digest is not None:
+            theirs.setdefault(digest, str(path))
+    pairs = [(str(s.path), theirs[d]) for s in evaluated if (d := _content(s.path)) in theirs]
+    return {
+        "identical_films": len(pairs),
+        "identical_examples": [f"{mine} = {other}" for mine, other in pairs[:EXAMPLES]],
+    }
+
+
+def _identical_warning(found: dict[str, Any], whose: str) -> list[str]:
+    """One warning line when evaluated films are byte-identical copies of ``whose`` films."""
+    if not found["identical_films"]:
+        return []
+    return [
+        f"{found['identical_films']} evaluated films are byte-identical to the checkpoint's {whose} films "
+        f"under other names, e.g. {'; '.join(found['identical_examples'][:2])}: remove them from the "
+        "evaluated split, these figures are not a held-out measurement"
+    ]
+
+
 def overlap_report(
     meta: CheckpointMeta, split: str, evaluated: Sequence[Sample], roots: Sequence[Path]
 ) -> tuple[dict[str, Any], list[str]]:
@@ -211,6 +257,8 @@ def overlap_report(
         warnings.append(f"could not check these patients against the training patients: {training.how}")
     else:
         shared = _overlap(evaluated, [s.path for s in training.samples])
+        shared.update(identical_films(evaluated, [s.path for s in training.samples]))
+        warnings += _identical_warning(shared, "training")
         report["training"] = {
             "checked": True,
             "how": training.how,
@@ -235,6 +283,8 @@ def overlap_report(
         report["validation"] = {"checked": False, "how": "the checkpoint predates recorded validation files"}
     else:
         shared = _overlap(evaluated, [path for path, _ in meta.val_files])
+        shared.update(identical_films(evaluated, _resolvable(meta, roots)))
+        warnings += _identical_warning(shared, "validation")
         report["validation"] = {
             "checked": True,
             "how": f"against the {len(meta.val_files)} validation files recorded in the checkpoint",
