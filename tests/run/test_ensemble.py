@@ -1,5 +1,6 @@
 """pneumo-ensemble: two real members, averaged, used wherever a checkpoint is."""
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -161,6 +162,10 @@ def test_fewer_than_two_members_or_one_twice_is_refused(members, tmp_path):
         make_ensemble([members[0], members[0].parents[1]], tmp_path / "out.ckpt")
     with pytest.raises(PneumoError, match="is one of the members"):
         make_ensemble(members, members[1])
+    copy = tmp_path / "copy.ckpt"
+    shutil.copy(members[0], copy)  # the same bytes under another name
+    with pytest.raises(PneumoError, match=r"copy.ckpt holds the same weights as .*a copy of one model"):
+        make_ensemble([members[0], copy], tmp_path / "out.ckpt")
 
 
 def test_uses_that_need_one_network_refuse_the_ensemble(ensemble, members, tmp_path, capsys):

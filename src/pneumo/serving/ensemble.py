@@ -7,6 +7,7 @@ validation films by the members' own rule.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -94,10 +95,28 @@ SAME_SETTINGS = "train them alike but for the seed (pneumo-train -m ... seed=1,2
 SAME_FILMS = "train them on the same data with data.val_holdout=earliest, or with one data.seed"
 
 
+def _weights_digest(net: torch.nn.Module) -> str:
+    """A SHA-256 of a network's weights and buffers, by name: equal for copies of one model."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def check_members(members: Sequence[LoadedModel]) -> None:
-    """Refuse members that cannot be averaged: an ensemble among them, or one whose shared
-    settings differ from the first member's (naming the file, the key and both values)."""
+    """Refuse members that cannot be averaged: an ensemble among them, one whose shared
+    settings differ from the first member's (naming the file, the key and both values), or two
+    holding the same weights (a copy would count one model twice)."""
     first = shared_settings(members[0].meta)
+    seen: dict[str, Path] = {}
+    for member in members:
+        same = seen.setdefault(_weights_digest(member.net), member.path)
+        if same != member.path:
+            raise PneumoError(
+                f"{member.path} holds the same weights as {same} (a copy of one model): an ensemble of "
+                "them would count that model twice; give each trained model once"
+            )
     for member in members:
         member.meta.refuse_ensemble(member.path, "an ensemble member", "give its members instead")
         refuse_unrecorded(member.meta, member.path, "make it an ensemble member")
