@@ -22,7 +22,8 @@ from pneumo.evaluation.model_card import render_model_card
 from pneumo.evaluation.report import ReportOptions, evaluate
 from pneumo.serving.inference import predict
 from pneumo.serving.loading import load_model
-from tests.helpers import SAMPLE, make_tiny_root, sample_files
+from pneumo.training.fit import train
+from tests.helpers import FAST, SAMPLE, make_cfg, make_tiny_root, sample_files
 
 AUTHORS = "A. Researcher and B. Researcher"
 
@@ -259,6 +260,30 @@ def test_two_models_on_the_same_films(tmp_path, tiny_root, trained_ckpt, capsys)
     assert "## Comparison with a second model" in (tmp_path / "out" / "model_card.md").read_text()
     print_table(metrics)
     assert "McNemar" in capsys.readouterr().out
+
+
+def test_a_model_listing_the_classes_in_the_other_order_is_compared(tmp_path, tiny_root, trained_ckpt):
+    """The same two classes and positive class in another order: the same task (both models
+    are read as P(PNEUMONIA)); another positive class is refused."""
+    reordered = tmp_path / "reordered"
+    train(
+        make_cfg(
+            reordered,
+            [*FAST, f"data.root={SAMPLE}", "data.classes=[PNEUMONIA,NORMAL]", "trainer.max_epochs=1"],
+        )
+    )
+    options = ReportOptions(compare_ckpt_path=str(reordered / "checkpoints" / "best.ckpt"))
+    metrics = evaluate(str(trained_ckpt), str(tiny_root), "test", tmp_path / "out", options=options)
+    assert metrics["comparison"]["films"] == 16
+    flipped = tmp_path / "flipped"
+    train(
+        make_cfg(
+            flipped, [*FAST, f"data.root={SAMPLE}", "data.positive_class=NORMAL", "trainer.max_epochs=1"]
+        )
+    )
+    options = ReportOptions(compare_ckpt_path=str(flipped / "checkpoints" / "best.ckpt"))
+    with pytest.raises(PneumoError, match="positive class 'NORMAL'.*compare models of the same task"):
+        evaluate(str(trained_ckpt), str(tiny_root), "test", tmp_path / "out2", options=options)
 
 
 def test_gradcam_of_the_errors_is_refused_for_an_ensemble(tmp_path, trained_ckpt):

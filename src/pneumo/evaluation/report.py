@@ -260,8 +260,9 @@ def _refuse_cam(model: LoadedModel) -> None:
 
 
 def _comparable(a: LoadedModel, b: LoadedModel) -> None:
-    """Two models answer the same question only with the same classes and positive class."""
-    if a.classes != b.classes or a.meta.positive_class != b.meta.positive_class:
+    """Two models answer the same question only with the same classes and positive class; the
+    order of the classes does not matter (both are compared on P(positive class))."""
+    if set(a.classes) != set(b.classes) or a.meta.positive_class != b.meta.positive_class:
         raise PneumoError(
             f"compare_ckpt_path={b.path} sorts {b.classes} with positive class {b.meta.positive_class!r}, "
             f"but {a.path} sorts {a.classes} with positive class {a.meta.positive_class!r}: compare "
