@@ -64,10 +64,29 @@ def _plant_tiny(folder: Path) -> Path:
 def test_a_one_pixel_image_is_refused_by_training_and_predict_alike(tmp_path, tiny_root, trained_ckpt):
     tiny = _plant_tiny(tiny_root / "train" / "NORMAL")
     said = f"{tiny}: 1x1 px is smaller than 28 px a side"
-    with pytest.raises(PneumoError, match=said):
+    with pytest.raises(PneumoError, match=said) as refused:
         train(make_cfg(tmp_path / "run", [*FAST, f"data.root={tiny_root}"]))
+    # the fact, then training's advice, once
+    assert str(refused.value).count("remove") == 1 and str(refused.value).count("on_bad_image") == 1
     [row] = predict(load_model(trained_ckpt), [tiny])
     assert row.label == "" and row.error.startswith("1x1 px is smaller than 28 px a side")
+    assert "on_bad_image" not in row.error  # a training key means nothing to pneumo-predict
+
+
+def test_a_zero_byte_file_is_named_so_by_training_and_predict_alike(tmp_path, tiny_root, trained_ckpt):
+    empty = tiny_root / "train" / "NORMAL" / "IM-9999-0001.jpeg"
+    empty.write_bytes(b"")
+    with pytest.raises(PneumoError, match=f"{empty}: zero-byte file; fix, replace or remove the file"):
+        train(make_cfg(tmp_path / "run", [*FAST, f"data.root={tiny_root}"]))
+    [row] = predict(load_model(trained_ckpt), [empty])
+    assert row.error == "zero-byte file"
+
+
+def test_a_class_folder_with_a_trailing_space_is_quoted(tmp_path, tiny_root):
+    (tiny_root / "train" / "NORMAL").rename(tiny_root / "train" / "NORMAL ")
+    said = "its name is 'NORMAL ', with a space at an end: rename it to 'NORMAL'"
+    with pytest.raises(PneumoError, match=said):
+        train(make_cfg(tmp_path / "run", [*FAST, f"data.root={tiny_root}"]))
 
 
 def test_a_last_training_batch_of_one_image_is_left_out(tmp_path, tiny_root):

@@ -329,12 +329,16 @@ def list_split(split_dir: Path, classes: Sequence[str]) -> SplitListing:
         listing.ignore({p: IN_HIDDEN_FOLDER for p in _hidden_files(hidden)})
     folders = [p for p in entries if p.is_dir() and not is_hidden_folder(p)]
     for folder in (p for p in folders if p.name not in classes):
-        hint = (
-            f" (a split folder: a data root with {folder.name}/ needs its training images in "
-            f"{split_dir / 'train'})"
-            if folder.name in SPLITS
-            else ""
-        )
+        if folder.name in SPLITS:
+            train_dir = split_dir / "train"
+            hint = f" (a split folder: a data root with {folder.name}/ needs its training images in "
+            hint += f"{train_dir})"
+        elif folder.name.strip() != folder.name:
+            # a space at either end is invisible in a path: quote the name
+            name = folder.name
+            hint = f" (its name is {name!r}, with a space at an end: rename it to {name.strip()!r})"
+        else:
+            hint = ""
         listing.problems.append(
             f"unknown class folder {folder}: pneumo sorts films into two classes, "
             f"{' and '.join(classes)} (data.classes); move it out of {split_dir}, or rename the "
@@ -437,7 +441,7 @@ class XrayDataset(Dataset):
         if self.on_bad_image == "fail":
             more = f" (and {len(messages) - 1} more)" if len(messages) > 1 else ""
             raise BadImageError(
-                f"{messages[0]}{more}; remove or replace the file, or set data.on_bad_image=skip"
+                f"{messages[0]}{more}; fix, replace or remove the file, or set data.on_bad_image=skip"
             )
         self.bad_files.extend(messages)
         for message in messages:

@@ -62,8 +62,7 @@ def _check_size(path: Path, width: int, height: int) -> None:
     """Refuse, before decoding, an image too small to be a film or too large to be one."""
     if min(width, height) < MIN_SIDE:
         raise BadImageError(
-            f"{path}: {width}x{height} px is smaller than {MIN_SIDE} px a side; not an X-ray "
-            "film (remove it, or skip such files with data.on_bad_image=skip)"
+            f"{path}: {width}x{height} px is smaller than {MIN_SIDE} px a side; not an X-ray film"
         )
     if width * height > MAX_PIXELS:
         raise BadImageError(
@@ -128,10 +127,11 @@ def read_grey(path: str | Path, draft_size: int | None = None) -> Image.Image:
     path = Path(path)
     if path.is_symlink() and not path.exists():
         raise BadImageError(
-            f"{path}: broken link to {os.readlink(path)} (its target is missing, or the link loops); "
-            "fix the link or remove it"
+            f"{path}: broken link to {os.readlink(path)} (its target is missing, or the link loops)"
         )
     try:
+        if path.stat().st_size == 0:
+            raise BadImageError(f"{path}: zero-byte file")
         if path.suffix.lower() == ".dcm":
             return _to_grey_uint8(_read_dicom(path))
         with warnings.catch_warnings():
