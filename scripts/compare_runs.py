@@ -18,8 +18,8 @@ draws, one line a run named as in the table, the validation loss, the validation
 the threshold each run ships and at 0.5) and the seconds an epoch takes (training and
 validation) against the epoch, counted from 0 as Lightning counts it. A point's epoch is the
 ``epoch`` figure Lightning logs at the same step (runs that log their per-epoch figures at the
-global step), or else the step itself (runs that log them at the epoch), so runs of different
-batch sizes line up epoch by epoch whichever way their files were written.
+global step), or else the step itself (runs that log them at the epoch; see ``by_epoch``), so
+runs of different batch sizes line up epoch by epoch whichever way their files were written.
 """
 
 from __future__ import annotations
@@ -197,14 +197,20 @@ PLOTTED = tuple(tag for _, _, curves in PANELS for tag, _, _ in curves)
 def by_epoch(points: list[tuple[int, float]], epochs: dict[int, float]) -> list[tuple[int, float]]:
     """One figure's ``(step, value)`` points as ``(epoch, value)``, in epoch order.
 
-    Lightning logs an ``epoch`` figure at the step of every figure a module logs; where there
-    is one at a point's step (``epochs``: step -> epoch), it is the point's epoch, whatever the
-    step counts (the global step, as runs logged, or the epoch). A point with none beside it was
-    logged at an explicit step, the epoch. An epoch logged twice (a resumed run's later launch
-    repeats it) keeps its later value.
+    Lightning logs an ``epoch`` figure beside every figure a module logs without a step of its
+    own (``epochs``: step -> epoch). Where there is one at each of the points' steps and it
+    numbers them in rising epochs, the figure was logged at the global step and that is each
+    point's epoch; otherwise the figure was logged at the epoch, its step (an ``epoch`` found
+    there belongs to a per-step figure logged at that global step). A step logged again (a
+    resumed run's later launch repeats it) keeps its later value.
     """
-    values = {int(epochs.get(step, step)): value for step, value in points}
-    return sorted(values.items())
+    values = dict(points)
+    steps = sorted(values)
+    if all(step in epochs for step in steps):
+        logged = [int(epochs[step]) for step in steps]
+        if logged == sorted(set(logged)):  # rising, none twice
+            return [(epoch, values[step]) for epoch, step in zip(logged, steps)]
+    return [(step, values[step]) for step in steps]
 
 
 def epoch_series(run: Path) -> dict[str, list[tuple[int, float]]]:

@@ -158,6 +158,13 @@ def test_curves_line_up_by_epoch_whether_logged_at_the_global_step_or_at_the_epo
     # a resumed run's second launch repeats epoch 1: its later figure stands
     _log(tmp_path / "2_b=8", {"val/loss": [(5, 0.9), (11, 0.8)]}, {5: 0, 11: 1})
     _log(tmp_path / "2_b=8", {"val/loss": [(11, 0.6), (17, 0.3)]}, {11: 1, 17: 2})
+    # at the epoch, beside a per-step figure logged at the global step with Lightning's epoch
+    per_step = {"train/loss_step": [(step, 0.5) for step in range(9)]}
+    _log(
+        tmp_path / "5_b=4,per_step",
+        {"val/loss": list(zip([0, 1, 2], losses)), **per_step},
+        {s: s // 3 for s in range(9)},
+    )
     # validated every second epoch (trainer.check_val_every_n_epoch=2): epochs 1 and 3
     _log(tmp_path / "3_b=16,every=2", {"val/loss": [(1, 0.6), (3, 0.5)]})
     _log(tmp_path / "4_b=4,every=2", {"val/loss": [(23, 0.6), (47, 0.5)]}, {23: 1, 47: 3})
@@ -165,6 +172,7 @@ def test_curves_line_up_by_epoch_whether_logged_at_the_global_step_or_at_the_epo
     curves = {run.name: script.epoch_series(run)["val/loss"] for run in script.find_runs(tmp_path)}
     assert _unzip(curves["0_b=4"]) == ([0, 1, 2], pytest.approx(losses))
     assert _unzip(curves["1_b=16"]) == ([0, 1, 2], pytest.approx(losses))
+    assert _unzip(curves["5_b=4,per_step"]) == ([0, 1, 2], pytest.approx(losses))
     assert _unzip(curves["2_b=8"]) == ([0, 1, 2], pytest.approx([0.9, 0.6, 0.3]))
     for every_second in ("3_b=16,every=2", "4_b=4,every=2"):
         assert _unzip(curves[every_second]) == ([1, 3], pytest.approx([0.6, 0.5]))
