@@ -536,8 +536,10 @@ def compile_setting(backend: str) -> str:
     """--compile-backend, checked as model.compile checks it."""
     from pneumo.errors import PneumoError
     from pneumo.model.network import compile_backend
+    from pneumo.training.settings import check_value
 
     try:
+        check_value("model.compile", backend)
         return compile_backend(backend)
     except PneumoError as err:
         raise argparse.ArgumentTypeError(str(err)) from None

@@ -35,7 +35,7 @@ BAD_SETTINGS = [
     ("trainer.max_epochs=0", r"trainer.max_epochs=0 is not valid: use 1 or more"),
     ("model.threshold_method=yuden", r"model.threshold_method='yuden' is not valid: use one of youden"),
     ("model.target_sensitivity=1.5", r"model.target_sensitivity=1.5 is not valid"),
-    ("data.val_holdout=latest", r"data.val_holdout must be one of random, earliest"),
+    ("data.val_holdout=latest", r"data.val_holdout='latest' is not valid: use one of random, earliest"),
     ("data.positive_class=COVID", r"data.positive_class='COVID'.*one of which is the positive class"),
 ]
 
@@ -314,7 +314,7 @@ def test_a_gpu_run_without_a_gpu_stops_before_the_data(tmp_path, tiny_root, acce
         check_train_config(make_cfg(tmp_path / "run", overrides))
 
 
-# data settings of the wrong type: the DataModule refuses them as it is built, before any listing
+# data settings of the wrong type: refused with the others, before the DataModule is built
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -323,7 +323,7 @@ def test_a_gpu_run_without_a_gpu_stops_before_the_data(tmp_path, tiny_root, acce
         ("data.batch_size=1.5", r"data.batch_size=1.5 is not valid: use a positive number of images"),
         ("data.val_fraction=abc", r"data.val_fraction=abc is not valid"),
         ("data.classes=NORMAL", r"data.classes='NORMAL' is not valid: use a list of the two class folder"),
-        ("data.on_bad_image=ignore", r"data.on_bad_image must be 'skip' or 'fail'"),
+        ("data.on_bad_image=ignore", r"data.on_bad_image='ignore' is not valid: use skip or fail"),
     ],
 )
 def test_a_data_setting_of_the_wrong_kind_is_refused_in_one_line(tmp_path, tiny_root, override, message):

@@ -17,6 +17,7 @@ from pneumo.model.network import positive_probability, resnet18_classifier
 from pneumo.serving.export import export
 from pneumo.serving.loading import load_model
 from pneumo.training.fit import train
+from pneumo.training.settings import check_train_config
 from tests.helpers import FAST, SAMPLE, make_cfg, sample_files
 
 RUN = [*FAST, f"data.root={SAMPLE}", "callbacks.early_stopping=null"]
@@ -46,9 +47,9 @@ def test_compiled_run_matches_eager_and_its_checkpoints_save_load_export_and_res
     assert resumed["val/loss"] != pytest.approx(compiled["val/loss"], abs=1e-7)
 
 
-def test_unknown_compile_backend_is_one_line_naming_the_key():
+def test_unknown_compile_backend_is_one_line_naming_the_key(tmp_path):
     with pytest.raises(PneumoError, match=r"model.compile='fastest' is not valid"):
-        XrayClassifier(resnet18_classifier(), compile="fastest")
+        check_train_config(make_cfg(tmp_path, [*RUN, "model.compile=fastest"]))
 
 
 def test_bf16_validation_scores_films_as_serving_does(tiny_root):

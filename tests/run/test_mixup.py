@@ -8,8 +8,8 @@ import torch
 from pneumo.errors import PneumoError
 from pneumo.model.mixup import mix_batch
 from pneumo.model.module import XrayClassifier
-from pneumo.model.network import resnet18_classifier
 from pneumo.training.build import build
+from pneumo.training.settings import check_train_config
 from tests.helpers import FAST, SAMPLE, make_cfg
 
 RUN = [*FAST, f"data.root={SAMPLE}", "callbacks.early_stopping=null", "trainer.max_epochs=1"]
@@ -44,9 +44,9 @@ def test_mixup_trains_other_weights_and_leaves_validation_alone(tmp_path):
     assert validation_loss(tmp_path, 0.4, state, weights) == validation_loss(tmp_path, 0.0, state, weights)
 
 
-def test_negative_alpha_is_refused_naming_the_key():
+def test_negative_alpha_is_refused_naming_the_key(tmp_path):
     with pytest.raises(PneumoError, match=r"^model.mixup_alpha=-1 is not valid: use 0 \(off\) or more$"):
-        XrayClassifier(resnet18_classifier(), mixup_alpha=-1)
+        check_train_config(make_cfg(tmp_path, [*FAST, "model.mixup_alpha=-1"]))
 
 
 def test_mixed_batch_blends_each_image_with_its_shuffled_partner():

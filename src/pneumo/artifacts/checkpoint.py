@@ -138,6 +138,34 @@ def read_meta(checkpoint: dict[str, Any], path: str | Path) -> CheckpointMeta:
     return meta
 
 
+# How torch's weights-only unpickler refuses objects and calls, as against bytes it cannot read
+_REFUSED_OBJECTS = ("unsupported global", "unrecognized function", "can only build")
+
+
+def safe_torch_load(path: Path, name: str, unsafe: str, damaged: str) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU: tensors and plain data, nothing else
+    unpickled; a file it cannot load so is refused in one line that starts with ``name`` and
+    never suggests loading it unsafely.
+
+    A file that holds pickled Python objects or calls (torch names what it refused) is said to
+    hold them, followed by ``unsafe`` (what they are, what to use instead); any other (random
+    or damaged bytes) ``damaged``, with its size and torch's first line.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if any(refused in str(err).lower() for refused in _REFUSED_OBJECTS):
+            raise PneumoError(f"{name} holds pickled Python objects {unsafe}") from None
+        # torch's own text here advises weights_only=False: never repeated
+        reason = "bytes of something else, or a damaged file"
+    except Exception as err:
+        text = str(err).strip()
+        reason = text.splitlines()[0][:200] if text else type(err).__name__
+    raise PneumoError(f"{name} {damaged} ({path.stat().st_size} bytes; {reason})") from None
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """``torch.load`` with ``weights_only=True``; explain every way the file can be wrong.
 
@@ -154,19 +182,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path.stat().st_size} bytes of something else); refused without reading it. Use a "
             "best.ckpt or last.ckpt written by pneumo-train"
         )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise PneumoError(
-            f"{path} holds pickled Python objects or code that pneumo refuses to load (unpickling "
-            "them could run arbitrary code); pneumo checkpoints contain only tensors and plain "
-            "data. Use a checkpoint written by pneumo-train"
-        ) from err
-    except Exception as err:
-        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        raise PneumoError(f"{path} is a damaged PyTorch checkpoint ({reason})") from err
+    checkpoint = safe_torch_load(
+        path,
+        str(path),
+        unsafe="or code that pneumo refuses to load (unpickling them could run arbitrary code); pneumo "
+        "checkpoints contain only tensors and plain data. Use a checkpoint written by pneumo-train",
+        damaged="is a damaged PyTorch checkpoint",
+    )
     if not isinstance(checkpoint, dict) or "pneumo" not in checkpoint or "state_dict" not in checkpoint:
         raise PneumoError(
             f"{path} is not a pneumo checkpoint (no 'pneumo' metadata); use a best.ckpt or "

@@ -22,9 +22,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pneumo.artifacts.rundir import prepare_launch, requeued_resume
 from pneumo.callbacks.interrupt import RunOutcome, end_run
 from pneumo.errors import PneumoError, exit_on_user_error
-from pneumo.training.config import instantiate_node
 from pneumo.training.fit import optimized_value, train
-from pneumo.training.settings import check_train_config, config_errors
+from pneumo.training.settings import config_errors
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +38,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     would start each further process with this whole command line, sweep included; such
     jobs must stay in one process.
 
-    Before any film is decoded, every setting is checked (``check_train_config``) and the
-    validation split must be able to measure the model (``check_validation``). Under SLURM the
-    cluster environment requeues the job on SIGUSR1 only with ``slurm.requeue=true``. A run
+    Before any film is decoded, ``train`` checks every setting and the validation split. Under
+    SLURM the cluster environment requeues the job on SIGUSR1 only with ``slurm.requeue=true``. A run
     stopped before its schedule finished (Ctrl-C, SIGTERM, SIGUSR1, ``trainer.max_time``) says
     so in one line with the command that resumes it, and exits non-zero (``end_run``).
     """
@@ -49,7 +47,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
     in_process_sweep = hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher._target_.endswith(
         ".BasicLauncher"
     )
-    check_train_config(cfg)
     requeue = bool(OmegaConf.select(cfg, "slurm.requeue", default=False))
     if SLURMEnvironment.detect():
         if (
@@ -68,10 +65,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 cfg.trainer.plugins = [*plugins, {"_target_": environment, "auto_requeue": requeue}]
     elif requeue:
         log.warning("slurm.requeue=true, but this is no SLURM job (SLURM_NTASKS unset): nothing to requeue")
-    # the films are listed, none decoded: a split that cannot measure the model stops here
-    # (trainer.fast_dev_run, a wiring check on one batch, measures nothing)
-    if not cfg.trainer.get("fast_dev_run"):
-        instantiate_node(cfg.data).check_validation()
     outcome = RunOutcome(cfg.trainer.get("max_time"))
     resume_args = list(hydra_cfg.overrides.task)
     try:

@@ -26,9 +26,8 @@ from pneumo.data.dataset import (
     split_dirs,
 )
 from pneumo.data.manifest import Manifest, check_patients_apart, check_split_classes, load_manifest
-from pneumo.data.preprocess import MIN_SIDE, to_model_input, to_unit
+from pneumo.data.preprocess import to_model_input, to_unit
 from pneumo.data.split import (
-    HOLDOUTS,
     check_validation_patients,
     known_patient_name,
     patient_id,
@@ -47,52 +46,6 @@ BALANCE_MODES = ("loss", "sampler", "none")
 MAX_IMAGE_SIZE = 2048
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_settings(
-    batch_size: Any, image_size: Any, num_workers: Any, val_fraction: Any, min_val_images: Any, seed: Any = 0
-) -> None:
-    """Refuse impossible data settings in one line each, before any file is read: a value of
-    the wrong type (``data.image_size=big``) as much as one out of range."""
-    checks = (
-        (
-            "data.batch_size",
-            batch_size,
-            _is_int(batch_size) and batch_size >= 1,
-            "a positive number of images",
-        ),
-        (
-            "data.image_size",
-            image_size,
-            _is_int(image_size) and MIN_SIDE <= image_size <= MAX_IMAGE_SIZE,
-            f"at least {MIN_SIDE} px and at most {MAX_IMAGE_SIZE} px, a whole number (e.g. 224)",
-        ),
-        (
-            "data.num_workers",
-            num_workers,
-            _is_int(num_workers) and num_workers >= 0,
-            "0 or more loader processes",
-        ),
-        (
-            "data.val_fraction",
-            val_fraction,
-            _is_number(val_fraction) and 0.0 < val_fraction < 1.0,
-            "a fraction between 0 and 1",
-        ),
-        ("data.min_val_images", min_val_images, _is_int(min_val_images) and min_val_images >= 0, "0 or more"),
-        ("data.seed", seed, _is_int(seed), "a whole number"),
-    )
-    for key, value, ok, expected in checks:
-        if not ok:
-            raise PneumoError(f"{key}={value} is not valid: use {expected}")
-
-
 class XrayDataModule(L.LightningDataModule):
     """Chest X-rays in the Kaggle/Kermany layout.
 
@@ -105,6 +58,9 @@ class XrayDataModule(L.LightningDataModule):
     a CSV table instead, its paths relative to its own folder, which then stands for ``root``;
     its patient column decides the patient split, and its optional split column
     (train/val/test) replaces the carved validation.
+
+    The settings are taken as given: pneumo-train checks them before the DataModule is built
+    (``pneumo.training.settings``); what only the files can tell is checked as they are listed.
     """
 
     def __init__(
@@ -127,24 +83,7 @@ class XrayDataModule(L.LightningDataModule):
         manifest: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        _check_settings(batch_size, image_size, num_workers, val_fraction, min_val_images, seed)
-        if on_bad_image not in ("skip", "fail"):
-            raise PneumoError(f"data.on_bad_image must be 'skip' or 'fail', got {on_bad_image!r}")
-        if balance not in BALANCE_MODES:
-            raise PneumoError(f"data.balance must be one of {', '.join(BALANCE_MODES)}, got {balance!r}")
-        if val_holdout not in HOLDOUTS:
-            raise PneumoError(f"data.val_holdout must be one of {', '.join(HOLDOUTS)}, got {val_holdout!r}")
-        if isinstance(classes, str) or not all(isinstance(c, str) and c for c in classes):
-            raise PneumoError(
-                f"data.classes={classes!r} is not valid: use a list of the two class folder names, "
-                "e.g. data.classes=[NORMAL,PNEUMONIA]"
-            )
         self.classes = list(classes)
-        if len(self.classes) != 2 or len(set(self.classes)) != 2 or positive_class not in self.classes:
-            raise PneumoError(
-                f"data.classes={self.classes} with data.positive_class={positive_class!r}: pneumo sorts "
-                "films into two classes, named by their folders, one of which is the positive class"
-            )
         self.manifest = Manifest.from_config(manifest)
         if self.manifest is not None:
             self.manifest.check_labels(self.classes)

@@ -411,8 +411,6 @@ class XrayDataset(Dataset):
         on_bad_image: str = "fail",
         threads: int = 2,
     ) -> None:
-        if on_bad_image not in ("skip", "fail"):
-            raise PneumoError(f"data.on_bad_image must be 'skip' or 'fail', got {on_bad_image!r}")
         self.samples = list(samples)
         self.image_size = image_size
         self.on_bad_image = on_bad_image

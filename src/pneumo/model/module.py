@@ -19,7 +19,7 @@ from pneumo.model.calibration import calibration_report, fit_temperature
 from pneumo.model.metrics import FIGURES, classification_metrics, logged_name, metrics_at
 from pneumo.model.mixup import Mix, mix_batch
 from pneumo.model.network import compile_backend, compile_network, positive_probability
-from pneumo.model.threshold import PLATEAU_TOLERANCE, THRESHOLD_METHODS, choose_threshold
+from pneumo.model.threshold import PLATEAU_TOLERANCE, choose_threshold
 
 # torchmetrics' aggregators drop NaN by default; "replace NaN by NaN" keeps it, so a diverged
 # epoch shows (their "disable" would too, but makes MeanMetric ignore its weights).
@@ -42,6 +42,9 @@ class XrayClassifier(L.LightningModule):
     Every epoch figure covers all films of all processes (DDP): losses and metrics are
     torchmetrics states reduced across processes, and the threshold is chosen on the
     validation predictions gathered from every process.
+
+    The arguments are taken as given: pneumo-train's settings are checked before the module is
+    built (``pneumo.training.settings``).
     """
 
     def __init__(
@@ -61,21 +64,6 @@ class XrayClassifier(L.LightningModule):
         compile: bool | str = False,
     ) -> None:
         super().__init__()
-        if threshold_method not in THRESHOLD_METHODS:
-            raise PneumoError(
-                f"model.threshold_method={threshold_method!r} is not valid: use one of "
-                f"{', '.join(THRESHOLD_METHODS)}"
-            )
-        if not 0.0 < target_sensitivity <= 1.0:
-            raise PneumoError(f"model.target_sensitivity={target_sensitivity} is not valid: use (0, 1]")
-        if not 0.0 <= plateau_tolerance < 1.0:
-            raise PneumoError(
-                f"model.plateau_tolerance={plateau_tolerance} is not valid: use a value in [0, 1)"
-            )
-        if not 0.0 <= label_smoothing < 1.0:
-            raise PneumoError(f"model.label_smoothing={label_smoothing} is not valid: use a value in [0, 1)")
-        if not mixup_alpha >= 0.0:
-            raise PneumoError(f"model.mixup_alpha={mixup_alpha} is not valid: use 0 (off) or more")
         self._compile_backend = compile_backend(compile)
         self.save_hyperparameters(ignore=["net"], logger=False)  # kept in every checkpoint
         self.net = net

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import pickle
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
-from pneumo.artifacts.checkpoint import NUM_CLASSES
+from pneumo.artifacts.checkpoint import NUM_CLASSES, safe_torch_load
 from pneumo.errors import PneumoError
 
 
@@ -71,27 +69,14 @@ def _imagenet_state_dict(weights: str) -> dict[str, torch.Tensor]:
         if not path.is_file():
             what = "is a folder, not a file" if path.is_dir() else "not found"
             raise PneumoError(f"model.weights file {what}: {path}")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            # objects name their classes ("Unsupported global: ...ResNet"); random or damaged bytes do not
-            if "unsupported global" not in str(err).lower():
-                raise PneumoError(
-                    f"model.weights file {path} is not a PyTorch weights file ({path.stat().st_size} "
-                    "bytes of something else, or a damaged file)"
-                ) from None
-            raise PneumoError(
-                f"model.weights file {path} holds pickled Python objects (a whole saved model, not its "
-                "weights), which pneumo does not unpickle: unpickling can run arbitrary code. Save the "
-                "weights alone with torch.save(model.state_dict(), path), or use model.weights=IMAGENET1K_V1"
-            ) from None
-        except Exception as err:
-            raise PneumoError(
-                f"model.weights file {path} is not a PyTorch weights file ({path.stat().st_size} bytes; "
-                f"{_first_line(err)})"
-            ) from None
+        state = safe_torch_load(
+            path,
+            f"model.weights file {path}",
+            unsafe="(a whole saved model, not its weights), which pneumo does not unpickle: unpickling "
+            "can run arbitrary code. Save the weights alone with torch.save(model.state_dict(), path), "
+            "or use model.weights=IMAGENET1K_V1",
+            damaged="is not a PyTorch weights file",
+        )
         return _tensor_state(state, path)
     try:
         enum = ResNet18_Weights[weights]
@@ -172,18 +157,12 @@ def compile_backend(setting: bool | str | None) -> str | None:
     """The ``torch.compile`` backend that ``model.compile`` asks for; ``None`` for eager.
 
     ``true`` means inductor, PyTorch's code generator for CPU and GPU; a backend name
-    (``aot_eager``, ``cudagraphs``, ...) is passed on as it is.
+    (``aot_eager``, ``cudagraphs``, ...) is passed on as it is (``pneumo.training.settings``
+    checks that this PyTorch has it).
     """
     if setting in (None, False):
         return None
-    backend = "inductor" if setting is True else str(setting)
-    known = torch.compiler.list_backends(exclude_tags=())
-    if backend not in known:
-        raise PneumoError(
-            f"model.compile={setting!r} is not valid: use false, true (inductor) or a torch.compile "
-            f"backend ({', '.join(torch.compiler.list_backends())})"
-        )
-    return backend
+    return "inductor" if setting is True else str(setting)
 
 
 def compile_network(net: nn.Module, backend: str) -> None:

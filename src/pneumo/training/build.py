@@ -17,7 +17,6 @@ from pneumo.callbacks.lr_stepping import EpochLRStep
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.preprocess import preprocessing_spec
 from pneumo.data.provenance import files_fingerprint, record_files
-from pneumo.errors import PneumoError
 from pneumo.hardware import auto_precision
 from pneumo.model.module import XrayClassifier
 from pneumo.model.network import resnet18_classifier
@@ -66,9 +65,6 @@ def build(
 ) -> tuple[XrayDataModule, XrayClassifier, L.Trainer]:
     """Create the DataModule, the network, the LightningModule and the Trainer from a composed
     config; ``callbacks`` join the config's (a search's trial pruning, which config cannot hold)."""
-    max_epochs = cfg.trainer.get("max_epochs")
-    if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
-        raise PneumoError(f"trainer.max_epochs={max_epochs} is not valid: use 1 or more (-1: no limit)")
     resolve_precision(cfg)
     datamodule: XrayDataModule = instantiate_node(cfg.data)
     datamodule.check_root()

@@ -27,7 +27,8 @@ from pneumo.callbacks.checkpoint_metadata import CheckpointMetadata
 from pneumo.data.provenance import check_resume
 from pneumo.errors import PneumoError
 from pneumo.training.build import build
-from pneumo.training.config import flat_hparams
+from pneumo.training.config import flat_hparams, instantiate_node
+from pneumo.training.settings import check_train_config
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,18 @@ def train(
 ) -> dict[str, float]:
     """Fit the model described by ``cfg``; return the best validation figures.
 
+    First every setting is checked (``check_train_config``); then, the films listed but none
+    decoded, the validation split must be able to measure the model (``check_validation``; not
+    under ``trainer.fast_dev_run``, a wiring check that measures nothing).
+
     The run directory is held for the length of the run (``claim_run_dir``): a directory
     holding another run, or being written by one, is refused. In a run of several processes
     (DDP) rank zero holds it for all. ``one_process_only`` refuses a config that would start
     more processes (see ``hydra_main``).
     """
+    check_train_config(cfg)
+    if not cfg.trainer.get("fast_dev_run"):
+        instantiate_node(cfg.data).check_validation()
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise PneumoError(f"ckpt_path not found: {ckpt_path}")
