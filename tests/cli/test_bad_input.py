@@ -28,7 +28,8 @@ from tests.helpers import FAST, REPO, make_cfg, run_cli, sample_files, write_dic
 BAD_SETTINGS = [
     ("data.batch_size=0", r"data.batch_size=0 is not valid: use a positive number"),
     ("data.batch_size=-1", r"data.batch_size=-1 is not valid"),
-    ("data.val_fraction=1.5", r"data.val_fraction=1.5 is not valid: use a fraction between 0 and 1"),
+    ("data.val_fraction=1.5", r"data.val_fraction=1.5 is not valid: use a fraction above 0 and below 1"),
+    ("data.val_fraction=1", r"data.val_fraction=1 is not valid: use a fraction above 0 and below 1, e\.g\."),
     ("data.val_fraction=0", r"data.val_fraction=0 is not valid"),
     ("data.image_size=0", r"data.image_size=0 is not valid: use at least 28 px"),
     ("data.num_workers=-2", r"data.num_workers=-2 is not valid"),

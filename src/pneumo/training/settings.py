@@ -174,7 +174,7 @@ RULES: tuple[Rule, ...] = (
         f"at least {MIN_SIDE} px and at most {MAX_IMAGE_SIZE} px, a whole number (e.g. 224)",
     ),
     Rule("data.num_workers", _whole(0), "0 or more loader processes"),
-    Rule("data.val_fraction", _between(0.0, 1.0, False, False), "a fraction between 0 and 1"),
+    Rule("data.val_fraction", _between(0.0, 1.0, False, False), "a fraction above 0 and below 1, e.g. 0.1"),
     Rule("data.val_holdout", _one_of(*HOLDOUTS), _choices(HOLDOUTS), quoted=True),
     Rule("data.min_val_images", _whole(0), "0 or more"),
     Rule("data.balance", _one_of(*BALANCE_MODES), _choices(BALANCE_MODES), quoted=True),
