@@ -5,7 +5,6 @@ run here in the test's own interpreter, as a child does with ``--only``, which s
 an interpreter with torch for each.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import REPO, SAMPLE, run_cli
+from tests.helpers import REPO, SAMPLE, load_script, run_cli
 
 SCRIPT = REPO / "scripts" / "benchmark.py"
 TINY = [
@@ -24,16 +23,7 @@ TINY = [
 ]
 
 
-def _load_benchmark():
-    """The script as a module named ``benchmark`` (its EpochClock is configured by that name)."""
-    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = _load_benchmark()
+benchmark = load_script("benchmark")  # a child runs it under that name too
 
 
 def _assert_trained(figures: dict, mode: str) -> None:
