@@ -22,7 +22,7 @@ from pneumo.errors import PneumoError
 from pneumo.serving.inference import predict
 from pneumo.serving.loading import load_model
 from pneumo.training.fit import train
-from tests.helpers import FAST, REPO, make_cfg, run_cli, sample_files, write_dicom
+from tests.helpers import FAST, REPO, disk_full, make_cfg, needs_dev_full, run_cli, sample_files, write_dicom
 
 # (override, what the one line must say): each stops before any image is decoded.
 BAD_SETTINGS = [
@@ -181,30 +181,23 @@ def test_a_bad_file_with_a_name_that_is_not_utf8_is_named_printably(tmp_path, ti
         record.getMessage().encode("utf-8")
 
 
-def _disk_full(path: Path) -> Path:
-    """Make the next write of ``path`` hit a full disk: its temporary file is /dev/full."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.symlink_to("/dev/full")
-    return partial
-
-
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@needs_dev_full
 def test_a_full_disk_keeps_the_earlier_checkpoint_and_says_so(tmp_path):
     io = AtomicCheckpointIO()
     path = tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(1000)}}, path)
     before = path.read_bytes()
-    partial = _disk_full(path)
+    partial = disk_full(path)
     said = r"no space left on device writing .*last.ckpt: it needs about 0.0 MB"
     with pytest.raises(PneumoError, match=said):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}}, path)
     assert path.read_bytes() == before and not partial.exists() and not partial.is_symlink()
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@needs_dev_full
 def test_a_full_disk_leaves_no_partial_predictions(tmp_path, trained_ckpt):
     out = tmp_path / "p.csv"
-    partial = _disk_full(out)
+    partial = disk_full(out)
     with pytest.raises(PneumoError, match=r"no space left on device writing .*p.csv"):
         write_predictions(predict(load_model(trained_ckpt), sample_files("NORMAL")[:2]), out)
     assert not out.exists() and not partial.is_symlink()

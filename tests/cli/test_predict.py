@@ -3,8 +3,10 @@ import json
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
+from matplotlib import colormaps
 from PIL import Image
 
 from pneumo.cli.predict import main as predict_main
@@ -28,11 +30,17 @@ def test_predicts_sixteen_full_resolution_xrays(tmp_path, trained_ckpt):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 16
+    # the operating point the run stored, read from the checkpoint itself, decides every label
+    stored = torch.load(trained_ckpt, weights_only=True)["pneumo"]["threshold"]
+    # the same films scored in this process, through the library
+    in_process = {
+        str(r.path): r.p_positive for r in predict(load_model(trained_ckpt), list_films([_val16()]).files)
+    }
     for row in rows:
-        assert row["label"] in ("NORMAL", "PNEUMONIA") and 0.0 <= float(row["p_pneumonia"]) <= 1.0
-        assert row["label"] == (
-            "PNEUMONIA" if float(row["p_pneumonia"]) >= float(row["threshold"]) else "NORMAL"
-        )
+        p = float(row["p_pneumonia"])
+        assert p == pytest.approx(in_process[row["path"]], abs=1e-5), row["path"]
+        assert float(row["threshold"]) == pytest.approx(stored, abs=1e-6)
+        assert row["label"] == ("PNEUMONIA" if p >= stored else "NORMAL"), row
 
 
 @pytest.mark.slow
@@ -80,8 +88,16 @@ def test_grad_cam_overlays_have_the_image_size(tmp_path, trained_ckpt):
     files = sample_files("PNEUMONIA")[:2]
     written = write_cams(load_model(trained_ckpt), files, tmp_path)
     assert len(written) == 2
+    jet = colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3]
     for source, cam in zip(files, written):
         assert Image.open(cam).size == Image.open(source).size
+        # the overlay is 0.6 film + 0.4 heatmap colour: take the film out, and what is left
+        # must be jet colours that vary over the image (a blank map leaves one colour everywhere)
+        film = np.asarray(Image.open(source).convert("RGB"), dtype=np.float64) / 255
+        colour = (np.asarray(Image.open(cam), dtype=np.float64) / 255 - 0.6 * film) / 0.4
+        nearest = np.min(np.linalg.norm(colour.reshape(-1, 1, 3)[::97] - jet[None], axis=-1), axis=1)
+        assert np.quantile(nearest, 0.99) < 0.05, "the overlay is not the film under jet colours"
+        assert colour.reshape(-1, 3).std(axis=0).sum() > 0.1, "the heatmap is the same everywhere"
 
 
 class NotPlainData:

@@ -11,13 +11,12 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import FAST, REPO, SAMPLE
+from tests.helpers import FAST, REPO, SAMPLE, start_training, wait_for_checkpoint
 
 # A fake SLURM job of one task: what Lightning and pneumo read to know they run under SLURM.
 SLURM_JOB = {
@@ -34,34 +33,6 @@ SLURM_JOB = {
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
-
-
-def _start(run_dir: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    args = [*FAST, f"data.root={SAMPLE}", f"hydra.run.dir={run_dir}", *extra]
-    return subprocess.Popen(
-        [sys.executable, "-m", "pneumo.cli.train", *args],
-        cwd=REPO,
-        env=env or _env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, timeout: float = 240) -> None:
-    """Until the run has written last.ckpt: training is under way, its signal handlers set."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        if last.is_file():
-            try:
-                torch.load(last, weights_only=True)
-                return
-            except Exception:  # being renamed into place right now
-                pass
-        time.sleep(0.2)
-    out, err = process.communicate(timeout=60) if process.poll() is not None else ("", "")
-    raise AssertionError(f"no checkpoint appeared: {err[-2000:]}")
 
 
 def _fake_scontrol(tmp_path: Path) -> tuple[Path, Path]:
@@ -101,8 +72,8 @@ def test_a_signal_stops_the_run_non_zero_with_the_command_that_resumes_it(tmp_pa
     fake_bin, calls = _fake_scontrol(tmp_path)
     # SIGUSR1 under SLURM without slurm.requeue: the run stops and stays stopped (no requeue)
     env = _env(**SLURM_JOB, PATH=f"{fake_bin}:{os.environ['PATH']}") if signum == signal.SIGUSR1 else None
-    process = _start(run_dir, "trainer.max_epochs=200", env=env)
-    _wait_for_checkpoint(run_dir, process)
+    process = start_training(run_dir, "trainer.max_epochs=200", env=env)
+    wait_for_checkpoint(run_dir, process)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=180)
     assert process.returncode == status, stderr[-3000:]
@@ -137,7 +108,7 @@ def test_a_signal_stops_the_run_non_zero_with_the_command_that_resumes_it(tmp_pa
 @pytest.mark.slow
 def test_max_time_exits_non_zero_and_a_finished_schedule_zero(tmp_path):
     run_dir = tmp_path / "timed"
-    process = _start(run_dir, "trainer.max_epochs=200", "trainer.max_time=00:00:00:02")
+    process = start_training(run_dir, "trainer.max_epochs=200", "trainer.max_time=00:00:00:02")
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 75, stderr[-3000:]
     line = _stop_line(stderr)
@@ -148,7 +119,7 @@ def test_max_time_exits_non_zero_and_a_finished_schedule_zero(tmp_path):
     assert "trainer.max_time=00:00:00:02" not in line.split("resume with: ")[1].split(" (")[0]
     assert line.endswith("(trainer.max_time counts the whole run, resumes included)")
     # a time limit the schedule finishes within is a success
-    finished = _start(tmp_path / "finished", "trainer.max_epochs=1", "trainer.max_time=00:01:00:00")
+    finished = start_training(tmp_path / "finished", "trainer.max_epochs=1", "trainer.max_time=00:01:00:00")
     _, stderr = finished.communicate(timeout=300)
     assert finished.returncode == 0, stderr[-3000:]
     assert "stopped by" not in stderr
@@ -160,8 +131,8 @@ def test_slurm_requeue_on_sigusr1_and_the_requeued_job_resumes_by_itself(tmp_pat
     fake_bin, calls = _fake_scontrol(tmp_path)
     env = _env(**SLURM_JOB, PATH=f"{fake_bin}:{os.environ['PATH']}")
     command = ("trainer.max_epochs=4", "slurm.requeue=true")
-    process = _start(run_dir, *command, env=env)
-    _wait_for_checkpoint(run_dir, process)
+    process = start_training(run_dir, *command, env=env)
+    wait_for_checkpoint(run_dir, process)
     process.send_signal(signal.SIGUSR1)
     _, stderr = process.communicate(timeout=180)
     assert process.returncode == 138, stderr[-3000:]
@@ -171,7 +142,7 @@ def test_slurm_requeue_on_sigusr1_and_the_requeued_job_resumes_by_itself(tmp_pat
     assert calls.read_text().split() == ["requeue", "4242"]  # Lightning's SLURMEnvironment asked SLURM
     assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))  # interrupted.ckpt supersedes Lightning's copy
     # SLURM starts the job again with its first command line
-    again = _start(run_dir, *command, env={**env, "SLURM_RESTART_COUNT": "1"})
+    again = start_training(run_dir, *command, env={**env, "SLURM_RESTART_COUNT": "1"})
     _, stderr = again.communicate(timeout=300)
     assert again.returncode == 0, stderr[-3000:]
     assert f"resuming {saved}" in stderr

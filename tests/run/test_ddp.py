@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from pneumo.model.network import positive_probability
 from pneumo.model.threshold import choose_threshold
 from pneumo.serving.loading import load_model
 from pneumo.training.build import build
-from tests.helpers import FAST, REPO, make_cfg, run_cli, sample_files, scalars
+from tests.helpers import FAST, REPO, free_port, make_cfg, run_cli, sample_files, scalars
 
 EPOCHS = 2
 DDP_CPU = ["trainer.accelerator=cpu", "trainer.strategy=ddp"]
@@ -127,15 +126,9 @@ def test_two_processes_on_one_machine_log_the_one_process_figures(tmp_path, odd_
     _check_one_run(run_dir, result.stdout, overrides, tmp_path / "reference")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _two_machines(overrides: list[str], run_dir: Path) -> list[subprocess.Popen]:
     """pneumo-train as two machines of one process each, started by torchrun, into ``run_dir``."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return [
         subprocess.Popen(

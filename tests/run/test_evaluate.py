@@ -3,13 +3,17 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 from pneumo.cli.evaluate import print_table
+from pneumo.data.dataset import list_films
 from pneumo.evaluation.report import evaluate
 from pneumo.model.metrics import evaluation_metrics
+from pneumo.serving.inference import predict
+from pneumo.serving.loading import load_model
 from tests.helpers import SAMPLE, run_cli, sample_files
 
 PROBS = torch.tensor([0.05, 0.10, 0.20, 0.30, 0.60, 0.40, 0.55, 0.70, 0.80, 0.90, 0.45, 0.35])
@@ -50,7 +54,6 @@ def test_eval_writes_metrics_and_pictures(tmp_path, tiny_root, trained_ckpt):
 def test_eval_on_the_validation_split_uses_the_runs_validation_files(tmp_path, trained_ckpt):
     from pneumo.data.datamodule import XrayDataModule
     from pneumo.evaluation.report import films_of_split
-    from pneumo.serving.loading import load_model
 
     # trained_ckpt was trained on data/sample with val_fraction 0.25 (and the default seed)
     validated = XrayDataModule(str(SAMPLE), val_fraction=0.25).split_samples()[1]
@@ -73,8 +76,20 @@ def test_eval_command_line(tmp_path, tiny_root, trained_ckpt):
         "tta=true",
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "sensitivity" in result.stdout
-    assert json.loads((tmp_path / "metrics.json").read_text())["tta"] is True
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["tta"] is True and metrics["split"] == "test" and metrics["n"] == 16
+    # the same films through the library, with the same views: AUROC by scikit-learn, the
+    # sensitivity and specificity counted at the stored threshold
+    model = load_model(trained_ckpt)
+    rows = predict(model, list_films([tiny_root / "test"]).files, tta=True)
+    sick = np.array([Path(r.path).parent.name == "PNEUMONIA" for r in rows])
+    p = np.array([r.p_positive for r in rows])
+    assert metrics["auroc"] == pytest.approx(roc_auc_score(sick, p), abs=1e-6)
+    assert metrics["threshold"] == pytest.approx(model.threshold)
+    assert metrics["sensitivity"] == pytest.approx(np.mean(p[sick] >= model.threshold), abs=1e-6)
+    assert metrics["specificity"] == pytest.approx(np.mean(p[~sick] < model.threshold), abs=1e-6)
+    printed = " ".join(result.stdout.split())  # the table as printed, whatever its wrapping
+    assert f"AUROC {metrics['auroc']:.4f}" in printed and "sensitivity" in printed
 
 
 def test_eval_missing_split_is_named(tmp_path, trained_ckpt):
@@ -106,9 +121,6 @@ def test_acquisition_group_is_read_from_the_file_name(name, group):
 
 
 def test_eval_gives_figures_per_acquisition_group(tmp_path, trained_ckpt, capsys):
-    from pneumo.serving.inference import predict
-    from pneumo.serving.loading import load_model
-
     # The bundled films renamed into the four families; one pneumonia film named like an IM-
     # film, so one group holds both classes; one film whose name is of no family.
     named = {

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 
 from pneumo.errors import PneumoError
 from pneumo.training.fit import train
-from tests.helpers import FAST, SAMPLE, csv_rows, make_cfg, scalars, wandb_run
+from tests.helpers import FAST, SAMPLE, csv_rows, free_port, make_cfg, scalars, wandb_run
 
 EPOCHS = 2  # FAST
 
@@ -119,12 +118,6 @@ def test_a_tracker_without_its_package_is_one_line_naming_the_extra(tmp_path, mo
     assert not (tmp_path / "checkpoints").exists()  # refused before anything ran
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _post(url: str, body: dict) -> dict:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
@@ -136,7 +129,7 @@ def _post(url: str, body: dict) -> dict:
 @pytest.mark.slow  # starts an MLflow server (20-40 s on a busy 2-core machine)
 def test_a_run_logs_to_an_mlflow_tracking_server(tmp_path):
     pytest.importorskip("mlflow")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [

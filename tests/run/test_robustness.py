@@ -1,11 +1,11 @@
 """Bad files, crashes, interrupted runs and unsafe inputs: each with its exact outcome."""
 
 import json
+import re
 import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -15,13 +15,22 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumo.cli.data import main as data_main
 from pneumo.data.preprocess import BadImageError, load_image
 from pneumo.data.sources import convert_medmnist_npz
 from pneumo.data.verify import verify
 from pneumo.errors import PneumoError
 from pneumo.training.fit import train
-from tests.helpers import FAST, REPO, SAMPLE, make_cfg, run_cli, sample_files, scalars
+from tests.helpers import (
+    FAST,
+    SAMPLE,
+    make_cfg,
+    run_cli,
+    sample_files,
+    scalars,
+    start_training,
+    verify_command,
+    wait_for_checkpoint,
+)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -84,15 +93,8 @@ def test_verify_reports_each_problem(messy_root):
     assert report.errors and not report.as_dict()["ok"]
 
 
-def _verify_command(capsys, *args: str) -> tuple[int, str]:
-    """``pneumo-data verify ARGS`` in this process: (exit status, standard output)."""
-    with pytest.raises(SystemExit) as stop:
-        data_main(["verify", *args])
-    return stop.value.code, capsys.readouterr().out
-
-
 def test_verify_clean_data_exits_zero_with_json(capsys):
-    status, out = _verify_command(capsys, str(SAMPLE), "--json")
+    status, out = verify_command(capsys, str(SAMPLE), "--json")
     report = json.loads(out)
     assert status == 0 and report["ok"] and report["counts"] == {"train": {"NORMAL": 8, "PNEUMONIA": 8}}
     assert report["modes"] == {"L": 16}
@@ -100,7 +102,7 @@ def test_verify_clean_data_exits_zero_with_json(capsys):
 
 
 def test_verify_messy_data_exits_nonzero(messy_root, capsys):
-    status, out = _verify_command(capsys, str(messy_root))
+    status, out = verify_command(capsys, str(messy_root))
     assert status == 1
     assert "truncated.jpeg" in out and "patient in several splits" in out
 
@@ -131,7 +133,14 @@ def test_medmnist_npz_is_laid_out_as_folders(tmp_path):
 def test_download_without_the_package_or_network_is_one_line(tmp_path):
     result = run_cli("-m", "pneumo.cli.data", "download", "--source", "medmnist", "--to", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    # without the package, or with it but no network: either says what to do, nothing else does
+    assert re.fullmatch(
+        r"error: (downloading PneumoniaMNIST needs medmnist: pip install medmnist"
+        r"|could not download PneumoniaMNIST \(.*\); this needs network access\. Download it on a "
+        r"connected machine and copy DIR/train, DIR/val, DIR/test here)",
+        result.stderr.strip(),
+    ), result.stderr
 
 
 def test_bad_image_met_during_training_is_skipped_or_fails(tmp_path, tiny_root):
@@ -167,31 +176,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
 
 
-def _start_training(run_dir: Path, *extra: str) -> subprocess.Popen:
-    args = [*FAST, f"data.root={SAMPLE}", "trainer.max_epochs=5", f"hydra.run.dir={run_dir}", *extra]
-    return subprocess.Popen(
-        [sys.executable, "-m", "pneumo.cli.train", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _wait_for_epoch(run_dir: Path, epoch: int, process: subprocess.Popen, timeout: float = 180) -> None:
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        if last.is_file() and torch.load(last, weights_only=True)["epoch"] >= epoch:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"no checkpoint of epoch {epoch} appeared")
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     killed = tmp_path / "killed"
-    process = _start_training(killed)
-    _wait_for_epoch(killed, 1, process)
+    process = start_training(killed, "trainer.max_epochs=5", merge_output=True)
+    wait_for_checkpoint(killed, process, epoch=1)
     process.kill()  # SIGKILL: no chance to save anything
     process.wait()
     resumed = run_cli(
@@ -208,17 +197,19 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
         -3000:
     ]
     straight = tmp_path / "straight"
-    assert _start_training(straight).wait() == 0
+    straight_run = start_training(straight, "trainer.max_epochs=5", merge_output=True)
+    straight_run.communicate(timeout=600)
+    assert straight_run.returncode == 0
     assert scalars(killed)["val/loss"][-1] == pytest.approx(scalars(straight)["val/loss"][-1], abs=1e-6)
 
 
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path):
     run_dir = tmp_path / "run"
-    process = _start_training(run_dir, "trainer.max_epochs=200")
-    _wait_for_epoch(run_dir, 0, process)
+    process = start_training(run_dir, "trainer.max_epochs=200", merge_output=True)
+    wait_for_checkpoint(run_dir, process)
     process.send_signal(signal.SIGINT)
-    output = process.communicate(timeout=120)[0].decode()
+    output = process.communicate(timeout=120)[0]
     assert process.returncode == 130  # 128 + SIGINT, as a shell reports it: never success
     assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file(), output[-2000:]
     assert f"resume with: pneumo-train {' '.join(FAST)}" in output

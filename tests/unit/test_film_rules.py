@@ -25,16 +25,7 @@ from pneumo.data.preprocess import IMAGE_EXTENSIONS, preprocessing_spec
 from pneumo.data.split import MIN_VAL_PATIENTS
 from pneumo.data.verify import verify
 from pneumo.errors import PneumoError
-from tests.helpers import SAMPLE, sample_files
-
-
-def _manifest(folder: Path, header: list[str], rows: list[list[str]]) -> Path:
-    path = folder / "labels.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
+from tests.helpers import SAMPLE, sample_files, write_csv
 
 
 @pytest.fixture
@@ -67,7 +58,7 @@ def _rows(folder: Path) -> list[list[str]]:
 )
 def test_a_manifest_naming_a_column_twice_is_refused_naming_file_and_column(film_folder, capsys, header):
     rows = [[*row, *row[1:]][: len(header)] for row in _rows(film_folder)]
-    manifest = _manifest(film_folder, header, rows)
+    manifest = write_csv(film_folder / "labels.csv", header, rows)
     name = next(n.strip() for n in header if [h.strip() for h in header].count(n.strip()) > 1)
     said = f"{manifest} row 1: column {name!r} appears 2 times"
     with pytest.raises(PneumoError, match=f"^{said}"):
@@ -92,7 +83,7 @@ def test_the_same_film_under_two_labels_in_a_manifest_is_refused_naming_the_rows
     normal = sample_files("NORMAL")[0]
     shutil.copy(normal, film_folder / "copy_of_a_normal_film.jpeg")
     rows.append(["copy_of_a_normal_film.jpeg", "PNEUMONIA", "someone_else"])
-    manifest = _manifest(film_folder, ["path", "label", "patient"], rows)
+    manifest = write_csv(film_folder / "labels.csv", ["path", "label", "patient"], rows)
     said = r"labels.csv rows \d+, 18: one film under two classes: .*copy_of_a_normal_film.jpeg \(PNEUMONIA\)"
     with pytest.raises(PneumoError, match=said):
         XrayDataModule("unused", manifest={"file": str(manifest)}).split_samples()
@@ -227,7 +218,7 @@ def test_a_val_folder_of_one_patient_is_refused(tmp_path):
 def test_a_manifest_split_column_of_one_film_a_class_is_refused(film_folder):
     validating = (sample_files("NORMAL")[0].name, sample_files("PNEUMONIA")[7].name)
     rows = [[*row, "val" if row[0] in validating else "train"] for row in _rows(film_folder)]
-    manifest = _manifest(film_folder, ["path", "label", "patient", "fold"], rows)
+    manifest = write_csv(film_folder / "labels.csv", ["path", "label", "patient", "fold"], rows)
     block = {"file": str(manifest), "columns": {"split": "fold"}}
     said = (
         r"NORMAL has 1 patient \(1 film\) and PNEUMONIA has 1 patient \(1 film\) in the validation rows of "

@@ -26,7 +26,16 @@ from pneumo.data.split import patient_id
 from pneumo.data.verify import verify
 from pneumo.errors import PneumoError
 from pneumo.training.fit import train
-from tests.helpers import FAST, SAMPLE, make_cfg, sample_files, write_dicom
+from tests.helpers import (
+    FAST,
+    SAMPLE,
+    disk_full,
+    make_cfg,
+    needs_dev_full,
+    sample_files,
+    write_csv,
+    write_dicom,
+)
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 NIH_HEADER = [
@@ -86,15 +95,6 @@ def _save(image: Image.Image, path: Path) -> Path:
     return path
 
 
-def _table(path: Path, header: list[str], rows: list[list]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
 def _rows(manifest: Path) -> list[dict[str, str]]:
     with open(manifest, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -118,7 +118,7 @@ def nih(tmp_path, films) -> Path:
     rows.append(
         ["00000009_000.png", "Cardiomegaly|Effusion", 0, 9, 81, "F", "AP", 2500, 2048, 0.168, 0.168, ""]
     )
-    return _table(root / "Data_Entry_2017.csv", NIH_HEADER, rows)
+    return write_csv(root / "Data_Entry_2017.csv", NIH_HEADER, rows)
 
 
 @pytest.fixture
@@ -161,7 +161,7 @@ def test_rsna_import_keeps_one_row_per_patient_and_verify_decodes_its_dicom(tmp_
         [ids[2], "", "", "", "", 0],
         [ids[3], "", "", "", "", 0],
     ]
-    table = _table(root / "stage_2_train_labels.csv", RSNA_HEADER, rows)
+    table = write_csv(root / "stage_2_train_labels.csv", RSNA_HEADER, rows)
     manifest = root / "rsna.csv"
     data_main(["import", "--format", "rsna", str(table), "--to", str(manifest)])
     written = _rows(manifest)
@@ -173,7 +173,7 @@ def test_rsna_import_keeps_one_row_per_patient_and_verify_decodes_its_dicom(tmp_
     assert not report.errors and report.modes == {"DICOM": 4} and report.patients == 4
     assert report.counts == {"train": {"NORMAL": 2, "PNEUMONIA": 2}}
 
-    _table(table, RSNA_HEADER, [*rows, [ids[0], "", "", "", "", 0]])
+    write_csv(table, RSNA_HEADER, [*rows, [ids[0], "", "", "", "", 0]])
     with pytest.raises(
         PneumoError, match=r"stage_2_train_labels.csv row 7, column 'Target': 0 disagrees with row 2"
     ):
@@ -195,7 +195,7 @@ def chexpert(tmp_path, films) -> Path:
         )
         cells.update({"AP/PA": "AP" if view == "Frontal" else "", "Support Devices": "1.0"})
         rows.append(list(cells.values()))
-    return _table(root / "train.csv", CHEXPERT_HEADER, rows)
+    return write_csv(root / "train.csv", CHEXPERT_HEADER, rows)
 
 
 @pytest.mark.parametrize(
@@ -242,11 +242,10 @@ def test_import_refuses_another_formats_option_a_missing_film_and_a_doubled_name
         data_main.__wrapped__(["import", "--format", "nih", str(nih), "--to", str(tmp_path / "m.csv")])
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@needs_dev_full
 def test_import_writes_its_manifest_whole_and_refuses_a_film_listed_twice(nih, nih_manifest):
     before = nih_manifest.read_bytes()
-    partial = nih_manifest.with_name(f".{nih_manifest.name}.partial")
-    partial.symlink_to("/dev/full")  # the next write of the manifest meets a full disk
+    partial = disk_full(nih_manifest)  # the next write of the manifest meets a full disk
     with pytest.raises(PneumoError, match=r"no space left on device writing .*nih.csv"):
         data_main.__wrapped__(["import", "--format", "nih", str(nih), "--to", str(nih_manifest)])
     assert nih_manifest.read_bytes() == before and not partial.is_symlink()  # never half a manifest
@@ -309,7 +308,7 @@ def test_manifest_run_records_its_validation_files_and_resumes_from_moved_data(n
     rows = _rows(nih_manifest)
     in_val = {s.path for s in val}
     dropped = next(r for r in rows if nih_manifest.parent / r["path"] not in in_val)
-    fewer = _table(
+    fewer = write_csv(
         nih_manifest.with_name("fewer.csv"),
         list(rows[0]),
         [list(r.values()) for r in rows if r is not dropped],
@@ -354,7 +353,7 @@ def film_dir(tmp_path, films) -> Path:
 
 
 def _manifest(folder: Path, rows: list[list], header=("path", "label", "patient")) -> Path:
-    return _table(folder / "labels.csv", list(header), rows)
+    return write_csv(folder / "labels.csv", list(header), rows)
 
 
 GOOD = [[f"{label}_{n}.png", label, f"p{label[0]}{n}"] for label in CLASSES for n in range(4)]

@@ -21,7 +21,7 @@ from pneumo.data.dataset import Sample, XrayDataset
 from pneumo.data.preprocess import BadImageError
 from pneumo.data.verify import verify
 from pneumo.errors import PneumoError
-from tests.helpers import sample_files
+from tests.helpers import sample_files, verify_command
 
 ROOT_USER = os.geteuid() == 0
 needs_non_root = pytest.mark.skipif(ROOT_USER, reason="root reads files and folders without permission")
@@ -228,9 +228,8 @@ def _pages(path: Path, fmt: str, n: int) -> Path:
 
 def _verify_command(root: Path, capsys, *options: str) -> tuple[int, dict]:
     """Run ``pneumo-data verify ROOT --json`` in this process: (exit status, report)."""
-    with pytest.raises(SystemExit) as stop:
-        data_main(["verify", str(root), "--json", *options])
-    return stop.value.code, json.loads(capsys.readouterr().out)
+    status, out = verify_command(capsys, str(root), "--json", *options)
+    return status, json.loads(out)
 
 
 def _training_samples(root: Path) -> list[Sample]:
