@@ -12,7 +12,7 @@ from tests.helpers.data import (
     write_dicom,
 )
 from tests.helpers.runs import FAST, fit_until_interrupted, make_cfg, run_cli
-from tests.helpers.tensorboard import scalars
+from tests.helpers.tensorboard import scalar_steps, scalars
 from tests.helpers.trackers import csv_rows, wandb_run
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "needs_shared",
     "run_cli",
     "sample_files",
+    "scalar_steps",
     "scalars",
     "wandb_run",
     "write_dicom",

@@ -19,6 +19,7 @@ by epoch. Around that:
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import logging
@@ -90,6 +91,8 @@ def start_run(
     """
     ids: dict[str, dict[str, str]] = {}
     for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            _open_mlflow_run(logger)
         if isinstance(logger, TensorBoardLogger):
             _tensorboard_hparams(logger, params, figures)
         else:
@@ -126,6 +129,24 @@ def finish_run(loggers: Sequence[Logger], results: Mapping[str, float], epoch: i
         logger.save()
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()
+
+
+def _open_mlflow_run(logger: MLFlowLogger) -> None:
+    """Open the logger's MLflow run, one process at a time where the store is a SQLite file.
+
+    MLflow creates a new store's tables, and the experiment, at the first connection: two jobs
+    of a sweep doing that at once fail (``table runs already exists``, two processes on a fresh
+    store, 3 tries out of 3), while writing to an existing store at once works. A lock file
+    beside the database lets the jobs of ``launcher=local`` start together."""
+    uri = str(getattr(logger, "_tracking_uri", "") or "")
+    if not uri.startswith("sqlite:///"):
+        logger.experiment  # noqa: B018  # the property opens the run
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        logger.experiment  # noqa: B018
 
 
 def _tensorboard_hparams(
