@@ -175,7 +175,12 @@ def test_a_run_logs_to_an_mlflow_tracking_server(tmp_path):
                     "the MLflow server did not start"
                 )
                 time.sleep(0.5)
-        results = _train(tmp_path / "run", "logger=mlflow", f"logger.mlflow.tracking_uri={url}")
+        results = _train(
+            tmp_path / "run",
+            "logger=mlflow",
+            f"logger.mlflow.tracking_uri={url}",
+            "logger.mlflow.artifact_location=null",  # the server keeps them, as docs/training.md says
+        )
         with urllib.request.urlopen(
             f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=train"
         ) as got:
@@ -184,6 +189,9 @@ def test_a_run_logs_to_an_mlflow_tracking_server(tmp_path):
             f"{url}/api/2.0/mlflow/runs/search",
             {"experiment_ids": [experiment["experiment"]["experiment_id"]]},
         )
+        run_id = found["runs"][0]["info"]["run_id"]
+        with urllib.request.urlopen(f"{url}/api/2.0/mlflow/artifacts/list?run_id={run_id}") as got:
+            files = {f["path"] for f in json.loads(got.read()).get("files", [])}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -193,5 +201,6 @@ def test_a_run_logs_to_an_mlflow_tracking_server(tmp_path):
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert metrics["val/auroc"] == pytest.approx(results["val/auroc"])
     assert metrics["best/val/loss"] == pytest.approx(results["best/val/loss"])
-    assert params["data.image_size"] == "32"
-    assert not (tmp_path / "run" / "mlflow").exists()  # nothing stored locally
+    assert params["data.image_size"] == "32" and params["callbacks.early_stopping.patience"] == "5"
+    assert files == {"config.yaml", "metrics.json"}  # kept by the server
+    assert not (tmp_path / "run" / "mlflow").exists() and not (tmp_path / "outputs").exists()

@@ -164,7 +164,8 @@ LOGGERS = {
 
 
 @pytest.mark.parametrize("name", _names("logger"))
-def test_each_logger_preset_builds_its_trackers_in_the_run_directory(tmp_path, name):
+def test_each_logger_preset_builds_its_trackers_in_the_run_directory(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)  # the project folder: MLflow's store and W&B's folder are its outputs/
     if "MLFlowLogger" in LOGGERS[name]:
         pytest.importorskip("mlflow")
     if "WandbLogger" in LOGGERS[name]:
@@ -175,7 +176,9 @@ def test_each_logger_preset_builds_its_trackers_in_the_run_directory(tmp_path, n
     assert [type(logger).__name__ for logger in trainer.loggers] == LOGGERS[name]
     for node in cfg.logger.values():
         where = node.get("save_dir") or node.get("tracking_uri")
-        assert str(run) in where, node  # nothing is written outside the run directory
+        # a run's own files in its directory; the project's stores, shared by its runs, in outputs/
+        shared = node._target_.endswith(("MLFlowLogger", "WandbLogger"))
+        assert str(tmp_path / "outputs" if shared else run) in where, node
     if name == "tensorboard":
         assert cfg.logger.tensorboard.save_dir == str(run) and cfg.logger.tensorboard.name == "tensorboard"
 
