@@ -179,3 +179,22 @@ def test_parallel_sweep_jobs_share_one_fresh_mlflow_store(project):
     for run in runs:
         assert run.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [0]
+
+
+def test_a_resumed_run_goes_on_at_the_next_epoch_with_no_point_twice(project):
+    run_dir = project / "outputs" / "run"
+    _train(run_dir, "logger=many", "trainer.max_epochs=2")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    first_run = _meta(run_dir)["trackers"]["mlflow"]["run_id"]
+    _train(run_dir, "logger=many", "trainer.max_epochs=3", f"ckpt_path={last}")
+    steps = scalar_steps(run_dir)  # both launches' event files, as TensorBoard reads them
+    for key in PER_EPOCH:
+        assert steps[key] == [0, 1, 2], key
+    # MLflow: the resume is a run of its own, from its first epoch on, with the whole config;
+    # its checkpoints name it
+    client = _client(project)
+    resumed = _meta(run_dir)["trackers"]["mlflow"]["run_id"]
+    assert resumed != first_run
+    for run_id, epochs in ((first_run, [0, 1]), (resumed, [2])):
+        assert [m.step for m in client.get_metric_history(run_id, "val/loss")] == epochs
+        assert client.get_run(run_id).data.params["data.batch_size"] == "4"

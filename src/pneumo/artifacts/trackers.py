@@ -59,6 +59,34 @@ def require_packages(loggers: Mapping[str, Any] | None) -> None:
             ) from None
 
 
+def open_stores(loggers: Mapping[str, Any] | None) -> None:
+    """Create the SQLite store of each configured MLflow logger, and its experiment, one process
+    at a time, before the loggers are built.
+
+    MLflow creates a new store's tables when a client first connects (Lightning's MLFlowLogger
+    does in its constructor), and the experiment when the run opens: two jobs of a sweep doing
+    either at once fail (``table runs already exists``, ``duplicate column name: step``; two
+    processes on a fresh store failed 3 tries out of 3), while writing to an existing store at
+    once works. A lock file beside the database lets the jobs of ``launcher=local`` start together.
+    """
+    for node in (loggers or {}).values():
+        if not isinstance(node, Mapping) or not str(node.get("_target_", "")).endswith("MLFlowLogger"):
+            continue
+        uri = str(node.get("tracking_uri") or "")
+        if not uri.startswith("sqlite:///"):
+            continue  # a tracking server serialises its writers itself
+        from mlflow.tracking import MlflowClient
+
+        database = Path(uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{database}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            client = MlflowClient(tracking_uri=uri)
+            name = node.get("experiment_name")
+            if name and client.get_experiment_by_name(str(name)) is None:
+                client.create_experiment(str(name), artifact_location=node.get("artifact_location"))
+
+
 def flat_params(config: Mapping[str, Any]) -> dict[str, Scalar]:
     """Every setting of a resolved config as ``group.key.subkey: value``, every group included
     (callbacks, logger, ...): lists and ``None`` as their text, so that each tracker shows them.
@@ -91,8 +119,6 @@ def start_run(
     """
     ids: dict[str, dict[str, str]] = {}
     for logger in loggers:
-        if isinstance(logger, MLFlowLogger):
-            _open_mlflow_run(logger)
         if isinstance(logger, TensorBoardLogger):
             _tensorboard_hparams(logger, params, figures)
         else:
@@ -129,24 +155,6 @@ def finish_run(loggers: Sequence[Logger], results: Mapping[str, float], epoch: i
         logger.save()
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()
-
-
-def _open_mlflow_run(logger: MLFlowLogger) -> None:
-    """Open the logger's MLflow run, one process at a time where the store is a SQLite file.
-
-    MLflow creates a new store's tables, and the experiment, at the first connection: two jobs
-    of a sweep doing that at once fail (``table runs already exists``, two processes on a fresh
-    store, 3 tries out of 3), while writing to an existing store at once works. A lock file
-    beside the database lets the jobs of ``launcher=local`` start together."""
-    uri = str(getattr(logger, "_tracking_uri", "") or "")
-    if not uri.startswith("sqlite:///"):
-        logger.experiment  # noqa: B018  # the property opens the run
-        return
-    database = Path(uri.removeprefix("sqlite:///"))
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{database}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-        logger.experiment  # noqa: B018
 
 
 def _tensorboard_hparams(

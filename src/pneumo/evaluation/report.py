@@ -443,8 +443,10 @@ def evaluate(
         log.info("%s was trained with %s", ckpt_path, made_with)
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics["errors"] = _report_errors(model, kept, positive, output_dir, options.cam)
-    # the MLflow run that trained the checkpoint gets the test figures (None: no run known or reachable)
-    metrics["tracker"] = record_evaluation(model.meta.trackers, metrics, ckpt_path)
+    # the MLflow run that trained the checkpoint gets the test figures (None: no run known or
+    # reachable); an ensemble holds its first member's metadata, whose run is not the ensemble's
+    trained_in = None if model.meta.ensemble else model.meta.trackers
+    metrics["tracker"] = record_evaluation(trained_in, metrics, ckpt_path)
     write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_model_card(output_dir / "model_card.md", metrics, model.meta, options.card)
     figures = {

@@ -23,7 +23,14 @@ from pneumo.artifacts.checkpoint import (
     refuse_diverged,
 )
 from pneumo.artifacts.rundir import checkpoint_run_dir, claim_run_dir, launch_rank
-from pneumo.artifacts.trackers import finish_run, flat_params, require_packages, start_run, where
+from pneumo.artifacts.trackers import (
+    finish_run,
+    flat_params,
+    open_stores,
+    require_packages,
+    start_run,
+    where,
+)
 from pneumo.callbacks.checkpoint_metadata import CheckpointMetadata
 from pneumo.data.provenance import check_resume
 from pneumo.errors import PneumoError
@@ -58,6 +65,7 @@ def _fit(
     """Build, check a resume against its checkpoint, train and report."""
     L.seed_everything(cfg.seed, workers=True)
     require_packages(cfg.get("logger"))  # logger=mlflow without MLflow: one line, not Hydra's
+    open_stores(cfg.get("logger"))  # before the loggers connect: parallel jobs, one fresh store
     datamodule, model, trainer = build(cfg, [*callbacks, RunIdentity(cfg)])
     if one_process_only and trainer.world_size > 1:
         raise PneumoError(
