@@ -12,7 +12,7 @@ by epoch. Around that:
   where the tracker keeps files (MLflow, W&B); it returns the tracker runs' ids, which every
   checkpoint then carries.
 - ``finish_run`` (after fit): the best epoch's figures (``best/val/loss``) at the last epoch, and
-  ``metrics.json`` as an artifact.
+  ``metrics.json`` (the last epoch's figures and the best) as an artifact.
 - ``record_evaluation`` (pneumo-eval): the test figures under ``test/`` in the MLflow run that
   trained the checkpoint, or in a run of their own named after the checkpoint.
 """
@@ -140,7 +140,8 @@ def start_run(
 
 def finish_run(loggers: Sequence[Logger], results: Mapping[str, float], epoch: int) -> None:
     """Record the run's best epoch's figures (``best/...`` in ``results``) at ``epoch``, the
-    run's last, and as ``metrics.json`` where the tracker keeps files; write each tracker out
+    run's last, and all of ``results`` (the last epoch's figures and the best) as
+    ``metrics.json`` where the tracker keeps files; write each tracker out
     (CSV: metrics.csv and hparams.yaml) and finish a W&B run, so that the next run of this
     process (a sweep job, a search trial) gets its own instead of continuing this one."""
     best = {k: v for k, v in results.items() if k.startswith("best/")}
