@@ -22,7 +22,7 @@ from tests.helpers.files import (
 )
 from tests.helpers.processes import default_signals, start_training, wait_for_checkpoint
 from tests.helpers.runs import FAST, fit_until_interrupted, make_cfg, run_cli
-from tests.helpers.tensorboard import scalars
+from tests.helpers.tensorboard import scalar_steps, scalars
 from tests.helpers.trackers import csv_rows, wandb_run
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "needs_shared",
     "run_cli",
     "sample_files",
+    "scalar_steps",
     "scalars",
     "start_training",
     "verify_command",

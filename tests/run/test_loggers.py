@@ -1,6 +1,7 @@
 """Trackers (logger=csv | mlflow | wandb | many): real two-epoch runs on the bundled films, each
 read back with the tracker's own client or file format. Every tracker gets the per-epoch figures,
-the run's settings and the best epoch's figures."""
+the run's settings and the best epoch's figures. (Epochs as the x axis, one store per project,
+evaluation joining its run: test_tracking.py.)"""
 
 from __future__ import annotations
 
@@ -14,12 +15,21 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 from pneumo.errors import PneumoError
 from pneumo.training.fit import train
 from tests.helpers import FAST, SAMPLE, csv_rows, free_port, make_cfg, scalars, wandb_run
 
 EPOCHS = 2  # FAST
+
+
+@pytest.fixture(autouse=True)
+def project(tmp_path, monkeypatch) -> Path:
+    """Run in a project folder of the test's own: the MLflow store and W&B folder of the
+    project (outputs/mlflow.db, outputs/wandb/) are made where pneumo-train runs."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 def _train(run_dir: Path, *overrides: str) -> dict[str, float]:
@@ -60,8 +70,8 @@ def test_csv_logs_a_row_per_epoch_the_settings_and_the_best_figures(tmp_path):
 def test_mlflow_records_params_metric_histories_and_best_figures(tmp_path):
     pytest.importorskip("mlflow")
     results = _train(tmp_path, "logger=mlflow")
-    # the default store: a SQLite file in the run directory
-    client, run = _mlflow_run(f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    # the default store: the project's SQLite file, outputs/mlflow.db where pneumo-train ran
+    client, run = _mlflow_run(f"sqlite:///{tmp_path}/outputs/mlflow.db")
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["data.image_size"] == "32" and params["seed"] == "42"
@@ -81,11 +91,17 @@ def test_wandb_offline_run_holds_the_history_config_and_best_figures(tmp_path):
     # two runs of one process, as sweep jobs and search trials are: each gets its own W&B run
     for name in ("a", "b"):
         results = _train(tmp_path / name, "logger=wandb")
-        (offline,) = (tmp_path / name / "wandb").glob("offline-run-*")
+        # the project's one W&B folder; the checkpoint names its run's
+        known = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["pneumo"]
+        offline = Path(known["trackers"]["wandb"]["dir"]).parent
+        assert offline.parent == tmp_path / "outputs" / "wandb"
+        assert (offline / "files" / "pneumo" / "config.yaml").is_file()
         runs.append((wandb_run(offline), results))
     for run, results in runs:
         assert (run.project, run.group) == ("pneumo", "train")
         assert len(run.curve("val/auroc")) == len(run.curve("val/loss")) == EPOCHS
+        # W&B's x axis column (Lightning names it trainer/global_step) holds the epoch
+        assert [row["trainer/global_step"] for row in run.history if "val/loss" in row] == [0, 1]
         assert run.curve("val/auroc")[-1] == pytest.approx(results["val/auroc"])
         assert run.curve("best/val/loss") == [pytest.approx(results["best/val/loss"])]
         assert run.summary["best/val/loss"] == pytest.approx(results["best/val/loss"])
@@ -96,15 +112,15 @@ def test_many_trackers_record_the_same_figures(tmp_path):
     pytest.importorskip("mlflow")
     results = _train(tmp_path, "logger=many")
     tensorboard = scalars(tmp_path)
-    client, run = _mlflow_run(f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    client, run = _mlflow_run(f"sqlite:///{tmp_path}/outputs/mlflow.db")
     rows = csv_rows(tmp_path)
     for key in ("val/loss", "val/auroc"):
         curve = tensorboard[key]
         assert len(curve) == EPOCHS
         assert _column(rows, key) == pytest.approx(curve)
         assert _mlflow_curve(client, run, key) == pytest.approx(curve)
-    # TensorBoard keeps its HPARAMS figures; the others have the best epoch's under its own name
-    assert tensorboard["hp/best_val_loss"] == [pytest.approx(results["best/val/loss"])]
+    # the best epoch's figure under its own name in each
+    assert tensorboard["best/val/loss"] == [pytest.approx(results["best/val/loss"])]
     assert _column(rows, "best/val/loss") == [pytest.approx(results["best/val/loss"])]
     assert run.data.metrics["best/val/loss"] == pytest.approx(results["best/val/loss"])
 
@@ -152,7 +168,12 @@ def test_a_run_logs_to_an_mlflow_tracking_server(tmp_path):
                     "the MLflow server did not start"
                 )
                 time.sleep(0.5)
-        results = _train(tmp_path / "run", "logger=mlflow", f"logger.mlflow.tracking_uri={url}")
+        results = _train(
+            tmp_path / "run",
+            "logger=mlflow",
+            f"logger.mlflow.tracking_uri={url}",
+            "logger.mlflow.artifact_location=null",  # the server keeps them, as docs/training.md says
+        )
         with urllib.request.urlopen(
             f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=train"
         ) as got:
@@ -161,6 +182,9 @@ def test_a_run_logs_to_an_mlflow_tracking_server(tmp_path):
             f"{url}/api/2.0/mlflow/runs/search",
             {"experiment_ids": [experiment["experiment"]["experiment_id"]]},
         )
+        run_id = found["runs"][0]["info"]["run_id"]
+        with urllib.request.urlopen(f"{url}/api/2.0/mlflow/artifacts/list?run_id={run_id}") as got:
+            files = {f["path"] for f in json.loads(got.read()).get("files", [])}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -170,5 +194,6 @@ def test_a_run_logs_to_an_mlflow_tracking_server(tmp_path):
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert metrics["val/auroc"] == pytest.approx(results["val/auroc"])
     assert metrics["best/val/loss"] == pytest.approx(results["best/val/loss"])
-    assert params["data.image_size"] == "32"
-    assert not (tmp_path / "run" / "mlflow").exists()  # nothing stored locally
+    assert params["data.image_size"] == "32" and params["callbacks.early_stopping.patience"] == "5"
+    assert files == {"config.yaml", "metrics.json"}  # kept by the server
+    assert not (tmp_path / "run" / "mlflow").exists() and not (tmp_path / "outputs").exists()

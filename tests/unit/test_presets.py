@@ -286,7 +286,10 @@ _ABSENT = object()  # a key the config does not have
 
 
 @pytest.mark.parametrize(("base", "overrides", "changes"), PRESETS, ids=[",".join(p[1]) for p in PRESETS])
-def test_every_changed_key_of_a_preset_reaches_the_built_objects(tmp_path, base, overrides, changes):
+def test_every_changed_key_of_a_preset_reaches_the_built_objects(
+    tmp_path, monkeypatch, base, overrides, changes
+):
+    monkeypatch.chdir(tmp_path)  # the project folder: a tracker's shared store goes to its outputs/
     before = _composed([*base, *COMPARE], tmp_path)
     after = _composed([*overrides, *COMPARE], tmp_path)
     changed = {
@@ -307,7 +310,7 @@ def test_every_changed_key_of_a_preset_reaches_the_built_objects(tmp_path, base,
 
     for key, value in checked.items():
         _check(built, base_config, key, value)
-        if key.endswith((".save_dir", ".tracking_uri", ".dirpath")):
+        if value is not _ABSENT and key.endswith((".save_dir", ".tracking_uri", ".dirpath")):
             assert str(tmp_path) in value, f"{key}={value} writes outside the run directory"
     # what no config may leave out: self-describing checkpoints and an exact resume
     assert {type(c).__name__ for c in built.trainer.callbacks} >= {"CheckpointMetadata", "EpochLRStep"}

@@ -45,6 +45,12 @@ class CheckpointMeta:
     # temperature scaling fitted on the validation films: {"method": "temperature",
     # "temperature": T, "fitted_on": ..., "films": n}; None (older checkpoints): T = 1
     calibration: dict[str, Any] | None = None
+    # what made the file: {"torch": ..., "torchvision": ..., "lightning": ..., "pneumo": ...,
+    # "git_commit": ... (when pneumo ran from a git checkout)}; None in older checkpoints
+    versions: dict[str, str] | None = None
+    # the tracker runs holding the run's figures, by tracker ({"mlflow": {"tracking_uri": ...,
+    # "experiment_id": ..., "run_id": ...}}); pneumo-eval logs its figures there. None: none known
+    trackers: dict[str, Any] | None = None
 
     @property
     def temperature(self) -> float:
@@ -106,6 +112,8 @@ def read_meta(checkpoint: dict[str, Any], path: str | Path) -> CheckpointMeta:
             train_files=raw.get("train_files"),
             ensemble=raw.get("ensemble"),
             calibration=raw.get("calibration"),
+            versions=raw.get("versions"),
+            trackers=raw.get("trackers"),
         )
         if not (math.isfinite(meta.temperature) and meta.temperature > 0):
             raise ValueError(f"calibration {meta.calibration!r} has no positive, finite temperature")

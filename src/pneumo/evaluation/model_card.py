@@ -131,6 +131,24 @@ def _notes(card: dict[str, Any]) -> list[str]:
     return [str(n) for n in notes] if isinstance(notes, (list, tuple)) else [str(notes)]
 
 
+def _commit(card: dict[str, Any], meta: CheckpointMeta) -> str:
+    """``card.commit`` when given, else the git commit the checkpoint was trained from."""
+    if card.get("commit"):
+        return _user(card, "commit")
+    recorded = (meta.versions or {}).get("git_commit")
+    if recorded:
+        return f"`{recorded}` (recorded at training)"
+    return "not recorded in the checkpoint (set card.commit)"
+
+
+def _versions(meta: CheckpointMeta) -> str:
+    """The package versions the checkpoint was trained with, or what to do without them."""
+    versions = {k: v for k, v in (meta.versions or {}).items() if k != "git_commit"}
+    if not versions:
+        return "not recorded in the checkpoint (trained by an earlier pneumo)"
+    return ", ".join(f"{name} {version}" for name, version in versions.items())
+
+
 def _split_rule(meta: CheckpointMeta) -> str:
     data = meta.config.get("data") or {}
     if not data:
@@ -226,9 +244,8 @@ def card_context(metrics: dict[str, Any], meta: CheckpointMeta, card: dict[str, 
         "date": str(card.get("date") or dt.date.today().isoformat()),
         "authors": _user(card, "authors"),
         "contact": _user(card, "contact"),
-        "commit": _user(card, "commit")
-        if card.get("commit")
-        else "not recorded in the checkpoint (set card.commit)",
+        "commit": _commit(card, meta),
+        "versions": _versions(meta),
         "notes": _notes(card),
         "architecture": _architecture(meta),
         "weights": _weights(model_cfg),

@@ -26,6 +26,7 @@ import torch
 
 from pneumo.artifacts.checkpoint import CheckpointMeta
 from pneumo.artifacts.output import write_text_atomically
+from pneumo.artifacts.trackers import record_evaluation
 from pneumo.data.dataset import Sample
 from pneumo.data.split import acquisition_group, patient_id
 from pneumo.errors import PneumoError, printable
@@ -436,8 +437,17 @@ def evaluate(
     if other is not None:
         metrics["comparison"] = compare_models(model, other, kept, positive, batch_size, tta, options)
     metrics["checkpoint_sha256"] = file_sha256(ckpt_path)
+    # the packages and the commit that trained it (None: a checkpoint of an earlier pneumo)
+    metrics["trained_with"] = model.meta.versions
+    if model.meta.versions:
+        made_with = ", ".join(f"{k} {v}" for k, v in model.meta.versions.items())
+        log.info("%s was trained with %s", ckpt_path, made_with)
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics["errors"] = _report_errors(model, kept, positive, output_dir, options.cam)
+    # the MLflow run that trained the checkpoint gets the test figures (None: no run known or
+    # reachable); an ensemble holds its first member's metadata, whose run is not the ensemble's
+    trained_in = None if model.meta.ensemble else model.meta.trackers
+    metrics["tracker"] = record_evaluation(trained_in, metrics, ckpt_path)
     write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_model_card(output_dir / "model_card.md", metrics, model.meta, options.card)
     figures = {

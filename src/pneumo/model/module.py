@@ -162,6 +162,7 @@ class XrayClassifier(L.LightningModule):
         process's films (each ``compute`` gathers from all, so every process stores the same)."""
         if self.trainer.sanity_checking:
             return self._reset_validation()
+        self._log_epoch_axis()
         logits, positive = self._val_logits.compute(), self._val_positive.compute()
         self._reset_validation()
         if not isinstance(logits, torch.Tensor) or logits.numel() == 0:
@@ -187,6 +188,15 @@ class XrayClassifier(L.LightningModule):
         for name in FIGURES:
             self.log(f"val/at_threshold/{name}", figures[name], sync_dist=True, reduce_fx="max")
         return None
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_axis()
+
+    def _log_epoch_axis(self) -> None:
+        """Log the epoch's figures at x = the epoch number in every tracker: Lightning takes a
+        figure named ``step`` as the x value of the figures it logs with it, instead of the
+        global step, so runs of different batch sizes line up epoch by epoch."""
+        self.log("step", float(self.current_epoch), on_step=False, on_epoch=True, reduce_fx="max")
 
     def _reset_validation(self) -> None:
         self._val_logits.reset()

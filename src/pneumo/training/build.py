@@ -3,7 +3,9 @@ Trainer, and the metadata every checkpoint of the run carries."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,10 +47,33 @@ def resolve_precision(cfg: DictConfig) -> None:
     log.info("trainer.precision=auto: %s (%s)", precision, why)
 
 
+# the packages whose versions decide what a checkpoint's numbers are
+VERSIONED = ("torch", "torchvision", "lightning", "pneumo")
+
+
+def code_versions() -> dict[str, str]:
+    """The versions of ``VERSIONED`` installed here and, when pneumo runs from a git checkout,
+    its commit (``git_commit``; absent otherwise, or without git)."""
+    versions = {name: importlib.metadata.version(name) for name in VERSIONED}
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        versions["git_commit"] = head.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass  # an installed wheel, or no git: the package versions say what they can
+    return versions
+
+
 def run_metadata(datamodule: XrayDataModule, config: dict[str, Any]) -> CheckpointMeta:
     """The metadata every checkpoint of a run about to train on ``datamodule`` carries."""
     train_samples, val_samples = datamodule.split_samples()
     return CheckpointMeta(
+        versions=code_versions(),
         classes=list(datamodule.classes),
         positive_class=datamodule.positive_class,
         preprocessing=preprocessing_spec(datamodule.image_size),

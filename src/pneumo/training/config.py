@@ -48,23 +48,6 @@ def instantiate_node(node: Any, **kwargs: Any) -> Any:
         raise
 
 
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The swept knobs (data, model, trainer, seed) flattened for TensorBoard's HPARAMS tab."""
-    flat: dict[str, Any] = {"seed": cfg.seed}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key not in ("_target_", "_partial_"):
-                    walk(f"{prefix}.{key}" if prefix else key, value)
-        else:
-            flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
-
-    for group in ("data", "model", "trainer"):
-        walk(group, OmegaConf.to_container(cfg[group], resolve=True))
-    return flat
-
-
 def plain(node: DictConfig) -> dict[str, Any]:
     """A config node as resolved plain data."""
     plain = OmegaConf.to_container(node, resolve=True)

@@ -1,5 +1,5 @@
-"""Fit a composed run: hold its directory, check a resume against its checkpoint, train,
-record and report the best figures."""
+"""Fit a composed run: hold its directory, check a resume against its checkpoint, give the
+trackers the run's identity, train, record and report the best figures."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pneumo import DISCLAIMER
 from pneumo.artifacts.checkpoint import (
@@ -22,12 +23,19 @@ from pneumo.artifacts.checkpoint import (
     refuse_diverged,
 )
 from pneumo.artifacts.rundir import checkpoint_run_dir, claim_run_dir, launch_rank
-from pneumo.artifacts.trackers import record_run, require_packages, where
+from pneumo.artifacts.trackers import (
+    finish_run,
+    flat_params,
+    open_stores,
+    require_packages,
+    start_run,
+    where,
+)
 from pneumo.callbacks.checkpoint_metadata import CheckpointMetadata
 from pneumo.data.provenance import check_resume
 from pneumo.errors import PneumoError
 from pneumo.training.build import build
-from pneumo.training.config import flat_hparams, instantiate_node
+from pneumo.training.config import instantiate_node, plain
 from pneumo.training.settings import check_train_config
 
 log = logging.getLogger(__name__)
@@ -65,7 +73,8 @@ def _fit(
     """Build, check a resume against its checkpoint, train and report."""
     L.seed_everything(cfg.seed, workers=True)
     require_packages(cfg.get("logger"))  # logger=mlflow without MLflow: one line, not Hydra's
-    datamodule, model, trainer = build(cfg, callbacks)
+    open_stores(cfg.get("logger"))  # before the loggers connect: parallel jobs, one fresh store
+    datamodule, model, trainer = build(cfg, [*callbacks, RunIdentity(cfg)])
     if one_process_only and trainer.world_size > 1:
         raise PneumoError(
             f"-m runs its jobs one after another in this process, and a run of {trainer.world_size} "
@@ -93,13 +102,14 @@ def _fit(
         warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback with a model")
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
-    results = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    # "step" is the epoch axis the module logs (RunIdentity), not a figure
+    results = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and k != "step"}
     checkpoint = trainer.checkpoint_callback
     if not isinstance(checkpoint, ModelCheckpoint):
         checkpoint = None
     if checkpoint is not None and checkpoint.best_model_score is not None:
         results[f"best/{cfg.monitor.metric}"] = float(checkpoint.best_model_score)
-    record_run(trainer.loggers, flat_hparams(cfg), results, trainer.global_step)
+    finish_run(trainer.loggers, results, epoch=max(trainer.current_epoch - 1, 0))
     output_dir = Path(cfg.paths.output_dir)
     log.info("run directory: %s", output_dir)
     if checkpoint is not None and checkpoint.best_model_path:
@@ -112,6 +122,34 @@ def _fit(
     for line in where(trainer.loggers, output_dir):
         log.info(line)
     return results
+
+
+class RunIdentity(L.Callback):
+    """When fit starts (after a resume has restored its checkpoint's metadata), give every
+    tracker the run's whole resolved config as its parameters and ``config.yaml``
+    (``start_run``), and every checkpoint from then on the ids of the tracker runs, which
+    pneumo-eval joins. An interrupted or crashed run is thus as comparable as a finished one."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.params = flat_params(plain(cfg))
+        self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        monitor = str(cfg.monitor.metric)
+        # TensorBoard's HPARAMS columns: the monitored figure, its best, and the operating point
+        self.figures = list(
+            dict.fromkeys([monitor, f"best/{monitor}", "val/auroc", "val/loss", *OPERATING_POINT])
+        )
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        ids = start_run(trainer.loggers, self.params, self.config_yaml, self.figures)
+        if ids:
+            holder = next(c for c in trainer.callbacks if isinstance(c, CheckpointMetadata))  # type: ignore[attr-defined]
+            holder.meta = replace(holder.meta, trackers=ids)
+
+
+# the figures at the threshold the run ships
+OPERATING_POINT = ("val/at_threshold/sensitivity", "val/at_threshold/specificity")
 
 
 def _run_meta(trainer: L.Trainer) -> CheckpointMeta:
