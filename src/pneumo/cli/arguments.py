@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from pneumo.artifacts.output import check_file_destination, check_folder_destination
-from pneumo.artifacts.rundir import check_launch_dir
+from pneumo.cli.launch import check_launch_dir
 from pneumo.data.datamodule import MAX_IMAGE_SIZE
 from pneumo.data.preprocess import MIN_SIDE
 from pneumo.errors import PneumoError, exit_with

@@ -20,7 +20,6 @@ import torch
 
 from pneumo.artifacts.checkpoint import network_state_dict, read_checkpoint
 from pneumo.artifacts.output import atomic_path
-from pneumo.artifacts.rundir import hydra_quote
 from pneumo.cli.arguments import (
     ArgumentParser,
     image_size,
@@ -30,6 +29,7 @@ from pneumo.cli.arguments import (
     positive_float,
     positive_int,
 )
+from pneumo.cli.launch import hydra_quote
 from pneumo.errors import exit_on_user_error
 from pneumo.serving.export import export
 from pneumo.serving.loading import load_model
