@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -179,6 +180,4 @@ def writable_run_dir(hydra_entry: Callable[..., T]) -> Callable[..., T]:
 
 def quoted_command(prog: str, args: Sequence[str]) -> str:
     """A command line to copy into a shell: ``prog`` and ``args``, each quoted where it must be."""
-    import shlex
-
     return " ".join([prog, *(shlex.quote(a) for a in args)])
