@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from pneumo.artifacts.checkpoint import AtomicCheckpointIO
-from pneumo.artifacts.rundir import prepare_launch
+from pneumo.cli.launch import prepare_launch
 from pneumo.cli.predict import main as predict_main
 from pneumo.cli.predict import write_predictions
 from pneumo.data.datamodule import XrayDataModule

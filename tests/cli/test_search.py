@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from pneumo.artifacts.checkpoint import read_checkpoint, read_meta
-from pneumo.cli.search import parse_space, search
 from pneumo.errors import PneumoError
+from pneumo.training.search import parse_space, search
 from tests.helpers import FAST, REPO, SAMPLE, run_cli
 
 TINY = [*FAST, f"data.root={SAMPLE}", "data.num_workers=0"]
@@ -70,10 +70,10 @@ def test_a_pruned_trial_stops_its_run_and_is_marked_pruned(tmp_path):
 
 def test_a_trial_that_diverges_fails_and_the_search_goes_on(tmp_path, caplog):
     space = ["~search.params", '+search.params={model.optimizer.lr:"choice(1e30)"}']
-    with caplog.at_level(logging.WARNING, logger="pneumo.cli.search"):
+    with caplog.at_level(logging.WARNING, logger="pneumo.training.search"):
         study = search([*TINY, "trainer.max_epochs=1", f"search.dir={tmp_path}", "search.n_trials=2", *space])
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
-    failures = [r.getMessage() for r in caplog.records if r.name == "pneumo.cli.search"]
+    failures = [r.getMessage() for r in caplog.records if r.name == "pneumo.training.search"]
     assert len(failures) == 2 and all("lower the learning rate" in message for message in failures)
 
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from torchmetrics.functional.classification import binary_auroc
 
-from pneumo.artifacts.rundir import LOCK_NAME, prepare_launch
+from pneumo.artifacts.rundir import LOCK_NAME
+from pneumo.cli.launch import prepare_launch
 from pneumo.data.dataset import EpochSampler
 from pneumo.data.preprocess import to_model_input, to_unit
 from pneumo.errors import PneumoError

@@ -12,7 +12,6 @@ import torch
 from pneumo import DISCLAIMER
 from pneumo.artifacts.checkpoint import CheckpointMeta, read_checkpoint
 from pneumo.cli.ensemble import main
-from pneumo.cli.jetson import write_model_dir
 from pneumo.cli.predict import main as predict_main
 from pneumo.data.preprocess import preprocessing_spec
 from pneumo.data.provenance import validation_samples
@@ -23,6 +22,7 @@ from pneumo.model.threshold import choose_threshold
 from pneumo.serving.ensemble import make_ensemble
 from pneumo.serving.export import check_batch, export
 from pneumo.serving.inference import predict
+from pneumo.serving.jetson import write_model_dir
 from pneumo.serving.loading import LoadedModel, load_model
 from pneumo.training.fit import train
 from tests.helpers import FAST, SAMPLE, make_cfg, run_cli, sample_files

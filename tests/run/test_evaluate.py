@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
-from pneumo.cli.evaluate import print_table
+from pneumo.cli.tables import print_table
 from pneumo.data.dataset import list_films
 from pneumo.evaluation.report import evaluate
 from pneumo.model.metrics import evaluation_metrics

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumo.cli.evaluate import print_table
+from pneumo.cli.tables import print_table
 from pneumo.data.split import patient_id
 from pneumo.errors import PneumoError
 from pneumo.evaluation.model_card import render_model_card

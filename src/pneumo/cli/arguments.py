@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from pneumo.artifacts.output import check_file_destination, check_folder_destination
-from pneumo.artifacts.rundir import check_launch_dir
+from pneumo.cli.launch import check_launch_dir
 from pneumo.data.datamodule import MAX_IMAGE_SIZE
 from pneumo.data.preprocess import MIN_SIDE
 from pneumo.errors import PneumoError, exit_with
@@ -179,6 +180,4 @@ def writable_run_dir(hydra_entry: Callable[..., T]) -> Callable[..., T]:
 
 def quoted_command(prog: str, args: Sequence[str]) -> str:
     """A command line to copy into a shell: ``prog`` and ``args``, each quoted where it must be."""
-    import shlex
-
     return " ".join([prog, *(shlex.quote(a) for a in args)])

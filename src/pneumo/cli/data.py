@@ -13,11 +13,6 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from pneumo.cli.arguments import (
     ArgumentParser,
@@ -28,69 +23,16 @@ from pneumo.cli.arguments import (
     output_file,
     output_folder,
 )
+from pneumo.cli.tables import print_report
 from pneumo.data.dataset import DEFAULT_CLASSES
 from pneumo.data.importers import FORMATS, TABLES, ImportRules, ImportSummary, import_table
-from pneumo.data.manifest import Manifest
 from pneumo.data.sources import MEDMNIST_SIZES, convert_medmnist_npz, download_kaggle, download_medmnist
-from pneumo.data.verify import Report, verify
+from pneumo.data.verify import verify, verify_source
 from pneumo.errors import PneumoError, exit_on_user_error
-
-# Ignored files and names without a patient ID are listed up to this many; --json has all.
-EXAMPLES_SHOWN = 10
-
-
-def print_report(report: Report) -> None:
-    """The verification as tables and short lists for a person."""
-    console = Console(soft_wrap=True)
-    table = Table(title=f"images in {report.root}")
-    labels = sorted({label for counts in report.counts.values() for label in counts})
-    table.add_column("split")
-    for label in labels:
-        table.add_column(label, justify="right")
-    for split, counts in report.counts.items():
-        table.add_row(split, *(str(counts.get(label, 0)) for label in labels))
-    console.print(table)
-    sizes = ", ".join(f"{size} ({n})" for size, n in list(report.sizes.items())[:5])
-    console.print(f"sizes: {sizes}{' ...' if len(report.sizes) > 5 else ''}")
-    console.print(f"modes: {', '.join(f'{m} ({n})' for m, n in report.modes.items())}")
-    console.print(f"patients (from {report.patient_source}): {report.patients}", highlight=False)
-    if report.dropped_rows:
-        console.print(f"rows left out by the label map: {report.dropped_rows}", highlight=False)
-    for name in report.unknown_patient_names[:EXAMPLES_SHOWN]:
-        console.print(f"[yellow]no patient ID in name[/yellow] {name}", highlight=False)
-    for path in report.ignored_files[:EXAMPLES_SHOWN]:
-        console.print(f"[yellow]ignored[/yellow] {path}", highlight=False)
-    for problem in report.folder_errors + report.manifest_errors:
-        console.print(f"[red]{escape(problem)}[/red]", highlight=False)
-    for bad in report.bad_files:
-        console.print(f"[red]unreadable[/red] {bad['path']}: {bad['reason']}", markup=True, highlight=False)
-    for group in report.duplicates_across:
-        console.print(f"[red]duplicate across splits[/red] {' = '.join(group)}", highlight=False)
-    for patient, splits in report.patients_across.items():
-        console.print(f"[red]patient in several splits[/red] {patient}: {', '.join(splits)}", highlight=False)
-    for group in report.duplicates_within[:EXAMPLES_SHOWN]:
-        console.print(f"[yellow]duplicate[/yellow] {' = '.join(group)}", highlight=False)
-    for message in report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {message}")
-    for message in report.errors:
-        console.print(f"[red]error:[/red] {message}")
-    console.print("[green]ok[/green]" if not report.errors else "[red]not safe to train on[/red]")
-
 
 # ``--classes NORMAL,PNEUMONIA`` as a list of folder names; ``--columns path=file,split=fold`` and
 # ``--labels 1=PNEUMONIA,-1=null`` as mappings (the flag types of pneumo.cli.arguments)
 class_list, settings = comma_list, key_values
-
-
-def verify_source(root: str, columns: dict | None, labels: dict | None) -> str | Manifest:
-    """A data root, or a manifest (a file, or a .csv name) read with the given columns and label map."""
-    if Path(root).is_file() or Path(root).suffix.lower() == ".csv":
-        manifest = Manifest.from_config({"file": root, "columns": columns or {}, "labels": labels})
-        assert manifest is not None  # None only for a block without a file
-        return manifest
-    if columns is not None or labels is not None:
-        raise PneumoError(f"--columns and --labels read a manifest; {root} is not a file")
-    return root
 
 
 def print_import(summary: ImportSummary, to: str) -> None:
@@ -168,7 +110,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "verify":
-        report = verify(verify_source(args.root, args.columns, args.labels), args.classes)
+        source = verify_source(args.root, args.columns, args.labels)
+        if isinstance(source, str) and (args.columns is not None or args.labels is not None):
+            raise PneumoError(f"--columns and --labels read a manifest; {args.root} is not a file")
+        report = verify(source, args.classes)
         if args.json:
             print(json.dumps(report.as_dict(), indent=2))
         else:

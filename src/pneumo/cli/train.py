@@ -19,8 +19,9 @@ from hydra.types import RunMode
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pneumo.artifacts.rundir import prepare_launch, requeued_resume
-from pneumo.callbacks.interrupt import RunOutcome, end_run
+from pneumo.callbacks.run_outcome import RunOutcome
+from pneumo.cli.launch import prepare_launch, requeued_resume
+from pneumo.cli.stopped import end_run
 from pneumo.errors import PneumoError, exit_on_user_error
 from pneumo.training.fit import optimized_value, train
 from pneumo.training.settings import config_errors
@@ -65,15 +66,15 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 cfg.trainer.plugins = [*plugins, {"_target_": environment, "auto_requeue": requeue}]
     elif requeue:
         log.warning("slurm.requeue=true, but this is no SLURM job (SLURM_NTASKS unset): nothing to requeue")
-    outcome = RunOutcome(cfg.trainer.get("max_time"))
-    resume_args = list(hydra_cfg.overrides.task)
+    outcome = RunOutcome()
+    resume_args, max_time = list(hydra_cfg.overrides.task), cfg.trainer.get("max_time")
     try:
         results = train(cfg, callbacks=[outcome], one_process_only=in_process_sweep)
     except SystemExit:  # Lightning ends a run on Ctrl-C or SIGTERM with SystemExit (status 1 or 0)
-        end_run(outcome, cfg.paths.output_dir, resume_args)
+        end_run(outcome, cfg.paths.output_dir, resume_args, max_time)
         raise
     # a sweep in this process goes on to its next job; a cluster job is its own process
-    end_run(outcome, cfg.paths.output_dir, resume_args, in_sweep=in_process_sweep)
+    end_run(outcome, cfg.paths.output_dir, resume_args, max_time, in_sweep=in_process_sweep)
     return optimized_value(cfg, results)
 
 

@@ -213,3 +213,13 @@ def verify(
     report.patients_across = {p: sorted(s) for p, s in sorted(patient_splits.items()) if len(s) > 1}
     report.sizes = dict(sorted(report.sizes.items(), key=lambda kv: -kv[1]))
     return report
+
+
+def verify_source(root: str, columns: dict | None = None, labels: dict | None = None) -> str | Manifest:
+    """What ``verify`` reads at ``root``: a manifest (a file, or a .csv name) read with the given
+    columns and label map (as ``data.manifest.columns`` and ``.labels``), else the data root."""
+    if not (Path(root).is_file() or Path(root).suffix.lower() == ".csv"):
+        return root
+    manifest = Manifest.from_config({"file": root, "columns": columns or {}, "labels": labels})
+    assert manifest is not None  # None only for a block without a file
+    return manifest
