@@ -52,8 +52,8 @@ PROPORTIONS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 # ``block x films x 8 bytes`` a matrix whatever the number of draws.
 _BLOCK = 500
 # This many patients or fewer in the class a figure counts, and the percentile bootstrap of
-# patients covers less than it claims (30 single-film patients at sensitivity 0.95: about 80 %
-# of 95 % intervals hold the true value, against Wilson's 95 %): Wilson is the one to quote.
+# patients covers less than it claims (30 single-film patients at sensitivity 0.95: 79 % of
+# its 95 % intervals held the true value, Wilson's 94 %; docs/evaluation.md): Wilson is quoted.
 FEW_PATIENTS = 30
 
 Interval = list[float]
