@@ -1,4 +1,4 @@
-"""A run cut short: Ctrl-C, SIGTERM or SIGUSR1 saves ``interrupted.ckpt``, from which a resume
+"""A run cut short: Ctrl-C, SIGTERM, SIGUSR1 or SIGHUP saves ``interrupted.ckpt``, from which a resume
 continues exactly, and ``RunOutcome`` tells a finished schedule from a run that was stopped
 (a signal, ``trainer.max_time``), so that the command can say so and exit non-zero."""
 
@@ -163,9 +163,12 @@ class RunOutcome(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after Lightning registered its handlers (it restores the earlier ones at the end)
+        # SIGHUP (the terminal or SSH connection closed) stops a run as SIGTERM does, unless
+        # the run was started to ignore it (nohup)
         with contextlib.suppress(ValueError):  # only the main thread may set handlers
-            for signum in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-                if signum is not None:
+            for name in ("SIGTERM", "SIGUSR1", "SIGHUP"):
+                signum = getattr(signal, name, None)
+                if signum is not None and signal.getsignal(signum) != signal.SIG_IGN:
                     self._chain(trainer, signum)
 
     def _chain(self, trainer: L.Trainer, signum: int) -> None:
@@ -176,7 +179,7 @@ class RunOutcome(L.Callback):
         def handler(number: int, frame: FrameType | None) -> None:
             self.signal = self.signal or number
             if callable(before):
-                if number != signal.SIGTERM:
+                if number == getattr(signal, "SIGUSR1", None):
                     self.requeued = True  # Lightning's SLURM handler: it saves and requeues the job
                 before(number, frame)
             # stop at the next batch boundary, where SaveOnInterrupt saves interrupted.ckpt

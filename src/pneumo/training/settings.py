@@ -89,12 +89,29 @@ def _check_accelerator(trainer: dict[str, Any]) -> None:
         _refuse("trainer.accelerator", accelerator, "auto, cpu, gpu or mps (pneumo trains on these)")
 
 
+def _on_cpu(trainer: dict[str, Any]) -> bool:
+    """Whether the run will train on the CPU: asked for, or ``auto`` with no GPU to use."""
+    import torch
+
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if accelerator == "auto":
+        return not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    return accelerator == "cpu"
+
+
 def _check_trainer(trainer: dict[str, Any]) -> None:
     _check_accelerator(trainer)
     precision = trainer.get("precision", "auto")
     if precision not in _precisions() or isinstance(precision, bool):
         _refuse(
             "trainer.precision", precision, "auto, 32-true, bf16-mixed or 16-mixed (or 64-true, bf16-true)"
+        )
+    if str(precision) in ("16-mixed", "16") and _on_cpu(trainer):
+        # Lightning would train in bf16-mixed instead, saying so on stderr only, while the run's
+        # checkpoints recorded 16-mixed
+        raise PneumoError(
+            f"trainer.precision={precision} needs a GPU: on a CPU, mixed precision is bfloat16; use "
+            "trainer.precision=bf16-mixed, 32-true or auto"
         )
     max_epochs = trainer.get("max_epochs")
     if max_epochs is not None and not (_is_int(max_epochs) and (max_epochs >= 1 or max_epochs == -1)):
