@@ -153,16 +153,18 @@ def threshold_spread(
     films. Draws holding one class only have no threshold and are left out.
     """
     generator = torch.Generator().manual_seed(seed)
+    films = torch.arange(targets.numel())
     if patients is None:
-        film_patient = torch.arange(targets.numel())
+        film_patient = films
     else:
         _, inverse = np.unique(np.asarray(patients, dtype=str), return_inverse=True)
         film_patient = torch.from_numpy(inverse.astype(np.int64))
-    members = [torch.nonzero(film_patient == p).flatten() for p in range(int(film_patient.max()) + 1)]
+    count = int(film_patient.max()) + 1
     picked: dict[str, list[float]] = {method: [] for method in THRESHOLD_METHODS if method != "fixed"}
     for _ in range(resamples):
-        chosen = torch.randint(0, len(members), (len(members),), generator=generator)
-        draw = torch.cat([members[int(p)] for p in chosen])
+        chosen = torch.randint(0, count, (count,), generator=generator)
+        # each film as many times as its patient was drawn
+        draw = torch.repeat_interleave(films, torch.bincount(chosen, minlength=count)[film_patient])
         if targets[draw].unique().numel() < 2:
             continue  # one class only: no curve, no threshold to read
         for method, values in picked.items():
