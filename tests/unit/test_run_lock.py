@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pneumo.artifacts.rundir import LOCK_NAME, check_run_dir, claim_run_dir
 from tests.helpers import FAST, SAMPLE, run_cli
 from tests.helpers.data import REPO
@@ -74,6 +76,7 @@ def test_of_two_processes_starting_runs_on_one_directory_exactly_one_proceeds(tm
     assert not (run / LOCK_NAME).exists()  # the winner let go and removed it
 
 
+@pytest.mark.slow  # starts pneumo-train
 def test_a_killed_runs_lock_is_free_and_the_command_line_refuses_a_held_one_in_one_line(tmp_path):
     run, go, stop = tmp_path / "run", tmp_path / "go", tmp_path / "stop"
     go.touch()
