@@ -101,7 +101,7 @@ def _lock_is_held(lock: Path) -> bool:
     """
     try:
         fd = os.open(lock, os.O_RDONLY)
-    except FileNotFoundError:
+    except OSError:  # none, or unreadable: claim_run_dir says why if it cannot take it
         return False
     try:
         return not _try_flock(fd, fcntl.LOCK_SH)
@@ -146,14 +146,19 @@ def _take_lock(lock: Path) -> int | None:
         if not locked:
             os.close(fd)
             return None
-        try:
-            current = os.stat(lock)
-        except FileNotFoundError:
-            current = None
-        mine = os.fstat(fd)
-        if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+        if _names(lock, fd):
             return fd
         os.close(fd)
+
+
+def _names(lock: Path, fd: int) -> bool:
+    """Whether the name ``lock`` still points to the file open as ``fd``."""
+    try:
+        current = os.stat(lock)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _record_holder(fd: int) -> None:
@@ -226,7 +231,8 @@ def claim_run_dir(run_dir: str | Path, ckpt_path: str | Path | None) -> Iterator
         yield
     finally:
         with contextlib.suppress(OSError):
-            lock.unlink()  # while still held: see _take_lock
+            if _names(lock, fd):  # not a file someone put in its place
+                lock.unlink()  # while still held: see _take_lock
         # unlocked explicitly: forked loader workers may still hold copies of the descriptor
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
