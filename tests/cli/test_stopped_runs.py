@@ -64,8 +64,9 @@ def _resume_command(line: str) -> list[str]:
         (signal.SIGTERM, 143, "SIGTERM"),
         (signal.SIGINT, 130, "Ctrl-C (SIGINT)"),
         (signal.SIGUSR1, 138, "SIGUSR1"),
+        (signal.SIGHUP, 129, "SIGHUP"),  # the terminal or SSH connection closed
     ],
-    ids=["SIGTERM", "SIGINT", "SIGUSR1"],
+    ids=["SIGTERM", "SIGINT", "SIGUSR1", "SIGHUP"],
 )
 def test_a_signal_stops_the_run_non_zero_with_the_command_that_resumes_it(tmp_path, signum, status, named):
     run_dir = tmp_path / "run"
@@ -88,6 +89,7 @@ def test_a_signal_stops_the_run_non_zero_with_the_command_that_resumes_it(tmp_pa
     assert line.endswith(f"ckpt_path={saved} hydra.run.dir={run_dir}")
     assert "resume with: pneumo-train " in line and f"data.root={SAMPLE}" in line
     assert not calls.exists()  # requeue was not asked for
+    assert not (run_dir / "run.lock").exists()  # the directory is free again
     # the resume command of the line, run as it is (with a shorter schedule), continues the run
     if signum == signal.SIGTERM:
         again = [

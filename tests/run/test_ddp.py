@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from torchmetrics.functional.classification import binary_auroc
 
-from pneumo.artifacts.rundir import LOCK_NAME
+from pneumo.artifacts.rundir import claim_run_dir
 from pneumo.cli.launch import prepare_launch
 from pneumo.data.dataset import EpochSampler
 from pneumo.data.preprocess import to_model_input, to_unit
@@ -195,22 +195,22 @@ def test_epoch_shards_are_disjoint_cover_the_epoch_and_change_order_each_epoch()
 def test_ranks_above_zero_share_rank_zeros_directory_without_claiming_it(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / LOCK_NAME).write_text(f"{os.getpid()}\n")  # rank zero holds it, alive
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    with claim_run_dir(run_dir, None):  # rank zero holds it, alive
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+        monkeypatch.setenv("WORLD_SIZE", "2")
 
-    monkeypatch.setenv("RANK", "1")
-    args = prepare_launch([f"hydra.run.dir={run_dir}"])
-    assert args[0] == f"hydra.run.dir={run_dir}"
-    assert "hydra.output_subdir=null" in args and "hydra/job_logging=stdout" in args
-    with pytest.raises(PneumoError, match="same hydra.run.dir"):
-        prepare_launch(["seed=1"])  # a timestamped directory of its own
+        monkeypatch.setenv("RANK", "1")
+        args = prepare_launch([f"hydra.run.dir={run_dir}"])
+        assert args[0] == f"hydra.run.dir={run_dir}"
+        assert "hydra.output_subdir=null" in args and "hydra/job_logging=stdout" in args
+        with pytest.raises(PneumoError, match="same hydra.run.dir"):
+            prepare_launch(["seed=1"])  # a timestamped directory of its own
 
-    monkeypatch.setenv("RANK", "0")
-    with pytest.raises(PneumoError, match="being written by another run"):
-        prepare_launch([f"hydra.run.dir={run_dir}"])
-    with pytest.raises(PneumoError, match="same hydra.run.dir"):
-        prepare_launch(["seed=1"])
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(PneumoError, match="being written by another run"):
+            prepare_launch([f"hydra.run.dir={run_dir}"])
+        with pytest.raises(PneumoError, match="same hydra.run.dir"):
+            prepare_launch(["seed=1"])
 
 
 class RankGoneThenInterrupt(L.Callback):

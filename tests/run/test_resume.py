@@ -2,14 +2,13 @@
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import lightning as L
 import pytest
 import torch
 
+from pneumo.artifacts.rundir import LOCK_NAME, claim_run_dir
 from pneumo.errors import PneumoError
 from pneumo.evaluation.report import evaluate
 from pneumo.training.build import build
@@ -124,18 +123,15 @@ def test_new_run_into_a_directory_holding_a_run_is_refused(tmp_path):
 
 def test_run_into_a_directory_being_written_is_refused_unless_its_writer_is_gone(tmp_path):
     run = tmp_path / "run"
-    run.mkdir()
-    lock = run / "run.lock"
-    lock.write_text(f"{os.getpid()}\n")  # a live process holds the directory
+    lock = run / LOCK_NAME
     overrides = [*FAST, f"data.root={SAMPLE}", "trainer.max_epochs=1"]
-    with pytest.raises(PneumoError, match=rf"being written by another run \(process {os.getpid()}"):
-        train(make_cfg(run, overrides))
-    assert not (run / "checkpoints").exists() and lock.read_text() == f"{os.getpid()}\n"
+    with claim_run_dir(run, None):  # a live run holds the directory
+        with pytest.raises(PneumoError, match=rf"being written by another run \(process {os.getpid()} on "):
+            train(make_cfg(run, overrides))
+        assert not (run / "checkpoints").exists() and lock.is_file()
 
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    lock.write_text(f"{gone.pid}\n")  # left behind by a killed run
-    train(make_cfg(run, overrides))
+    lock.write_text("process 1 on elsewhere, started 2026-12-06T00:00:00+00:00\n")  # a killed run's
+    train(make_cfg(run, overrides))  # nobody holds its lock: the file alone does not refuse
     assert (run / "checkpoints" / "last.ckpt").is_file() and not lock.exists()
 
 

@@ -61,3 +61,16 @@ def test_a_resume_keeps_the_precision_its_checkpoint_was_trained_in(tmp_path, tr
     cfg = make_cfg(tmp_path, overrides)
     resolve_precision(cfg)
     assert cfg.trainer.precision == "32-true"
+
+
+def test_float16_mixed_precision_on_a_cpu_is_refused_in_one_line(tmp_path):
+    # Lightning would train in bf16-mixed instead while the checkpoints recorded 16-mixed
+    from pneumo.errors import PneumoError
+    from pneumo.training.settings import check_train_config
+
+    for precision in ("16-mixed", "16"):
+        overrides = [*FAST, f"data.root={SAMPLE}", "trainer.accelerator=cpu"]
+        overrides.append(f"trainer.precision={precision}")
+        with pytest.raises(PneumoError, match=rf"^trainer.precision={precision} needs a GPU: .* use trainer"):
+            check_train_config(make_cfg(tmp_path, overrides))
+    check_train_config(make_cfg(tmp_path, [*FAST, f"data.root={SAMPLE}", "trainer.precision=bf16-mixed"]))

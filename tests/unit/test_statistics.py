@@ -9,10 +9,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from pneumo.evaluation.statistics import (
+    FEW_PATIENTS,
     PatientBootstrap,
     auroc_with_interval,
     decision_curve,
     figures_with_intervals,
+    interval_to_quote,
     mcnemar,
     paired_auroc_difference,
     weighted_auroc,
@@ -171,3 +173,58 @@ def test_two_thousand_draws_over_a_test_split_sized_set_give_finite_nested_inter
     auroc = auroc_with_interval(probs, truth, boot)
     low, high = auroc["bootstrap"]
     assert np.isfinite([low, high]).all() and low < auroc["estimate"] < high
+
+
+def test_draws_where_a_figure_is_undefined_are_counted_beside_its_interval():
+    # 10 normal and 10 pneumonia single-film patients; one pneumonia film alone is called
+    # positive. Precision (tp / (tp + fp)) exists only in draws that hold that film's patient:
+    # one of 10 drawn 10 times with replacement is missed with probability 0.9^10 = 0.3487, so
+    # about 2000 * 0.6513 = 1302.6 draws of 2000 are usable (binomial sd 21.3)
+    probs = np.array([0.1] * 10 + [0.9] + [0.2] * 9)
+    positive = np.array([0] * 10 + [1] * 10)
+    patients = [f"p{i}" for i in range(20)]
+    boot = PatientBootstrap.draw(patients, positive, draws=2000, seed=0)
+    figures = figures_with_intervals(probs, positive, 0.5, boot)
+    usable = figures["precision"]["bootstrap_draws"]
+    assert usable == int((boot.counts[:, boot.film_patient[10]] > 0).sum())  # the draws holding p10
+    assert abs(usable - 1302.6) < 4 * 21.3
+    assert figures["sensitivity"]["bootstrap_draws"] == 2000  # always 10 pneumonia films to count
+
+    # every normal film belongs to one mostly-pneumonia patient "m" (1 normal, 3 pneumonia
+    # films), so no patient is negative and a draw without "m" has no normal film, no AUROC:
+    # of 4 patients drawn 4 times, "m" is missed with probability (3/4)^4 = 0.3164, so about
+    # 2000 * 0.6836 = 1367.2 draws are usable (sd 20.8)
+    probs = np.array([0.2, 0.6, 0.7, 0.8, 0.9, 0.65, 0.75])
+    positive = np.array([0, 1, 1, 1, 1, 1, 1])
+    patients = ["m", "m", "m", "m", "a", "b", "c"]
+    boot = PatientBootstrap.draw(patients, positive, draws=2000, seed=0)
+    auroc = auroc_with_interval(probs, positive, boot)
+    assert boot.describe()["patients_negative"] == 0
+    assert auroc["bootstrap_draws"] == int((boot.counts[:, boot.film_patient[0]] > 0).sum())  # holding "m"
+    assert abs(auroc["bootstrap_draws"] - 1367.2) < 4 * 20.8
+
+
+def test_the_interval_to_quote_is_wilson_where_the_bootstrap_collapses_or_patients_are_few():
+    # 390 of 390 pneumonia films called positive (390 single-film patients, 100 normal ones):
+    # every draw gives 1, the bootstrap is [1, 1]; Wilson's lower bound is
+    # n / (n + z^2) = 390 / (390 + 1.96^2) = 0.99025, its upper 1
+    probs = np.array([0.1] * 100 + [0.9] * 390)
+    positive = np.array([0] * 100 + [1] * 390)
+    boot = PatientBootstrap.draw([f"p{i}" for i in range(490)], positive, draws=500, seed=0)
+    sensitivity = figures_with_intervals(probs, positive, 0.5, boot)["sensitivity"]
+    assert sensitivity["bootstrap"] == [1.0, 1.0]
+    assert sensitivity["wilson"] == pytest.approx([390 / (390 + 1.959963984540054**2), 1.0], abs=1e-9)
+    assert sensitivity["quote"] == "wilson"
+
+    # 30 single-film pneumonia patients, 28 found (sensitivity 0.933): a class of 30 patients
+    # is few (the bootstrap under-covers there), so Wilson; 31 patients, 29 found: the bootstrap
+    for found, missed in ((28, 2), (29, 2)):
+        probs = np.array([0.1] * 40 + [0.9] * found + [0.2] * missed)
+        positive = np.array([0] * 40 + [1] * (found + missed))
+        boot = PatientBootstrap.draw([f"p{i}" for i in range(probs.size)], positive, draws=200, seed=0)
+        figures = figures_with_intervals(probs, positive, 0.5, boot)
+        expected = "wilson" if found + missed <= FEW_PATIENTS else "bootstrap"
+        assert (found + missed, figures["sensitivity"]["quote"]) == (found + missed, expected)
+        assert figures["specificity"]["quote"] == "wilson"  # 40 of 40 normal films cleared
+    assert FEW_PATIENTS == 30
+    assert interval_to_quote(None, None, 500) == "bootstrap"  # F1: no Wilson interval

@@ -183,3 +183,43 @@ def test_plateau_keeps_the_target_sensitivity_and_lies_below_the_edge():
         cut = choose_threshold(PROBS, TARGETS, "plateau", target, tolerance=0.5)
         assert is_positive(PROBS[TARGETS == 1], cut).float().mean() >= target
         assert cut <= choose_threshold(PROBS, TARGETS, "sensitivity", target) + CUT_OFF_MARGIN
+
+
+def test_plateau_reaching_the_lowest_film_stays_below_it():
+    # 10 pneumonia films, one at p = 1e-7 below every normal film: a 0.95 sensitivity needs all
+    # 10 (9 / 10 = 0.90), so the plateau is the one cut-off at the lowest film, p >= 1e-7. It
+    # ends at max(1e-7 - 1e-4, 1e-7 / 10) = 1e-8 below; its middle on the logit scale is
+    # about sqrt(1e-7 * 1e-8) = 3.16e-8, under the film (the floor of 1e-6 used before put the
+    # middle at sqrt(1e-7 * 1e-6) = 3.2e-7, above it: sensitivity 0.90)
+    targets = torch.tensor([0] * 5 + [1] * 10)
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 1e-7, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95])
+    cut = choose_threshold(probs, targets, "plateau", 0.95)
+    film = float(torch.tensor(1e-7))  # the film's probability as float32 holds it
+    assert cut == pytest.approx(_sigmoid((_logit(film) + _logit(film / 10)) / 2), rel=1e-9)
+    assert cut == pytest.approx(3.162e-8, rel=1e-3) and cut < film
+    assert is_positive(probs[targets == 1], cut).float().mean() == 1.0  # 10 / 10 >= 0.95
+    # a film at p = 0 leaves only 0
+    zero = choose_threshold(torch.tensor([0.2, 0.3, 0.0, 0.9]), torch.tensor([0, 0, 1, 1]), "plateau", 0.95)
+    assert zero == 0.0
+
+
+def test_threshold_spread_draws_patients_whole_with_the_given_seed_and_tolerance():
+    # two patients of five identical films each (one normal at 0.3, one pneumonia at 0.7) and a
+    # third pneumonia patient at 0.6: a patient draw repeats a patient's five films together, so
+    # every threshold read off a draw holding both classes lies between the normal film (0.3)
+    # and the highest pneumonia film (0.7)
+    probs = torch.tensor([0.3] * 5 + [0.7] * 5 + [0.6])
+    targets = torch.tensor([0] * 5 + [1] * 6)
+    patients = ["a"] * 5 + ["b"] * 5 + ["c"]
+    by_patient = threshold_spread(probs, targets, 0.95, resamples=50, seed=3, patients=patients)
+    assert by_patient == threshold_spread(probs, targets, 0.95, resamples=50, seed=3, patients=patients)
+    for cuts in by_patient.values():
+        assert 0.3 < cuts["p05"] <= cuts["p95"] < 0.7
+    # one patient holding every film: each draw is the whole set, so the spread collapses onto
+    # the threshold of the full set, read with the tolerance given: at target 0.6, 0.25 joins
+    # (0.30, 0.70] (see the plateau test above), 0 keeps (0.60, 0.70]
+    one = ["x"] * PROBS.numel()
+    for tolerance, low in ((0.25, 0.30), (0.0, 0.60)):
+        spread = threshold_spread(PROBS, TARGETS, 0.6, resamples=5, patients=one, tolerance=tolerance)
+        middle = _sigmoid((_logit(0.70) + _logit(low)) / 2)
+        assert spread["plateau"] == pytest.approx({"p05": middle, "p50": middle, "p95": middle})

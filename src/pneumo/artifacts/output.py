@@ -2,7 +2,9 @@
 
 A file is written under a hidden temporary name beside its destination and renamed over it
 only once complete, so a crash, a Ctrl-C or a full disk never leaves half a file where a
-reader expects a whole one, and an earlier version of the file stays as it was.
+reader expects a whole one, and an earlier version of the file stays as it was. The file is
+flushed to the disk before the rename and its folder after (``publish``), so a power loss
+leaves the old file or the new one, not an empty or half-written one under the final name.
 """
 
 from __future__ import annotations
@@ -80,9 +82,39 @@ def _write_error(path: Path, err: OSError) -> PneumoError:
     return PneumoError(f"cannot write {path}: {why}")
 
 
+def fsync_path(path: str | Path) -> None:
+    """Flush ``path`` (a file's content, or a folder's list of names) to the disk.
+
+    A file system that cannot sync a folder (some network and Windows file systems answer
+    EINVAL, EBADF or EACCES) is left as it is: the rename itself is still atomic there.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if Path(path).is_dir():  # Windows opens no folder
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EBADF, errno.EACCES):
+            raise
+    finally:
+        os.close(fd)
+
+
+def publish(source: str | Path, destination: str | Path) -> None:
+    """Rename the complete ``source`` (a file, or a folder whose files are already synced) over
+    ``destination``, durably: ``source`` reaches the disk before the rename, and the rename
+    (the folder's new entry) after it."""
+    fsync_path(source)
+    os.replace(source, destination)
+    fsync_path(Path(destination).absolute().parent)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, size_hint: int | None = None) -> Iterator[Path]:
-    """Yield a temporary path to write ``path``'s content to; rename it over ``path`` on success.
+    """Yield a temporary path to write ``path``'s content to; ``publish`` it as ``path`` on success.
 
     On any failure the temporary file is removed. A full disk becomes one line naming
     ``path``, the space it needed (``size_hint`` bytes, when known) and the space left; any
@@ -99,7 +131,7 @@ def atomic_path(path: str | Path, size_hint: int | None = None) -> Iterator[Path
     partial = path.with_name(f".{path.name}.partial")
     try:
         yield partial
-        os.replace(partial, path)
+        publish(partial, path)
     except OSError as err:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)

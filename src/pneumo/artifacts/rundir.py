@@ -3,7 +3,8 @@
 A run directory holds ``checkpoints/``, ``tensorboard/``, ``train.log`` and Hydra's
 ``.hydra/``. Two runs in one directory would mix their TensorBoard curves and leave
 ``best.ckpt`` to whichever wrote last, so a new run refuses a directory that holds a run or
-is being written by one (``run.lock``, holding the writer's process id). Resuming
+is being written by one: the writer holds an exclusive ``flock`` on ``run.lock``, which
+names it (host, process, start) for the message that refuses another run. Resuming
 (``ckpt_path=RUN/checkpoints/last.ckpt``) is the one way back into a used directory, and
 without an explicit ``hydra.run.dir`` it continues in RUN, so ``best.ckpt``, the TensorBoard
 curves and ``train.log`` cover the whole run.
@@ -18,9 +19,14 @@ neither ``.hydra/`` nor a log file. The command line that leads there (the resum
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import socket
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
@@ -64,35 +70,88 @@ def run_evidence(run_dir: Path) -> Path | None:
     return next(iter(sorted((run_dir / "tensorboard").rglob("events.out.tfevents.*"))), None)
 
 
-def _lock_holder(lock: Path) -> int | None:
-    """The live process that holds ``lock``; ``None`` when there is no lock or its process is gone.
+def _holder_of(lock: Path) -> str:
+    """Who holds ``lock``, as its holder recorded it (host, process, start), for a message."""
+    try:
+        text = " ".join(lock.read_text(errors="replace").split())
+    except OSError:
+        text = ""
+    return text or "a process that has not yet written its name"
 
-    A lock that names no process (cut short while it was being written) counts as held: it
-    cannot be told apart from one being written right now.
+
+def _lock_is_held(lock: Path) -> bool:
+    """Whether a live run holds ``lock`` now: a shared lock is refused only while one holds it.
+
+    The kernel (or the NFS lock manager) drops a lock when its process ends, however it
+    ends, so a file left by a killed run is free; the file's content only names the holder.
     """
     try:
-        text = lock.read_text().strip()
-    except FileNotFoundError:
-        return None
-    if not text.isdigit():
-        return -1
-    pid = int(text)
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:  # none, or unreadable: claim_run_dir says why if it cannot take it
+        return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:  # alive, owned by another user
-        return pid
-    return pid
+        return not _try_flock(fd, fcntl.LOCK_SH)
+    finally:
+        os.close(fd)  # closing drops the probe's own shared lock
 
 
-def _refuse_locked(run_dir: Path, pid: int) -> None:
+def _try_flock(fd: int, kind: int) -> bool:
+    """Take a ``flock`` of ``kind`` on ``fd`` without waiting: ``False`` if another holds it."""
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EAGAIN, errno.EACCES):  # some file systems answer EACCES
+            return False
+        raise
+    return True
+
+
+def _refuse_locked(run_dir: Path) -> NoReturn:
     lock = run_dir / LOCK_NAME
-    who = f"process {pid}" if pid > 0 else "a process"
     raise PneumoError(
-        f"{run_dir} is being written by another run ({who}, {lock}); wait for it to end or "
-        f"train into a new directory (delete {lock} only if no run is writing there)"
+        f"{run_dir} is being written by another run ({_holder_of(lock)}; {lock}); wait for it to "
+        "end or train into a new directory"
     )
+
+
+def _take_lock(lock: Path) -> int | None:
+    """An exclusive ``flock`` on ``lock`` (created if missing): its descriptor, or ``None`` when
+    another run holds it.
+
+    A holder removes the file before it lets go; a process that opened the old file just
+    then would lock a file no longer under that name, so the lock is retaken until the
+    locked file is the one the name points to.
+    """
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            locked = _try_flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            os.close(fd)
+            raise
+        if not locked:
+            os.close(fd)
+            return None
+        if _names(lock, fd):
+            return fd
+        os.close(fd)
+
+
+def _names(lock: Path, fd: int) -> bool:
+    """Whether the name ``lock`` still points to the file open as ``fd``."""
+    try:
+        current = os.stat(lock)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _record_holder(fd: int) -> None:
+    """Write who holds the lock into its file, for another run's refusal to name."""
+    started = datetime.now().astimezone().isoformat(timespec="seconds")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()} on {socket.gethostname()}, started {started}\n".encode())
 
 
 def _check_contents(run_dir: Path, ckpt_path: str | Path | None) -> None:
@@ -120,9 +179,8 @@ def check_run_dir(run_dir: str | Path, ckpt_path: str | Path | None) -> None:
     Resuming a checkpoint of ``run_dir`` itself is allowed: that run continues.
     """
     run_dir = Path(run_dir).absolute()
-    pid = _lock_holder(run_dir / LOCK_NAME)
-    if pid is not None:
-        _refuse_locked(run_dir, pid)
+    if _lock_is_held(run_dir / LOCK_NAME):
+        _refuse_locked(run_dir)
     _check_contents(run_dir, ckpt_path)
 
 
@@ -130,9 +188,10 @@ def check_run_dir(run_dir: str | Path, ckpt_path: str | Path | None) -> None:
 def claim_run_dir(run_dir: str | Path, ckpt_path: str | Path | None) -> Iterator[None]:
     """Hold ``run_dir/run.lock`` for the length of a run, after the checks of ``check_run_dir``.
 
-    The lock is created atomically (``O_EXCL``), so of two runs started at once into one
-    directory exactly one proceeds. A lock left by a process that no longer exists (a killed
-    run) is taken over.
+    The lock is an exclusive ``flock`` (``_take_lock``): of two runs started at once into
+    one directory, from one machine or from two sharing the folder, exactly one proceeds.
+    The kernel releases it when the run's process ends, however it ends, so a killed run's
+    directory is free again without anyone telling a stale lock from a live one.
     """
     run_dir = Path(run_dir).absolute()
     check_folder_destination(run_dir, f"the run directory {run_dir}")
@@ -143,29 +202,24 @@ def claim_run_dir(run_dir: str | Path, ckpt_path: str | Path | None) -> Iterator
             f"cannot create the run directory {run_dir}: {(err.strerror or str(err)).lower()}"
         ) from None
     lock = run_dir / LOCK_NAME
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            pid = _lock_holder(lock)
-            if pid is not None:
-                _refuse_locked(run_dir, pid)
-            lock.unlink(missing_ok=True)  # stale: its run was killed
-            continue
-        except OSError as err:
-            raise PneumoError(
-                f"cannot write in the run directory {run_dir}: {(err.strerror or str(err)).lower()}; "
-                "choose a folder you can write to (hydra.run.dir)"
-            ) from None
-        with os.fdopen(fd, "w") as file:
-            file.write(f"{os.getpid()}\n")
-        break
-    else:
-        _refuse_locked(run_dir, -1)
     try:
+        fd = _take_lock(lock)
+    except OSError as err:
+        raise PneumoError(
+            f"cannot lock the run directory {run_dir} ({lock}): {(err.strerror or str(err)).lower()}; "
+            "choose a folder you can write to (hydra.run.dir) on a file system that supports locks"
+        ) from None
+    if fd is None:
+        _refuse_locked(run_dir)
+    try:
+        _record_holder(fd)
         _check_contents(run_dir, ckpt_path)  # under the lock: no run can start writing meanwhile
         yield
     finally:
         with contextlib.suppress(OSError):
-            if lock.read_text().strip() == str(os.getpid()):
-                lock.unlink()
+            if _names(lock, fd):  # not a file someone put in its place
+                lock.unlink()  # while still held: see _take_lock
+        # unlocked explicitly: forked loader workers may still hold copies of the descriptor
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+

@@ -21,7 +21,8 @@ from pneumo.callbacks.save_on_interrupt import SaveOnInterrupt
 class Stop:
     """Why and where a run stopped before its schedule finished."""
 
-    signal: int | None  # the signal that stopped it (SIGINT, SIGTERM, SIGUSR1); None: trainer.max_time
+    # the signal that stopped it (SIGINT, SIGTERM, SIGUSR1, SIGHUP); None: trainer.max_time
+    signal: int | None
     epochs_done: int
     max_epochs: int  # -1: no epoch limit
     checkpoint: str | None  # the file to resume from, None when none was written yet
@@ -55,8 +56,11 @@ class RunOutcome(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after Lightning registered its handlers (it restores the earlier ones at the end)
         with contextlib.suppress(ValueError):  # only the main thread may set handlers
-            for signum in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-                if signum is not None:
+            # SIGHUP (the terminal or SSH connection closed) stops a run as SIGTERM does,
+            # unless the run was started to ignore it (nohup)
+            for name in ("SIGTERM", "SIGUSR1", "SIGHUP"):
+                signum = getattr(signal, name, None)
+                if signum is not None and signal.getsignal(signum) != signal.SIG_IGN:
                     self._chain(trainer, signum)
 
     def _chain(self, trainer: L.Trainer, signum: int) -> None:
@@ -67,7 +71,7 @@ class RunOutcome(L.Callback):
         def handler(number: int, frame: FrameType | None) -> None:
             self.signal = self.signal or number
             if callable(before):
-                if number != signal.SIGTERM:
+                if number == getattr(signal, "SIGUSR1", None):
                     self.requeued = True  # Lightning's SLURM handler: it saves and requeues the job
                 before(number, frame)
             # stop at the next batch boundary, where SaveOnInterrupt saves interrupted.ckpt

@@ -1,4 +1,4 @@
-"""A run cut short: Ctrl-C, SIGTERM or SIGUSR1 saves ``interrupted.ckpt``, from which a resume
+"""A run cut short: Ctrl-C, SIGTERM, SIGUSR1 or SIGHUP saves ``interrupted.ckpt``, from which a resume
 continues exactly (``RunOutcome`` then records why the run stopped)."""
 
 from __future__ import annotations

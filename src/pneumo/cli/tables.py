@@ -22,6 +22,12 @@ def _ci(bounds: list[float] | None) -> str:
     return f"{bounds[0]:.3f}-{bounds[1]:.3f}"
 
 
+def _boot(figure: dict[str, Any], draws: int) -> str:
+    """A bootstrap interval, with its usable draws where the figure was undefined in some."""
+    usable = figure.get("bootstrap_draws", draws)
+    return _ci(figure.get("bootstrap")) + (f" ({usable}/{draws} draws)" if usable < draws else "")
+
+
 def _value(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.4f}"
 
@@ -35,9 +41,10 @@ def print_table(metrics: dict[str, Any]) -> None:
         intervals = {"at_threshold": {"figures": {}}, "at_0.5": {"figures": {}}, "auroc": {}}
     boot = intervals.get("bootstrap")
     patients = f" of {boot['patients']} patients" if boot else ""
+    draws = boot["draws"] if boot else 0
     table = Table(
         title=f"{metrics['split']}: {metrics['n']} films{patients}, AUROC {metrics['auroc']:.4f} "
-        f"({_ci(intervals['auroc'].get('bootstrap'))})",
+        f"({_boot(intervals['auroc'], draws)})",
         caption="0.5 is exploratory: the stored threshold is the operating point",
     )
     # the stored threshold is the operating point; 0.5 is shown for comparison only
@@ -53,9 +60,9 @@ def print_table(metrics: dict[str, Any]) -> None:
             key,
             _value(metrics.get(key, math.nan)),
             _ci(stored.get(key, {}).get("wilson")),
-            _ci(stored.get(key, {}).get("bootstrap")),
+            _boot(stored.get(key, {}), draws),
             _value(metrics["at_0.5"].get(key, math.nan)),
-            _ci(half.get(key, {}).get("bootstrap")),
+            _boot(half.get(key, {}), draws),
         )
     console.print(table)
     if boot:

@@ -37,6 +37,7 @@ import psutil
 import torch
 from filelock import FileLock, Timeout
 
+from pneumo.artifacts.output import fsync_path, publish
 from pneumo.data.preprocess import DECODE_VERSION, BadImageError, load_image
 from pneumo.errors import PneumoError
 
@@ -354,7 +355,7 @@ def _build(folder: Path, paths: Sequence[str], files: list[list[Any]], image_siz
         bad = _decode_to_file(temp / IMAGES_FILE, paths, image_size, threads)
         record = {"format": CACHE_FORMAT, "image_size": image_size, "files": files, "bad": bad}
         _write_synced(temp / SAMPLES_FILE, json.dumps(record).encode())
-        os.rename(temp, folder)  # atomic: readers see the whole cache or none
+        publish(temp, folder)  # atomic: readers see the whole cache or none
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -376,16 +377,13 @@ def _decode_to_file(file: Path, paths: Sequence[str], image_size: int, threads: 
                 out.write(image.tobytes())
 
         bad = _decode_rows(paths, image_size, threads, store)
-        out.flush()
-        os.fsync(out.fileno())  # on disk before the rename publishes it
+    fsync_path(file)  # on disk before the rename publishes it
     return bad
 
 
 def _write_synced(file: Path, data: bytes) -> None:
-    with open(file, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
+    file.write_bytes(data)
+    fsync_path(file)
 
 
 def _mb(size: int) -> str:

@@ -23,7 +23,7 @@ from pneumo.artifacts.checkpoint import CheckpointMeta
 from pneumo.artifacts.output import write_text_atomically
 from pneumo.data.split import known_patient_name
 from pneumo.errors import PneumoError
-from pneumo.evaluation.statistics import REPORTED
+from pneumo.evaluation.statistics import FEW_PATIENTS, REPORTED
 
 TEMPLATE = "model_card.md.j2"
 # The keys a user may set under card: in conf/eval.yaml.
@@ -58,11 +58,27 @@ def interval(bounds: list[float] | None, digits: int = 4) -> str:
     return f"[{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
 
 
+def bootstrap_cell(figure: dict[str, Any], draws: int) -> str:
+    """A figure's bootstrap interval, followed by the number of draws it was read off where the
+    figure was undefined in some (``statistics.usable_draws``)."""
+    text = interval(figure.get("bootstrap"))
+    usable = figure.get("bootstrap_draws")
+    if text != "-" and usable is not None and usable < draws:
+        text += f" ({usable} of {draws} draws)"
+    return text
+
+
+def bold(text: str, quoted: bool) -> str:
+    """``text`` in bold where it is the interval to quote."""
+    return f"**{text}**" if quoted and text != "-" else text
+
+
 def _architecture(meta: CheckpointMeta) -> str:
     if meta.ensemble is not None:
         return (
-            f"an ensemble of {len(meta.ensemble['members'])} ResNet18s whose calibrated probabilities are "
-            "averaged (pneumo-ensemble)"
+            f"an ensemble of {len(meta.ensemble['members'])} ResNet18s: the mean of the members' own "
+            "(uncalibrated) probabilities, calibrated by one temperature fitted on their shared "
+            "validation films (pneumo-ensemble)"
         )
     return "ResNet18 (torchvision), its last layer replaced by a two-class head"
 
@@ -193,7 +209,10 @@ def _limitations(metrics: dict[str, Any], meta: CheckpointMeta, kermany: bool) -
         f"Patients are read from file names; {evaluated['films_without_patient_id']} of the "
         f"{evaluated['films']} evaluated films carry no recognised patient id and count as their own "
         "patient. Wilson intervals count films as independent; the bootstrap intervals resample "
-        "patients and are the ones to quote where a child has several films."
+        "patients, keeping a child's films together. The interval to quote is in bold: Wilson where "
+        "the bootstrap collapses (k is 0 or n: every draw gives the same value) or the class the "
+        f"figure counts has {FEW_PATIENTS} patients or fewer (the bootstrap then covers "
+        "less than it claims), the patient bootstrap otherwise; F1 and AUROC have the bootstrap only."
     )
     prevalence = metrics["decision_curve"]["prevalence"]
     out.append(
@@ -213,7 +232,11 @@ def _limitations(metrics: dict[str, Any], meta: CheckpointMeta, kermany: bool) -
         )
     out.extend(flow["warnings"])
     if metrics.get("tta"):
-        out.append("Evaluated with test-time augmentation; the threshold was chosen without it.")
+        out.append(
+            "Evaluated with test-time augmentation; the threshold was chosen without it. The calibration "
+            "table's first column is then the mean of the calibrated views with the temperature taken "
+            "off its log-odds, not any output of the network."
+        )
     return out
 
 
@@ -293,6 +316,8 @@ def render_model_card(context: dict[str, Any]) -> str:
     )
     environment.filters["num"] = number
     environment.filters["ci"] = interval
+    environment.filters["boot"] = bootstrap_cell
+    environment.filters["bold"] = bold
     source = resources.files("pneumo.evaluation").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
     text = environment.from_string(source).render(**context)
     leftover = _LEFTOVER.search(text)

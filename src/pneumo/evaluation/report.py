@@ -405,8 +405,17 @@ def evaluate(
     groups = [acquisition_group(r.path) for r in kept]
     metrics = {
         **evaluation_metrics(probs, targets, model.threshold),
-        # where each threshold rule would land on resampled films: its reliability
-        "threshold_spread": threshold_spread(probs, targets, target) if targets.unique().numel() == 2 else {},
+        # where each threshold rule would land on these films' patients resampled: its reliability
+        "threshold_spread": threshold_spread(
+            probs,
+            targets,
+            target,
+            seed=options.seed,
+            patients=[patient_id(r.path) for r in kept],
+            tolerance=float(model.meta.config.get("model", {}).get("plateau_tolerance", PLATEAU_TOLERANCE)),
+        )
+        if targets.unique().numel() == 2
+        else {},
         # per file-naming family: a source or era the pooled figures can hide
         "groups": group_metrics(probs, targets, groups, model.threshold),
         "checkpoint": str(Path(ckpt_path).resolve()),

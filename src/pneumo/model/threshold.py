@@ -8,7 +8,9 @@ threshold gets the same label everywhere.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_roc
 
@@ -118,10 +120,17 @@ def plateau_middle(
     upper = float(thresholds[high])
     if low + 1 < thresholds.numel():
         lower = float(thresholds[low + 1])
-    else:  # every film positive: the plateau reaches down to 0; it is taken to end a margin below
-        lower = max(float(thresholds[low]) - CUT_OFF_MARGIN, 1e-6)
-    middle = (_logit(upper) + _logit(lower)) / 2
-    return 1.0 / (1.0 + math.exp(-middle))
+    else:
+        # every film positive: the plateau reaches down to 0; it is taken to end a margin below
+        # the lowest film, or at a tenth of its probability where that film lies below the
+        # margin (a fixed floor could lie above the film, losing it and the target)
+        lowest = float(thresholds[low])
+        if lowest <= 0:
+            return 0.0  # a film at p = 0: no threshold above 0 calls it positive
+        lower = max(lowest - CUT_OFF_MARGIN, lowest / 10)
+    middle = 1.0 / (1.0 + math.exp(-(_logit(upper) + _logit(lower)) / 2))
+    # never above the plateau's top edge (the logit is clipped at 1e-12 from 0 and 1)
+    return min(middle, upper)
 
 
 def threshold_spread(
@@ -130,22 +139,38 @@ def threshold_spread(
     target_sensitivity: float = 0.95,
     resamples: int = 200,
     seed: int = 0,
+    patients: Sequence[str] | None = None,
+    tolerance: float = PLATEAU_TOLERANCE,
 ) -> dict[str, dict[str, float]]:
-    """How far each method's threshold moves when the validation films are resampled.
+    """How far each method's threshold moves when the films given are resampled.
 
-    Bootstrap (films drawn with replacement, ``seed`` fixed): the 5th, 50th and 95th
-    percentile of the threshold ``choose_threshold`` picks, per method. A threshold that
-    another draw of the same size would move far is not one to trust on new films.
+    Bootstrap of the films given (pneumo-eval gives the films it evaluates, not the
+    validation films the stored threshold came from): ``patients`` (film ``i``'s patient id),
+    when given, are drawn with replacement with all their films, as a split draws them;
+    otherwise single films. ``seed`` fixes the draws; ``tolerance`` is the plateau rule's.
+    The 5th, 50th and 95th percentile of the threshold ``choose_threshold`` picks, per method:
+    a threshold that another draw of this size would move far is not one to trust on new
+    films. Draws holding one class only have no threshold and are left out.
     """
     generator = torch.Generator().manual_seed(seed)
-    n = targets.numel()
+    films = torch.arange(targets.numel())
+    if patients is None:
+        film_patient = films
+    else:
+        _, inverse = np.unique(np.asarray(patients, dtype=str), return_inverse=True)
+        film_patient = torch.from_numpy(inverse.astype(np.int64))
+    count = int(film_patient.max()) + 1
     picked: dict[str, list[float]] = {method: [] for method in THRESHOLD_METHODS if method != "fixed"}
     for _ in range(resamples):
-        draw = torch.randint(0, n, (n,), generator=generator)
+        chosen = torch.randint(0, count, (count,), generator=generator)
+        # each film as many times as its patient was drawn
+        draw = torch.repeat_interleave(films, torch.bincount(chosen, minlength=count)[film_patient])
         if targets[draw].unique().numel() < 2:
             continue  # one class only: no curve, no threshold to read
         for method, values in picked.items():
-            values.append(choose_threshold(probs[draw], targets[draw], method, target_sensitivity))
+            values.append(
+                choose_threshold(probs[draw], targets[draw], method, target_sensitivity, tolerance)
+            )
     quantiles = torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)
     spread = {}
     for method, values in picked.items():

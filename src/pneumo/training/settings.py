@@ -346,6 +346,27 @@ def _check_epochs(trainer: dict[str, Any]) -> None:
         )
 
 
+def _on_cpu(trainer: dict[str, Any]) -> bool:
+    """Whether the run will train on the CPU: asked for, or ``auto`` with no GPU to use."""
+    import torch
+
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if accelerator == "auto":
+        return not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    return accelerator == "cpu"
+
+
+def _check_half_precision(trainer: dict[str, Any]) -> None:
+    """``trainer.precision=16-mixed`` only where float16 runs: on a CPU Lightning would train in
+    bf16-mixed instead, saying so on stderr only, while the checkpoints recorded 16-mixed."""
+    precision = trainer.get("precision", "auto")
+    if str(precision) in ("16-mixed", "16") and _on_cpu(trainer):
+        raise PneumoError(
+            f"trainer.precision={precision} needs a GPU: on a CPU, mixed precision is bfloat16; use "
+            "trainer.precision=bf16-mixed, 32-true or auto"
+        )
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Refuse, in one line naming the key, a setting that means nothing, before any film is
     listed or decoded: wrong types (``data.image_size=big``), values out of range
@@ -366,6 +387,7 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_accelerator(plain.get("trainer") or {})
     _check_classes(plain.get("data") or {})
     _check_epochs(plain.get("trainer") or {})
+    _check_half_precision(plain.get("trainer") or {})
 
 
 def config_error(err: OmegaConfBaseException | InstantiationException) -> PneumoError:
