@@ -23,6 +23,7 @@ from pneumo.artifacts.rundir import prepare_launch, requeued_resume
 from pneumo.callbacks.interrupt import RunOutcome, end_run
 from pneumo.errors import PneumoError, exit_on_user_error
 from pneumo.training.config import instantiate_node
+from pneumo.training.cv_sweep import finished_fold, is_fold_job, mark_fold_finished, resume_fold
 from pneumo.training.fit import optimized_value, train
 from pneumo.training.settings import check_train_config, config_errors
 
@@ -68,6 +69,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 cfg.trainer.plugins = [*plugins, {"_target_": environment, "auto_requeue": requeue}]
     elif requeue:
         log.warning("slurm.requeue=true, but this is no SLURM job (SLURM_NTASKS unset): nothing to requeue")
+    # a fold of a cross-validation sweep launched again: done once, or resumed where it stopped
+    fold_job = is_fold_job(cfg, hydra_cfg.mode == RunMode.MULTIRUN)
+    if fold_job:
+        finished = finished_fold(cfg)
+        if finished is not None:
+            return finished["value"]
+        resume_fold(cfg)
     # the films are listed, none decoded: a split that cannot measure the model stops here
     # (trainer.fast_dev_run, a wiring check on one batch, measures nothing)
     if not cfg.trainer.get("fast_dev_run"):
@@ -81,7 +89,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
         raise
     # a sweep in this process goes on to its next job; a cluster job is its own process
     end_run(outcome, cfg.paths.output_dir, resume_args, in_sweep=in_process_sweep)
-    return optimized_value(cfg, results)
+    value = optimized_value(cfg, results)
+    if fold_job and outcome.stop(cfg.paths.output_dir) is None:
+        mark_fold_finished(cfg, value)
+    return value
 
 
 @exit_on_user_error
