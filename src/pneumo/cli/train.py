@@ -23,7 +23,13 @@ from pneumo.artifacts.rundir import prepare_launch, requeued_resume
 from pneumo.callbacks.interrupt import RunOutcome, end_run
 from pneumo.errors import PneumoError, exit_on_user_error
 from pneumo.training.config import instantiate_node
-from pneumo.training.cv_sweep import finished_fold, is_fold_job, mark_fold_finished, resume_fold
+from pneumo.training.cv_sweep import (
+    finished_fold,
+    is_fold_job,
+    mark_fold_finished,
+    resume_fold,
+    say_how_the_sweep_continues,
+)
 from pneumo.training.fit import optimized_value, train
 from pneumo.training.settings import check_train_config, config_errors
 
@@ -85,9 +91,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
     try:
         results = train(cfg, callbacks=[outcome], one_process_only=in_process_sweep)
     except SystemExit:  # Lightning ends a run on Ctrl-C or SIGTERM with SystemExit (status 1 or 0)
+        if fold_job:
+            say_how_the_sweep_continues(cfg, outcome)
         end_run(outcome, cfg.paths.output_dir, resume_args)
         raise
     # a sweep in this process goes on to its next job; a cluster job is its own process
+    if fold_job:
+        say_how_the_sweep_continues(cfg, outcome)
     end_run(outcome, cfg.paths.output_dir, resume_args, in_sweep=in_process_sweep)
     value = optimized_value(cfg, results)
     if fold_job and outcome.stop(cfg.paths.output_dir) is None:

@@ -25,6 +25,7 @@ from rich.table import Table
 from pneumo.artifacts.checkpoint import read_checkpoint, read_meta
 from pneumo.artifacts.output import atomic_path
 from pneumo.artifacts.rundir import RESUMABLE
+from pneumo.callbacks.interrupt import RunOutcome
 from pneumo.data.provenance import fold_differences
 from pneumo.errors import PneumoError, exit_with
 from pneumo.evaluation.cv import CV_CKPT, CV_JSON, OOF_CSV, cross_validate
@@ -90,6 +91,17 @@ def mark_fold_finished(cfg: DictConfig, value: float | None) -> None:
     }
     with atomic_path(run_dir / FINISHED) as partial:
         partial.write_text(json.dumps(record) + "\n")
+
+
+def say_how_the_sweep_continues(cfg: DictConfig, outcome: RunOutcome) -> None:
+    """A fold stopped before its schedule ended: the resume command pneumo-train prints resumes
+    it alone, outside the sweep; say how the whole cross-validation continues instead."""
+    if outcome.stop(cfg.paths.output_dir) is not None:
+        log.warning(
+            "this fold is one of a cross-validation: to continue the whole sweep (this fold from its "
+            "checkpoint, finished folds skipped), run the same command with hydra.sweep.dir=%s",
+            Path(cfg.paths.output_dir).parent,
+        )
 
 
 def print_cv(figures: dict[str, Any], sweep: Path) -> None:
