@@ -34,6 +34,8 @@ from pneumo.artifacts.output import check_folder_destination
 from pneumo.errors import PneumoError
 
 LOCK_NAME = "run.lock"
+# The checkpoints a requeued job resumes from, most recent first when both are there.
+RESUMABLE = ("interrupted.ckpt", "last.ckpt")
 
 
 def launch_rank() -> tuple[int, int]:

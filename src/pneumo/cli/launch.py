@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 
 from pneumo.artifacts.output import check_folder_destination
-from pneumo.artifacts.rundir import check_run_dir, checkpoint_run_dir, launch_rank
+from pneumo.artifacts.rundir import RESUMABLE, check_run_dir, checkpoint_run_dir, launch_rank
 from pneumo.errors import PneumoError
 
 # What a process other than rank zero adds to its command line (the last value of a key
@@ -138,8 +138,6 @@ def prepare_launch(args: list[str]) -> list[str]:
     return args
 
 
-# The checkpoints a requeued job resumes from, most recent first when both are there.
-RESUMABLE = ("interrupted.ckpt", "last.ckpt")
 
 
 def requeued_resume(args: list[str]) -> list[str]:

@@ -23,6 +23,13 @@ from pneumo.callbacks.run_outcome import RunOutcome
 from pneumo.cli.launch import prepare_launch, requeued_resume
 from pneumo.cli.stopped import end_run
 from pneumo.errors import PneumoError, exit_on_user_error
+from pneumo.training.cv_sweep import (
+    finished_fold,
+    is_fold_job,
+    mark_fold_finished,
+    resume_fold,
+    say_how_the_sweep_continues,
+)
 from pneumo.training.fit import optimized_value, train
 from pneumo.training.settings import config_errors
 
@@ -66,16 +73,30 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 cfg.trainer.plugins = [*plugins, {"_target_": environment, "auto_requeue": requeue}]
     elif requeue:
         log.warning("slurm.requeue=true, but this is no SLURM job (SLURM_NTASKS unset): nothing to requeue")
+    # a fold of a cross-validation sweep launched again: done once, or resumed where it stopped
+    fold_job = is_fold_job(cfg, hydra_cfg.mode == RunMode.MULTIRUN)
+    if fold_job:
+        finished = finished_fold(cfg)
+        if finished is not None:
+            return finished["value"]
+        resume_fold(cfg)
     outcome = RunOutcome()
     resume_args, max_time = list(hydra_cfg.overrides.task), cfg.trainer.get("max_time")
     try:
         results = train(cfg, callbacks=[outcome], one_process_only=in_process_sweep)
     except SystemExit:  # Lightning ends a run on Ctrl-C or SIGTERM with SystemExit (status 1 or 0)
+        if fold_job:
+            say_how_the_sweep_continues(cfg, outcome)
         end_run(outcome, cfg.paths.output_dir, resume_args, max_time)
         raise
     # a sweep in this process goes on to its next job; a cluster job is its own process
+    if fold_job:
+        say_how_the_sweep_continues(cfg, outcome)
     end_run(outcome, cfg.paths.output_dir, resume_args, max_time, in_sweep=in_process_sweep)
-    return optimized_value(cfg, results)
+    value = optimized_value(cfg, results)
+    if fold_job and outcome.stop(cfg.paths.output_dir) is None:
+        mark_fold_finished(cfg, value)
+    return value
 
 
 @exit_on_user_error

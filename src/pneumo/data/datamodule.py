@@ -30,6 +30,7 @@ from pneumo.data.preprocess import to_model_input, to_unit
 from pneumo.data.split import (
     check_validation_patients,
     known_patient_name,
+    patient_folds,
     patient_id,
     patient_split,
 )
@@ -61,6 +62,11 @@ class XrayDataModule(L.LightningDataModule):
 
     The settings are taken as given: pneumo-train checks them before the DataModule is built
     (``pneumo.training.settings``); what only the files can tell is checked as they are listed.
+
+    With ``folds`` (k-fold cross-validation) the training films are dealt into ``folds``
+    folds by patient, stratified by class, with ``seed`` (``split.patient_folds``); fold
+    ``fold`` validates and the others train. ``val/``, ``val_fraction`` and a manifest's
+    validation rows are then not used.
     """
 
     def __init__(
@@ -81,6 +87,8 @@ class XrayDataModule(L.LightningDataModule):
         augment: dict[str, Any] | None = None,
         seed: int = 42,
         manifest: Mapping[str, Any] | None = None,
+        folds: int | None = None,
+        fold: int | None = None,
     ) -> None:
         super().__init__()
         self.classes = list(classes)
@@ -102,6 +110,12 @@ class XrayDataModule(L.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.augment = BatchAugment(**(augment or {}))
         self.seed = seed
+        if (folds is None) != (fold is None) or (folds is not None and not 0 <= fold < folds):  # type: ignore[operator]
+            raise PneumoError(
+                f"data.folds={folds} with data.fold={fold}: give both, 0 <= data.fold < data.folds, "
+                "or neither (validation carved by data.val_fraction)"
+            )
+        self.folds, self.fold = folds, fold
         self.train_set: XrayDataset | None = None
         self._split: tuple[list[Sample], list[Sample]] | None = None
         # where the validation films come from, and their patients (manifests), for check_validation
@@ -174,6 +188,9 @@ class XrayDataModule(L.LightningDataModule):
             )
             if self._val_carved:
                 remedies = "raise data.val_fraction, or " + remedies
+        if self.folds is not None:
+            source = f"fold {self.fold} of data.folds={self.folds}"
+            remedies = "use fewer data.folds (each fold validates on patients of its own), or add patients"
         check_validation_patients([s.label for s in val], patients, self.classes, source, remedies)
 
     def _list_and_split(self) -> tuple[list[Sample], list[Sample]]:
@@ -183,6 +200,9 @@ class XrayDataModule(L.LightningDataModule):
         folders = split_dirs(self.root)
         train = scan_split(folders["train"], self.classes)
         val_dir = folders.get("val")
+        if self.folds is not None:
+            self._check_patient_names(train)
+            return self._fold_split(train, None, f"{val_dir} is not used" if val_dir else "")
         if val_dir is not None:
             val = scan_split(val_dir, self.classes)
             if len(val) >= self.min_val_images:
@@ -217,6 +237,11 @@ class XrayDataModule(L.LightningDataModule):
         train, patients = listing.split("train")
         check_split_classes(train, self.classes, "training", manifest.file)
         val, val_patients = listing.split("val")
+        if self.folds is not None:
+            if manifest.columns.patient is None:
+                self._check_patient_names(train)
+            unused = f"the {len(val)} validation rows of {manifest.file} are not used" if val else ""
+            return self._fold_split(train, patients, unused)
         if val:
             check_split_classes(val, self.classes, "validation", manifest.file)
             check_patients_apart(listing, manifest.file, "train", "val")
@@ -240,6 +265,26 @@ class XrayDataModule(L.LightningDataModule):
         )
         self._val_patients = [patients[i] for i in val_idx]
         return [train[i] for i in train_idx], [train[i] for i in val_idx]
+
+    def _fold_split(
+        self, samples: list[Sample], patients: list[str] | None, unused: str
+    ) -> tuple[list[Sample], list[Sample]]:
+        """Fold ``fold`` of ``samples`` validates, the other folds train (``patient_folds``)."""
+        assert self.folds is not None and self.fold is not None  # set together (__init__)
+        paths, labels = [s.path for s in samples], [s.label for s in samples]
+        assigned = patient_folds(paths, labels, self.folds, self.seed, patients)
+        log.info(
+            "cross-validation: fold %d of data.folds=%d validates (data.seed=%d)%s",
+            self.fold,
+            self.folds,
+            self.seed,
+            f"; {unused}" if unused else "",
+        )
+        val_index = [i for i, fold in enumerate(assigned) if fold == self.fold]
+        self._val_patients = [patients[i] if patients else patient_id(samples[i].path) for i in val_index]
+        chosen = set(val_index)
+        train = [s for i, s in enumerate(samples) if i not in chosen]
+        return train, [samples[i] for i in val_index]
 
     def _check_patient_names(self, samples: list[Sample]) -> None:
         """Say when file names carry no patient ID: each such file then counts as its own patient."""

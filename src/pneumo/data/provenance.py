@@ -35,6 +35,9 @@ SPLIT_SETTINGS = (
     "data.manifest.columns",
     "data.manifest.labels",
 )
+# Which cross-validation fold a run validates on (null: the carved split); absent from older
+# checkpoints, which count as null.
+FOLD_SETTINGS = ("data.folds", "data.fold")
 # Settings whose change would not continue the training that the checkpoint holds: weight
 # averaging keeps a second set of weights, which a resume without it would drop; best.ckpt,
 # early stopping and a plateau schedule keep their state per monitored figure.
@@ -138,6 +141,14 @@ def check_resume(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str 
                 f"changes the validation split or the preprocessing; resume with {key}={then}, or "
                 "start a new run"
             )
+    for key in FOLD_SETTINGS:
+        then, now = _printed_value(_setting(saved.config, key)), _printed_value(_setting(current.config, key))
+        if then != now:
+            raise PneumoError(
+                f"resuming {ckpt_path} with {key}={now}, but it was trained with {key}={then}: that "
+                f"changes which films validate (the cross-validation fold); resume with {key}={then}, "
+                "or start a new run"
+            )
     for key in TRAINING_STATE_SETTINGS:
         then, now = _printed_value(_setting(saved.config, key)), _printed_value(_setting(current.config, key))
         if then != now:
@@ -183,3 +194,57 @@ def _check_training_files(saved: CheckpointMeta, current: CheckpointMeta, ckpt_p
         f"trained with ({now['count']} files now, {then['count']} then, or other files or labels); "
         "resume with the same data, or start a new run"
     )
+
+
+# What may differ between the folds of one cross-validation: where things lie, how fast the
+# films load, what is logged, and the fold itself.
+FOLD_FREE_SETTINGS = (
+    "paths",
+    "ckpt_path",
+    "task_name",
+    "logger",
+    "slurm",
+    "callbacks.progress_bar",
+    "data.fold",
+    "data.root",
+    "data.manifest.file",
+    "data.num_workers",
+    "data.cache",
+    "data.cache_dir",
+)
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"a.b.c": value}``."""
+    if not isinstance(config, dict):
+        return {prefix: config}
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _own_dir_relative(flat: dict[str, Any]) -> dict[str, Any]:
+    """Settings naming a place inside the run's own directory, written relative to it."""
+    own = flat.get("paths.output_dir")
+    if not isinstance(own, str) or not own:
+        return flat
+    return {k: v.replace(own, "${paths.output_dir}") if isinstance(v, str) else v for k, v in flat.items()}
+
+
+def fold_differences(first: dict[str, Any], other: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, first's value, other's value)`` for every setting two folds of one cross-validation
+    must share but do not (all but ``FOLD_FREE_SETTINGS``); ``trainer.precision=auto`` matches
+    the precision it resolved to, and a path inside each run's own directory (``paths.output_dir``)
+    matches the same path inside the other's."""
+    a, b = _own_dir_relative(_flat(first)), _own_dir_relative(_flat(other))
+    differences = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == free or key.startswith(free + ".") for free in FOLD_FREE_SETTINGS):
+            continue
+        then, now = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if key == "trainer.precision" and "auto" in (then, now):
+            continue
+        if then != now:
+            differences.append((key, _printed_value(then), _printed_value(now)))
+    return differences

@@ -146,6 +146,47 @@ def patient_split(
     return train, sorted(val)
 
 
+def patient_folds(
+    paths: Sequence[str | Path],
+    labels: Sequence[int],
+    folds: int,
+    seed: int,
+    patients: Sequence[str] | None = None,
+) -> list[int]:
+    """Each sample's fold (0 to ``folds - 1``) for k-fold cross-validation, by patient and
+    stratified by class: every film of a patient in one fold, each class spread evenly.
+
+    Patients are grouped and take the class of most of their films, as in ``patient_split``;
+    within each class they are shuffled with ``seed`` and dealt, one at a time, to the fold
+    holding the fewest films of that class so far (the lowest-numbered on a tie). The
+    assignment depends on the films, ``folds`` and ``seed`` only, so every fold of a sweep
+    computes the same one and trains on the films of the others.
+    """
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds must be a whole number of 2 or more, got {folds!r}")
+    if patients is not None and len(patients) != len(paths):
+        raise ValueError(f"{len(patients)} patients for {len(paths)} paths")
+    by_patient: dict[str, list[int]] = defaultdict(list)
+    for index, path in enumerate(paths):
+        by_patient[patient_id(path) if patients is None else patients[index]].append(index)
+    patients_by_class: dict[int, list[str]] = defaultdict(list)
+    for patient, indices in sorted(by_patient.items()):
+        votes = [labels[i] for i in indices]
+        patients_by_class[max(set(votes), key=votes.count)].append(patient)
+    rng = random.Random(seed)
+    assignment = [0] * len(paths)
+    for label in sorted(patients_by_class):
+        members = patients_by_class[label]
+        rng.shuffle(members)
+        films = [0] * folds
+        for patient in members:
+            fold = films.index(min(films))
+            films[fold] += len(by_patient[patient])
+            for index in by_patient[patient]:
+                assignment[index] = fold
+    return assignment
+
+
 def check_validation_patients(
     labels: Sequence[int], patients: Sequence[str], classes: Sequence[str], source: str, remedies: str
 ) -> None:

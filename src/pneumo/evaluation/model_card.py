@@ -240,6 +240,13 @@ def _limitations(metrics: dict[str, Any], meta: CheckpointMeta, kermany: bool) -
     return out
 
 
+# Where a checkpoint's temperature (and threshold) were fitted, in the card's words.
+_FITTED_ON = {
+    "site": "a site's own films (pneumo-recalibrate)",
+    "out-of-fold": "the out-of-fold films of a cross-validation",
+}
+
+
 def card_context(metrics: dict[str, Any], meta: CheckpointMeta, card: dict[str, Any]) -> dict[str, Any]:
     """Everything the template shows, as plain values."""
     unknown = sorted(set(card) - set(CARD_KEYS))
@@ -280,6 +287,8 @@ def card_context(metrics: dict[str, Any], meta: CheckpointMeta, card: dict[str, 
         "positive": positive,
         "threshold": metrics["threshold_rule"],
         "temperature": meta.temperature,
+        "fitted_on": _FITTED_ON.get(str((meta.calibration or {}).get("fitted_on")), "validation"),
+        "recalibration": (meta.calibration or {}).get("recalibration"),
         "kermany": kermany,
         "training": {
             "films": train_files.get("count"),

@@ -367,6 +367,24 @@ def _check_half_precision(trainer: dict[str, Any]) -> None:
         )
 
 
+def check_folds(data: dict[str, Any]) -> None:
+    """Cross-validation's ``data.folds`` and ``data.fold``: both or neither, ``folds`` a whole
+    number of 2 or more, ``0 <= fold < folds``."""
+    folds, fold = data.get("folds"), data.get("fold")
+    if folds is None and fold is None:
+        return
+    if folds is None or fold is None:
+        given, missing = ("data.folds", "data.fold") if fold is None else ("data.fold", "data.folds")
+        raise PneumoError(
+            f"{given} is set but {missing} is not: give both (data.folds=5 data.fold=0), run every fold "
+            "with cv=5fold, or neither"
+        )
+    if not (_is_int(folds) and folds >= 2):
+        _refuse("data.folds", folds, "a whole number of folds, 2 or more (e.g. 5)")
+    if not (_is_int(fold) and 0 <= fold < folds):
+        _refuse("data.fold", fold, f"a fold number from 0 to {folds - 1} (data.folds={folds})")
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Refuse, in one line naming the key, a setting that means nothing, before any film is
     listed or decoded: wrong types (``data.image_size=big``), values out of range
@@ -388,6 +406,7 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_classes(plain.get("data") or {})
     _check_epochs(plain.get("trainer") or {})
     _check_half_precision(plain.get("trainer") or {})
+    check_folds(plain.get("data") or {})
 
 
 def config_error(err: OmegaConfBaseException | InstantiationException) -> PneumoError:

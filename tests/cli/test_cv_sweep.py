@@ -1,0 +1,87 @@
+"""cv=5fold: the folds as one sweep, out-of-fold scores, the fold ensemble, fold-by-fold resumes."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from pneumo.evaluation.cv import fold_models
+from pneumo.model.network import Ensemble
+from pneumo.serving.ensemble import BEST
+from pneumo.serving.inference import predict
+from pneumo.serving.loading import load_model
+from pneumo.serving.margins import film_margins
+from tests.helpers import FAST, SAMPLE, run_cli
+
+# three folds of the 16 bundled films (8 normal patients, 7 with pneumonia), one epoch each
+TINY = [
+    "pneumo.cli.train",
+    "-m",
+    "cv=5fold",
+    "data.folds=3",
+    "data.fold=range(3)",
+    *FAST,
+    f"data.root={SAMPLE}",
+    "trainer.max_epochs=1",
+]
+PLANTED = "PNEUMONIA/person1946_bacteria_4874.jpeg"
+
+
+def _oof(sweep) -> list[dict[str, str]]:
+    with (sweep / "oof.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.slow
+def test_a_cv_sweep_scores_every_film_out_of_fold_and_resumes_fold_by_fold(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cross-validation: 16 films of 15 patients in 3 folds" in result.stdout
+
+    # every film once, by the fold that validated on it
+    rows = _oof(sweep)
+    films = sorted(p.relative_to(SAMPLE).as_posix() for p in SAMPLE.glob("*/*.jpeg"))
+    assert sorted(r["path"] for r in rows) == films
+    models = fold_models(sweep)
+    (planted,) = [r for r in rows if r["path"] == PLANTED]
+    fold = int(planted["fold"])
+    logits = [float(film_margins(m, [SAMPLE / PLANTED])[0]) for m in models]
+    assert [PLANTED in dict(m.meta.val_files) for m in models] == [i == fold for i in range(3)]
+    assert float(planted["logit"]) == pytest.approx(logits[fold], abs=1e-5)
+    # the other folds trained on it, and score it otherwise
+    assert all(abs(logits[i] - logits[fold]) > 1e-4 for i in range(3) if i != fold)
+
+    # cv.ckpt: the folds' mean probability, at the out-of-fold temperature and threshold
+    figures = json.loads((sweep / "cv.json").read_text())
+    assert figures["films"] == 16 and len(figures["by_fold"]["auroc"]["folds"]) == 3
+    cv = load_model(sweep / "cv.ckpt")
+    assert isinstance(cv.net, Ensemble) and len(cv.net.members) == 3
+    assert cv.threshold == figures["threshold"] and cv.meta.temperature == figures["temperature"]
+    files = [SAMPLE / f for f in films]
+    mean = torch.stack([torch.sigmoid(film_margins(m, files).double()) for m in models]).mean(dim=0)
+    expected = torch.sigmoid(torch.logit(mean) / figures["temperature"])
+    served = torch.tensor([r.p_positive for r in predict(cv, files)], dtype=torch.float64)
+    assert torch.allclose(served, expected, atol=1e-5)
+
+    # launched again: the finished folds are not trained again, the figures are the same
+    trained = {p: p.stat().st_mtime_ns for p in sweep.glob(f"*/{BEST}")}
+    again = run_cli("-m", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (again.stdout + again.stderr).count("finished in an earlier launch") == 3
+    assert {p: p.stat().st_mtime_ns for p in sweep.glob(f"*/{BEST}")} == trained
+    assert _oof(sweep) == rows
+
+    # a fold stopped before it finished resumes from its own last checkpoint
+    (sweep / "fold_1" / "fold_finished.json").unlink()
+    resumed = run_cli("-m", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "fold 1 was stopped in an earlier launch: resuming" in resumed.stdout + resumed.stderr
+    assert (sweep / "fold_1" / "fold_finished.json").is_file()
+
+    # the sweep cannot go on with other folds: another data.seed deals other films
+    refused = run_cli("-m", *TINY, "data.seed=3", f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=900)
+    assert refused.returncode != 0
+    assert "trained with data.seed=42, but this launch has data.seed=3" in refused.stderr
+    assert "Traceback" not in refused.stderr
