@@ -26,3 +26,19 @@ def test_no_module_imports_itself_back_through_others():
         if graph.find_shortest_chain(importer=b, imported=a) is not None
     ]
     assert not circles, f"import circles through {circles[:3]}"
+
+
+def test_every_module_imports():
+    """A module naming one that moved or was removed fails here, not in a user's command."""
+    import importlib
+    import pkgutil
+
+    import pneumo
+
+    failed = {}
+    for module in pkgutil.walk_packages(pneumo.__path__, "pneumo."):
+        try:
+            importlib.import_module(module.name)
+        except Exception as err:  # any failure to import is the finding
+            failed[module.name] = repr(err)
+    assert not failed, failed

@@ -25,7 +25,7 @@ from rich.table import Table
 from pneumo.artifacts.checkpoint import read_checkpoint, read_meta
 from pneumo.artifacts.output import atomic_path
 from pneumo.artifacts.rundir import RESUMABLE
-from pneumo.callbacks.interrupt import RunOutcome
+from pneumo.callbacks.run_outcome import RunOutcome
 from pneumo.data.provenance import fold_differences
 from pneumo.errors import PneumoError, exit_with
 from pneumo.evaluation.cv import CV_CKPT, CV_JSON, OOF_CSV, cross_validate
