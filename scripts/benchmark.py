@@ -138,7 +138,7 @@ class EpochClock(L.Callback):
     validation time (from ``on_validation_start``, after Lightning has fetched the first
     validation batch, to ``on_validation_end``), its end.
 
-    Hydra builds the instance inside ``pneumo.cli.train.train``, so the marks are kept on the class,
+    Hydra builds the instance inside ``pneumo.training.fit.train``, so the marks are kept on the class,
     fresh for each run.
     """
 

@@ -22,6 +22,7 @@ BAD_VALUES = [
     ("data.min_val_images=-1", "data.min_val_images", "-1"),
     ("data.balance=oversample", "data.balance", "'oversample'"),
     ("data.on_bad_image=ignore", "data.on_bad_image", "'ignore'"),
+    ("data.cache=ram", "data.cache", "'ram'"),
     ("data.seed=1.5", "data.seed", "1.5"),
     ("data.classes=NORMAL", "data.classes", "'NORMAL'"),
     ("trainer.precision=8", "trainer.precision", "8"),

@@ -73,18 +73,31 @@ def open_stores(loggers: Mapping[str, Any] | None) -> None:
         if not isinstance(node, Mapping) or not str(node.get("_target_", "")).endswith("MLFlowLogger"):
             continue
         uri = str(node.get("tracking_uri") or "")
+        if uri.startswith(("http://", "https://")) and not _reachable(uri):
+            raise PneumoError(
+                f"logger.mlflow.tracking_uri={uri}: no MLflow server answers there; start it "
+                "(mlflow server ...) or log to a file store, e.g. "
+                "logger.mlflow.tracking_uri=sqlite:///outputs/mlflow.db"
+            )
         if not uri.startswith("sqlite:///"):
             continue  # a tracking server serialises its writers itself
         from mlflow.tracking import MlflowClient
 
         database = Path(uri.removeprefix("sqlite:///"))
-        database.parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{database}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-            client = MlflowClient(tracking_uri=uri)
-            name = node.get("experiment_name")
-            if name and client.get_experiment_by_name(str(name)) is None:
-                client.create_experiment(str(name), artifact_location=node.get("artifact_location"))
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+            with open(f"{database}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+                client = MlflowClient(tracking_uri=uri)
+                name = node.get("experiment_name")
+                if name and client.get_experiment_by_name(str(name)) is None:
+                    client.create_experiment(str(name), artifact_location=node.get("artifact_location"))
+        except Exception as err:  # a read-only folder, a damaged database: one line, before training
+            raise PneumoError(
+                f"logger.mlflow.tracking_uri={uri}: cannot open the MLflow store ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); point it at a folder you can write, "
+                "or use another logger (logger=tensorboard)"
+            ) from None
 
 
 def flat_params(config: Mapping[str, Any]) -> dict[str, Scalar]:
@@ -147,15 +160,22 @@ def finish_run(loggers: Sequence[Logger], results: Mapping[str, float], epoch: i
     best = {k: v for k, v in results.items() if k.startswith("best/")}
     summary = json.dumps(dict(sorted(results.items())), indent=2) + "\n"
     for logger in loggers:
-        if best:
-            logger.log_metrics(best, step=epoch)
-        if isinstance(logger, MLFlowLogger):
-            logger.experiment.log_text(logger.run_id, summary, "metrics.json")
-        elif isinstance(logger, WandbLogger):
-            _wandb_file(logger, "metrics.json", summary)
-        logger.save()
-        if isinstance(logger, WandbLogger):
-            logger.experiment.finish()
+        try:
+            if best:
+                logger.log_metrics(best, step=epoch)
+            if isinstance(logger, MLFlowLogger):
+                logger.experiment.log_text(logger.run_id, summary, "metrics.json")
+            elif isinstance(logger, WandbLogger):
+                _wandb_file(logger, "metrics.json", summary)
+            logger.save()
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
+        except Exception as err:  # the run is trained and its checkpoints written: keep it
+            log.warning(
+                "%s could not record the run's end (%s): the figures are in the checkpoints and train.log",
+                type(logger).__name__,
+                err,
+            )
 
 
 def _tensorboard_hparams(
@@ -205,19 +225,22 @@ EVALUATION_FIGURES = ("auroc", "sensitivity", "specificity")
 
 
 def evaluation_figures(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The test figures at the stored threshold with their patient-bootstrap (or Wilson)
-    intervals: ``test/auroc``, ``test/auroc_low``, ``test/auroc_high``, ... (metrics.json's)."""
+    """The evaluated figures at the stored threshold with their patient-bootstrap (or Wilson)
+    intervals, named by the split: ``test/auroc``, ``test/auroc_low``, ``test/auroc_high``, ...
+    for the test split, ``eval/val/auroc``, ... for any other (metrics.json's)."""
+    split = str(metrics.get("split", "test"))
+    prefix = "test/" if split == "test" else f"eval/{split}/"
     intervals = metrics.get("intervals") or {}
     stored = (intervals.get("at_threshold") or {}).get("figures", {})
-    figures: dict[str, float] = {"test/threshold": float(metrics["threshold"])}
+    figures: dict[str, float] = {f"{prefix}threshold": float(metrics["threshold"])}
     for name in EVALUATION_FIGURES:
         if name not in metrics:
             continue
-        figures[f"test/{name}"] = float(metrics[name])
+        figures[f"{prefix}{name}"] = float(metrics[name])
         bounds = intervals.get("auroc") if name == "auroc" else stored.get(name)
         bounds = (bounds or {}).get("bootstrap") or (bounds or {}).get("wilson")
         if bounds:
-            figures[f"test/{name}_low"], figures[f"test/{name}_high"] = map(float, bounds)
+            figures[f"{prefix}{name}_low"], figures[f"{prefix}{name}_high"] = map(float, bounds)
     return figures
 
 
@@ -244,17 +267,25 @@ def record_evaluation(
         return None
     client = MlflowClient(tracking_uri=uri)
     try:
-        run_id = client.get_run(known["run_id"]).info.run_id
-        joined = "training run"
-    except MlflowException:
-        experiment = known.get("experiment_id") or client.create_experiment("eval")
-        run_id = client.create_run(experiment, run_name=f"eval {Path(ckpt_path).name}").info.run_id
-        joined = "own run"
-    for key, value in evaluation_figures(metrics).items():
-        client.log_metric(run_id, key, value)
-    if joined == "own run":
-        client.set_terminated(run_id)
-    log.info("test figures logged to MLflow %s (%s %s)", uri, joined, run_id)
+        try:
+            run_id = client.get_run(known["run_id"]).info.run_id
+            joined = "training run"
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            experiment = known.get("experiment_id") or client.create_experiment("eval")
+            run_id = client.create_run(experiment, run_name=f"eval {Path(ckpt_path).name}").info.run_id
+            joined = "own run"
+        for key, value in evaluation_figures(metrics).items():
+            client.log_metric(run_id, key, value)
+        # which file the figures are of: evaluating best.ckpt, then last.ckpt, replaces them
+        client.set_tag(run_id, f"evaluated/{metrics.get('split', 'test')}", str(Path(ckpt_path).resolve()))
+        if joined == "own run":
+            client.set_terminated(run_id)
+    except Exception as err:  # a store that fails mid-way must not cost the evaluation
+        log.warning("MLflow store %s refused the figures (%s): they stay in metrics.json only", uri, err)
+        return None
+    log.info("evaluation figures logged to MLflow %s (%s %s)", uri, joined, run_id)
     return {"tracking_uri": uri, "run_id": run_id, "joined": joined}
 
 

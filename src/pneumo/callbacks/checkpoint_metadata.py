@@ -16,7 +16,7 @@ class CheckpointMetadata(L.Callback):
     validation, under ``checkpoint["pneumo"]`` of every checkpoint; on resume, restore them, so
     a file saved before the next validation (Ctrl-C) still carries them.
 
-    The training entry point adds it to every run (``pneumo.cli.train.build``): evaluation,
+    Training adds it to every run (``pneumo.training.build.build``): evaluation,
     prediction and export need nothing but the file.
     """
 
@@ -48,8 +48,8 @@ class CheckpointMetadata(L.Callback):
     ) -> None:
         meta = read_meta(checkpoint, "the checkpoint")
         # a resumed run goes on describing itself as the run it continues (whose split and
-        # training files the resume was checked against)
-        self.meta = meta
+        # training files the resume was checked against), made by the code and packages at hand
+        self.meta = replace(meta, versions=self.meta.versions)
         # any LightningModule that chooses a threshold (XrayClassifier) keeps these as floats
         pl_module.threshold = meta.threshold  # type: ignore[assignment]
         pl_module.temperature = meta.temperature  # type: ignore[assignment]

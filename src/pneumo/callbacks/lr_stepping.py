@@ -19,7 +19,7 @@ class EpochLRStep(L.Callback):
     step. This callback steps it in ``on_train_epoch_end``, which Lightning calls before the
     checkpoint callbacks, and sets each epoch schedule's frequency out of Lightning's reach.
     A plateau schedule steps only after an epoch that validated, on its fresh figure.
-    The training entry point adds it to every run (``pneumo.cli.train.build``).
+    Training adds it to every run (``pneumo.training.build.build``).
     """
 
     def __init__(self) -> None:

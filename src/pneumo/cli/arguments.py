@@ -1,10 +1,8 @@
-"""What every command checks before it works: its flags, and pneumo-train's settings.
-
-Flags are read by small typed validators (``probability``, ``positive_int``, ...) given to
-argparse as ``type=``: a value that means nothing (``--threshold 1.5``, ``--batch-size 0``,
-``nan``) is refused by ``ArgumentParser`` in one line on stderr with exit status 2, before a
-checkpoint is loaded or a film read. ``check_train_config`` applies the same rules to
-pneumo-train's config values before any film is decoded.
+"""The commands' flags, read by small typed validators (``probability``, ``positive_int``, ...)
+given to argparse as ``type=``: a value that means nothing (``--threshold 1.5``,
+``--batch-size 0``, ``nan``) is refused by ``ArgumentParser`` in one line on stderr with exit
+status 2, before a checkpoint is loaded or a film read. pneumo-train's config values are
+checked in ``pneumo.training.settings``.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ status that tells a finished run from a stopped one."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import signal
@@ -93,8 +94,10 @@ def end_run(
     message = stop_message(stop, resume_args, max_time)
     if outcome.rank_zero:
         drop_requeue_copies(stop)
-        print(message, file=sys.stderr, flush=True)
+        # the log first: after SIGHUP the terminal is gone, and writing to it fails (EIO)
         _to_log_files(message)
+        with contextlib.suppress(OSError):
+            print(message, file=sys.stderr, flush=True)
     if in_sweep and stop.signal is None:
         return
     raise SystemExit(exit_code(stop))

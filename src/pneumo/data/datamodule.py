@@ -110,11 +110,6 @@ class XrayDataModule(L.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.augment = BatchAugment(**(augment or {}))
         self.seed = seed
-        if (folds is None) != (fold is None) or (folds is not None and not 0 <= fold < folds):  # type: ignore[operator]
-            raise PneumoError(
-                f"data.folds={folds} with data.fold={fold}: give both, 0 <= data.fold < data.folds, "
-                "or neither (validation carved by data.val_fraction)"
-            )
         self.folds, self.fold = folds, fold
         self.train_set: XrayDataset | None = None
         self._split: tuple[list[Sample], list[Sample]] | None = None

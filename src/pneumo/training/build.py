@@ -51,19 +51,33 @@ def resolve_precision(cfg: DictConfig) -> None:
 VERSIONED = ("torch", "torchvision", "lightning", "pneumo")
 
 
-def code_versions() -> dict[str, str]:
-    """The versions of ``VERSIONED`` installed here and, when pneumo runs from a git checkout,
-    its commit (``git_commit``; absent otherwise, or without git)."""
-    versions = {name: importlib.metadata.version(name) for name in VERSIONED}
+def _installed(name: str) -> str:
+    """A package's installed version, or ``unknown`` (pneumo run from a checkout, uninstalled)."""
     try:
-        head = subprocess.run(
-            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        versions["git_commit"] = head.stdout.strip()
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _git(package: Path, *args: str) -> str:
+    """The output of ``git args`` run in ``package``'s folder (raises when git cannot answer)."""
+    done = subprocess.run(
+        ["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10, check=True
+    )
+    return done.stdout.strip()
+
+
+def code_versions() -> dict[str, str]:
+    """The versions of ``VERSIONED`` installed here and, when pneumo runs from its own git
+    checkout, its commit (``git_commit``, with ``+dirty`` when files differ from it); absent
+    for an installed wheel, even one inside another repository, or without git."""
+    versions = {name: _installed(name) for name in VERSIONED}
+    package = Path(__file__).resolve().parents[1]  # src/pneumo
+    try:
+        top = Path(_git(package, "rev-parse", "--show-toplevel")).resolve()
+        if package.is_relative_to(top) and (top / "src" / "pneumo") == package:
+            dirty = _git(top, "status", "--porcelain", "--untracked-files=no")
+            versions["git_commit"] = _git(top, "rev-parse", "HEAD") + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass  # an installed wheel, or no git: the package versions say what they can
     return versions

@@ -143,9 +143,9 @@ class RunIdentity(L.Callback):
         if not trainer.is_global_zero:
             return
         ids = start_run(trainer.loggers, self.params, self.config_yaml, self.figures)
-        if ids:
-            holder = next(c for c in trainer.callbacks if isinstance(c, CheckpointMetadata))  # type: ignore[attr-defined]
-            holder.meta = replace(holder.meta, trackers=ids)
+        # this run's trackers, or none: a resume without them must not point at the old run
+        holder = next(c for c in trainer.callbacks if isinstance(c, CheckpointMetadata))  # type: ignore[attr-defined]
+        holder.meta = replace(holder.meta, trackers=ids or None)
 
 
 # the figures at the threshold the run ships

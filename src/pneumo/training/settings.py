@@ -28,7 +28,9 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pneumo.data.cache import CACHE_MODES
 from pneumo.data.datamodule import BALANCE_MODES, MAX_IMAGE_SIZE
+from pneumo.data.dataset import DEFAULT_CLASSES
 from pneumo.data.preprocess import MIN_SIDE
 from pneumo.data.split import HOLDOUTS
 from pneumo.errors import PneumoError
@@ -179,6 +181,13 @@ RULES: tuple[Rule, ...] = (
     Rule("data.min_val_images", _whole(0), "0 or more"),
     Rule("data.balance", _one_of(*BALANCE_MODES), _choices(BALANCE_MODES), quoted=True),
     Rule("data.on_bad_image", _one_of("skip", "fail"), "skip or fail", quoted=True),
+    # true / false: older configs' auto / off, which YAML also reads `off` as
+    Rule(
+        "data.cache",
+        lambda v: isinstance(v, bool) or v in CACHE_MODES,
+        _choices(CACHE_MODES),
+        quoted=True,
+    ),
     Rule("data.seed", _is_int, "a whole number"),
     # trainer: Lightning's Trainer arguments (the accelerator is checked against this machine)
     Rule(
@@ -319,9 +328,7 @@ def _check_accelerator(trainer: dict[str, Any]) -> None:
 
 def _check_classes(data: dict[str, Any]) -> None:
     """Two class folder names, one of them the positive class."""
-    classes = data.get("classes", _ABSENT)
-    if classes is _ABSENT:
-        return
+    classes = data.get("classes", list(DEFAULT_CLASSES))
     if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
         _refuse(
             "data.classes",
