@@ -265,8 +265,8 @@ def record_evaluation(
     except ImportError:
         log.warning("the checkpoint names an MLflow run; pip install 'pneumo[mlflow]' to log to it")
         return None
-    client = MlflowClient(tracking_uri=uri)
     try:
+        client = MlflowClient(tracking_uri=uri)
         try:
             run_id = client.get_run(known["run_id"]).info.run_id
             joined = "training run"
