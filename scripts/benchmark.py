@@ -24,7 +24,17 @@ A mode may carry variants, joined by "+": compile (model.compile=--compile-backe
 by default, with an empty compile cache, so the first epoch pays what a first run pays), bf16
 (bf16 autocast in training; pneumo validates in float32) and films (--images drawn with repetition
 from the full-resolution films of --films, which the plain loop decodes every epoch and pneumo
-once). Modes without +bf16 run at --precision, without +compile eagerly.
+once). Modes without +bf16 run at --precision, without +compile eagerly. Two variants take a
+number: +threadsN (N intra-op threads instead of --threads) and +batchN (batch size N instead
+of --batch-size), e.g. model_bound+bf16+batch64; a mode with several variants is also compared
+with itself without its last one.
+
+The machine's limit, measured first in the launching process: the dense matmul rate
+(2048 x 2048 products, fp32 and bf16, the median of five after two warm-ups) and one training
+image's FLOPs (forward and backward of pneumo's ResNet18, counted by FlopCounterMode). Each
+training mode's images/s x FLOPs per image / the matmul rate in its precision is its fraction
+of that limit ("of limit"): 1 would be every FLOP at matmul speed, which convolutions,
+BatchNorm and pointwise work do not reach, so it is an upper bound, not a target.
 
 Per mode: train images/s over the last epoch (training images / its wall time), the same
 without that epoch's validation ("no-val": training images / (epoch - validation), which keeps
@@ -42,12 +52,14 @@ import argparse
 import json
 import os
 import random
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +74,9 @@ DEFAULT_MODES = (
     "pneumo+bf16,baseline+films,pneumo+films,predict,startup"
 )
 VARIANTS = ("compile", "bf16", "films")
+# variants with a number: +threadsN (torch's intra-op threads), +batchN (the batch size)
+NUMBERED_VARIANTS = re.compile(r"(threads|batch)([1-9][0-9]*)")
+MATMUL_SIZE = 2048  # large enough that the matmul runs at the library's full rate
 SAMPLE_SECONDS = 0.5  # a sample costs a few ms of one core
 
 
@@ -192,6 +207,67 @@ def timings(
         "startup_s": first_batch - started,
         "run_s": end - started,
     }
+
+
+# -- the machine's limit --------------------------------------------------------------------
+def matmul_gflops(
+    device: str,
+    dtype: torch.dtype,
+    size: int = MATMUL_SIZE,
+    repeats: int = 5,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """The machine's dense matmul rate in GFLOP/s: the median of ``repeats`` timed ``size`` x
+    ``size`` products in ``dtype`` (bf16 runs on AMX or tensor cores where there are any), after
+    two untimed ones that warm the library's kernels and caches."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    seconds = []
+    for index in range(repeats + 2):
+        synchronized_time(device)
+        start = clock()
+        a @ b
+        synchronized_time(device)
+        elapsed = clock() - start
+        if index >= 2:
+            seconds.append(elapsed)
+    return 2 * size**3 / statistics.median(seconds) / 1e9
+
+
+def training_flops_per_image(image_size: int, batch: int = 2) -> float:
+    """FLOPs of one training image at ``image_size``: forward and backward of the ResNet18 as
+    pneumo builds it (channels-last), as ``FlopCounterMode`` counts them: convolutions and matrix
+    products. BatchNorm, pointwise work and the optimiser step are not counted (a few % of the
+    total), so the limit they set is the matmul units', an upper bound."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pneumo.model.network import resnet18_classifier
+
+    net = resnet18_classifier().train()
+    images = torch.randn(batch, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter:
+        net(images).sum().backward()
+    return counter.get_total_flops() / batch
+
+
+def machine_limit(device: str, image_size: int) -> dict[str, float]:
+    """The dense matmul rate in fp32 and bf16 and one training image's FLOPs: together, the
+    images/s the machine's arithmetic would allow if every FLOP ran at matmul speed."""
+    return {
+        "matmul_gflops_fp32": matmul_gflops(device, torch.float32),
+        "matmul_gflops_bf16": matmul_gflops(device, torch.bfloat16),
+        "train_gflop_per_image": training_flops_per_image(image_size) / 1e9,
+    }
+
+
+def mode_precision(mode: str, precision: str) -> str:
+    """The precision ``mode`` trains in: bf16 with +bf16 or --precision bf16, fp32 otherwise."""
+    return "bf16" if "bf16" in parse_mode(mode)[1] or precision == "bf16" else "fp32"
+
+
+def limit_fraction(images_per_s: float, limit: dict[str, float], precision: str) -> float:
+    """``images_per_s`` as a fraction of the images/s the machine's matmul rate in
+    ``precision`` ("fp32" or "bf16") allows: images/s x FLOPs per image / FLOP/s."""
+    return images_per_s * limit["train_gflop_per_image"] / limit[f"matmul_gflops_{precision}"]
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -419,11 +495,11 @@ MODES = {
 def parse_mode(name: str) -> tuple[str, list[str]]:
     """``pneumo+compile+bf16`` -> ("pneumo", ["compile", "bf16"]); SystemExit for unknown parts."""
     base, *variants = name.split("+")
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if v not in VARIANTS and not NUMBERED_VARIANTS.fullmatch(v)]
     if base not in MODES or unknown:
         raise SystemExit(
             f"error: --modes: {name!r} is not a mode; use one of {', '.join(MODES)}, "
-            f"optionally with +{'/+'.join(VARIANTS)}"
+            f"optionally with +{'/+'.join(VARIANTS)}/+threadsN/+batchN"
         )
     return base, variants
 
@@ -437,6 +513,10 @@ def with_variants(args: argparse.Namespace, variants: list[str]) -> argparse.Nam
         changed.precision = "bf16"
     if "films" in variants:
         changed.data = args.films
+    for variant in variants:
+        if numbered := NUMBERED_VARIANTS.fullmatch(variant):
+            what, number = numbered.groups()
+            setattr(changed, "threads" if what == "threads" else "batch_size", int(number))
     return changed
 
 
@@ -445,6 +525,7 @@ def run_mode(args: argparse.Namespace) -> dict:
     base, variants = parse_mode(args.only)
     mode_args = with_variants(args, variants)
     mode_args.mode_name = args.only
+    torch.set_num_threads(mode_args.threads)
     L.seed_everything(args.seed, workers=True)  # the plain loops start where pneumo does
     with PeakMemory() as memory:
         result = MODES[base](mode_args)
@@ -483,6 +564,8 @@ def ratios(results: dict[str, dict]) -> dict[str, float]:
             no_val_pairs.append((mode, f"model_bound{suffix}"))
         if variants:
             pairs.append((mode, base))
+        if len(variants) > 1:  # model_bound+bf16+batch64 against model_bound+bf16
+            pairs.append((mode, mode.rsplit("+", 1)[0]))
     return {
         **{f"{a}/{b}": rate[a] / rate[b] for a, b in pairs if a in rate and b in rate},
         **{
@@ -493,30 +576,50 @@ def ratios(results: dict[str, dict]) -> dict[str, float]:
     }
 
 
-def compile_payoff(results: dict[str, dict], mode: str = "pneumo") -> dict[str, float | None]:
-    """The images (epochs x images per epoch) after which compiling ``mode`` has paid for itself."""
-    plain, compiled = results.get(mode), results.get(f"{mode}+compile")
-    if not plain or not compiled:
+def compile_payoff(results: dict[str, dict], compiled: str) -> dict[str, float | None]:
+    """The images (epochs x images per epoch) after which the ``compiled`` mode (one with
+    +compile) has paid for itself against the same mode run eagerly. pneumo+compile's keys are
+    plain, any other's name the mode."""
+    eager = "+".join(part for part in compiled.split("+") if part != "compile")
+    plain, fast = results.get(eager), results.get(compiled)
+    if not plain or not fast:
         return {}
-    cost = compiled["epoch_s"][0] - plain["epoch_s"][0]
-    saved_per_image = 1 / plain["images_per_s"] - 1 / compiled["images_per_s"]
+    cost = fast["epoch_s"][0] - plain["epoch_s"][0]
+    saved_per_image = 1 / plain["images_per_s"] - 1 / fast["images_per_s"]
+    named = "" if compiled == "pneumo+compile" else f" {compiled}"
     return {
-        "compile_first_epoch_extra_s": cost,
-        "compile_break_even_images": cost / saved_per_image if saved_per_image > 0 else None,
+        f"compile_first_epoch_extra_s{named}": cost,
+        f"compile_break_even_images{named}": cost / saved_per_image if saved_per_image > 0 else None,
     }
 
 
-def print_report(settings: dict, results: dict[str, dict], summary: dict) -> None:
-    """One row per mode, then the ratios, then everything as one JSON line."""
+def limit_fractions(results: dict[str, dict], limit: dict[str, float], precision: str) -> None:
+    """Add to each training mode's figures its images/s as a fraction of the machine's limit in
+    the mode's precision (``limit_fraction``)."""
+    for mode, figures in results.items():
+        if figures.get("images_per_s") and "epoch_s" in figures:
+            figures["machine_limit_fraction"] = limit_fraction(
+                figures["images_per_s"], limit, mode_precision(mode, precision)
+            )
+
+
+def print_report(settings: dict, limit: dict[str, float], results: dict[str, dict], summary: dict) -> None:
+    """The machine's limit, one row per mode, then the ratios, then everything as one JSON line."""
 
     def cell(value: Any, width: int, fmt: str = ".1f") -> str:
         return f"{value:{width}{fmt}}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
 
     print(f"settings: {json.dumps(settings)}")
+    per_image = limit["train_gflop_per_image"]
+    rates = {p: limit[f"matmul_gflops_{p}"] for p in ("fp32", "bf16")}
+    print(
+        f"machine limit: a training image {per_image:.2f} GFLOP (forward + backward); dense matmul "
+        + ", ".join(f"{p} {r:.0f} GFLOP/s ({r / per_image:.0f} images/s)" for p, r in rates.items())
+    )
     print(
         f"{'mode':<22} {'img/s':>7} {'no-val':>7} {'epoch s':>8} {'val s':>6} {'1st ep s':>8} "
         f"{'startup s':>9} {'run s':>7} "
-        f"{'PSS MB':>7} {'main MB':>7} {'val auroc':>9}"
+        f"{'PSS MB':>7} {'main MB':>7} {'val auroc':>9} {'of limit':>8}"
     )
     for mode, r in results.items():
         last = r["epoch_s"][-1] if "epoch_s" in r else None
@@ -525,11 +628,12 @@ def print_report(settings: dict, results: dict[str, dict], summary: dict) -> Non
             f"{mode:<22} {cell(r.get('images_per_s'), 7)} {cell(r.get('no_val_images_per_s'), 7)} "
             f"{cell(last, 8)} {cell(r['val_s'][-1] if r.get('val_s') else None, 6)} {cell(first, 8)} "
             f"{cell(r.get('startup_s'), 9)} {cell(r.get('run_s'), 7)} {cell(r.get('peak_pss_mb'), 7, '.0f')} "
-            f"{cell(r.get('main_rss_mb'), 7, '.0f')} {cell(r.get('val_auroc'), 9, '.4f')}"
+            f"{cell(r.get('main_rss_mb'), 7, '.0f')} {cell(r.get('val_auroc'), 9, '.4f')} "
+            f"{cell(r.get('machine_limit_fraction'), 8, '.3f')}"
         )
     for name, value in summary.items():
         print(f"{name}: {value:.2f}" if isinstance(value, float) else f"{name}: {value}")
-    print(json.dumps({"settings": settings, "results": results, **summary}))
+    print(json.dumps({"settings": settings, "machine_limit": limit, "results": results, **summary}))
 
 
 def compile_setting(backend: str) -> str:
@@ -593,10 +697,13 @@ def main(argv: list[str]) -> None:
     if args.only:
         print(json.dumps(run_mode(args)))
         return
+    # measured first, before the modes' processes warm or load the machine
+    limit = machine_limit(args.device, args.image_size)
     results = {}
     for mode in args.modes.split(","):
         print(f"running {mode} ...", file=sys.stderr, flush=True)
         results[mode] = run_in_child(mode, argv)
+    limit_fractions(results, limit, args.precision)
     settings = {
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
         "torch": torch.__version__,
@@ -606,13 +713,16 @@ def main(argv: list[str]) -> None:
         },
         **{k: getattr(args, k) for k in ("epochs", "seed", "threads", "workers", "pneumo_workers")},
     }
-    summary = {**ratios(results), **compile_payoff(results)}
+    summary = ratios(results)
+    for mode in results:
+        if "compile" in parse_mode(mode)[1]:
+            summary.update(compile_payoff(results, mode))
     for variant in ("compile", "bf16"):
         if f"pneumo+{variant}" in results and "pneumo" in results:
             got, plain = results[f"pneumo+{variant}"]["val_auroc"], results["pneumo"]["val_auroc"]
             if got is not None and plain is not None:
                 summary[f"val_auroc pneumo+{variant} - pneumo"] = got - plain
-    print_report(settings, results, summary)
+    print_report(settings, limit, results, summary)
 
 
 if __name__ == "__main__":

@@ -131,3 +131,78 @@ def test_cuda_without_a_gpu_is_one_clear_line(capsys):
     with pytest.raises(SystemExit) as stopped:
         benchmark.parse_args(["--device", "cuda", "--data", str(SAMPLE)])
     assert stopped.value.code == 2 and "sees no CUDA GPU" in capsys.readouterr().err
+
+
+# -- the machine's limit: its arithmetic, fast and without training ----------------------------
+LIMIT = {"matmul_gflops_fp32": 350.0, "matmul_gflops_bf16": 2100.0, "train_gflop_per_image": 3.5}
+
+
+def test_a_training_image_costs_three_forward_passes_but_the_first_layers_input_gradient():
+    from torchvision.models import ResNet18_Weights
+
+    # torchvision's published cost of a ResNet18 forward pass at 224 px, in multiply-adds
+    forward = 2 * ResNet18_Weights.IMAGENET1K_V1.meta["_ops"] * 1e9
+    # the backward pass costs two forwards, less the gradient of the images, which nothing needs:
+    # the first convolution's, 112 x 112 outputs x 64 channels x 3 x 7 x 7 multiply-adds
+    first_conv_input_gradient = 2 * 112 * 112 * 64 * 3 * 7 * 7
+    flops = benchmark.training_flops_per_image(224)
+    assert flops == pytest.approx(3 * forward - first_conv_input_gradient, rel=2e-3)
+    # convolutions scale with the pixels; only the 2-class head does not
+    assert benchmark.training_flops_per_image(448) / flops == pytest.approx(4.0, rel=1e-4)
+
+
+def test_matmul_rate_is_the_median_timed_product_after_the_warm_ups():
+    # each product's start and end by a stand-in clock: two warm-ups (100 s each, not counted),
+    # then products of 1, 4 and 2 s, whose median is 2 s
+    ticks = iter([0.0, 100.0, 100.0, 200.0, 200.0, 201.0, 201.0, 205.0, 205.0, 207.0])
+    rate = benchmark.matmul_gflops("cpu", torch.float32, size=100, repeats=3, clock=lambda: next(ticks))
+    assert rate == pytest.approx(2 * 100**3 / 2.0 / 1e9)
+
+
+def test_a_mode_is_a_fraction_of_the_limit_in_its_own_precision():
+    assert benchmark.limit_fraction(50.0, LIMIT, "fp32") == pytest.approx(0.5)  # 175 of 350 GFLOP/s
+    assert benchmark.limit_fraction(120.0, LIMIT, "bf16") == pytest.approx(0.2)  # 420 of 2100
+    assert benchmark.mode_precision("model_bound+bf16+batch64", "32") == "bf16"
+    assert benchmark.mode_precision("pneumo", "32") == "fp32"
+    assert benchmark.mode_precision("pneumo", "bf16") == "bf16"  # --precision bf16 (a GPU's run)
+    results = {
+        "model_bound": {"images_per_s": 50.0, "epoch_s": [1.0, 1.0]},
+        "model_bound+bf16": {"images_per_s": 120.0, "epoch_s": [1.0, 1.0]},
+        "predict": {"images_per_s": 100.0},  # inference on full-resolution films: no training FLOPs
+    }
+    benchmark.limit_fractions(results, LIMIT, "32")
+    assert results["model_bound"]["machine_limit_fraction"] == pytest.approx(0.5)
+    assert results["model_bound+bf16"]["machine_limit_fraction"] == pytest.approx(0.2)
+    assert "machine_limit_fraction" not in results["predict"]
+
+
+def test_numbered_variants_set_threads_and_batch_size_and_compare_with_the_mode_without_them():
+    args = benchmark.parse_args(["--data", str(SAMPLE), "--modes", "model_bound+bf16+batch64+threads1"])
+    base, variants = benchmark.parse_mode("model_bound+bf16+batch64+threads1")
+    changed = benchmark.with_variants(args, variants)
+    assert base == "model_bound" and changed.batch_size == 64 and changed.threads == 1
+    assert changed.precision == "bf16" and args.batch_size == 32
+    for wrong in ("model_bound+batch0", "model_bound+threads", "model_bound+batch64x"):
+        with pytest.raises(SystemExit, match="is not a mode"):
+            benchmark.parse_mode(wrong)
+    ratios = benchmark.ratios(
+        {"model_bound+bf16": {"images_per_s": 100.0}, "model_bound+bf16+batch64": {"images_per_s": 110.0}}
+    )
+    assert ratios["model_bound+bf16+batch64/model_bound+bf16"] == pytest.approx(1.1)
+
+
+def test_compile_payoff_of_any_mode_against_the_same_mode_eager():
+    results = {
+        "model_bound+bf16": {"images_per_s": 100.0, "epoch_s": [10.0, 10.0]},
+        # 50 s more in the first epoch, then 1/100 - 1/125 = 0.002 s saved an image
+        "model_bound+bf16+compile": {"images_per_s": 125.0, "epoch_s": [60.0, 8.0]},
+        "pneumo": {"images_per_s": 50.0, "epoch_s": [20.0, 20.0]},
+        "pneumo+compile": {"images_per_s": 40.0, "epoch_s": [50.0, 25.0]},  # slower: never pays
+    }
+    payoff = benchmark.compile_payoff(results, "model_bound+bf16+compile")
+    assert payoff["compile_first_epoch_extra_s model_bound+bf16+compile"] == pytest.approx(50.0)
+    assert payoff["compile_break_even_images model_bound+bf16+compile"] == pytest.approx(25000.0)
+    assert benchmark.compile_payoff(results, "pneumo+compile") == {
+        "compile_first_epoch_extra_s": 30.0,
+        "compile_break_even_images": None,
+    }
