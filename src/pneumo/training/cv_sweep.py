@@ -104,6 +104,15 @@ def say_how_the_sweep_continues(cfg: DictConfig, outcome: RunOutcome) -> None:
         )
 
 
+def _quoted(figure: dict[str, Any]) -> str:
+    """A pooled figure with the interval its ``quote`` rule names (``statistics.interval_to_quote``):
+    Wilson where the patient bootstrap collapses or rests on few patients, the bootstrap otherwise."""
+    method = str(figure.get("quote", "bootstrap"))
+    low, high = figure[method]
+    name = "patient bootstrap" if method == "bootstrap" else "Wilson"
+    return f"{figure['estimate']:.4f} [{low:.4f}, {high:.4f}] {name}"
+
+
 def print_cv(figures: dict[str, Any], sweep: Path) -> None:
     """The folds' figures at the out-of-fold threshold, their spread, and the pooled figures."""
     by_fold, pooled = figures["by_fold"], figures["pooled"]
@@ -113,7 +122,10 @@ def print_cv(figures: dict[str, Any], sweep: Path) -> None:
             f"{figures['folds']} folds, threshold {figures['threshold']:.3f} (temperature "
             f"{figures['temperature']:.3f}) chosen on all of them"
         ),
-        caption="optimistic at the threshold: it was chosen on these out-of-fold films",
+        caption=(
+            "optimistic, not a held-out estimate: each fold's best epoch and the threshold were chosen "
+            "on these out-of-fold films"
+        ),
     )
     for column in ("fold", "AUROC", "sensitivity", "specificity", "its own threshold (log-odds)"):
         table.add_column(column, justify="right")
@@ -133,11 +145,8 @@ def print_cv(figures: dict[str, Any], sweep: Path) -> None:
         f"{stored['mean']:+.3f} ({stored['sd']:.3f})",
     )
     table.add_row(
-        "pooled [95 % patient bootstrap]",
-        *(
-            f"{pooled[k]['estimate']:.4f} [{pooled[k]['bootstrap'][0]:.4f}, {pooled[k]['bootstrap'][1]:.4f}]"
-            for k in ("auroc", "sensitivity", "specificity")
-        ),
+        "pooled [95 % interval]",
+        *(_quoted(pooled[k]) for k in ("auroc", "sensitivity", "specificity")),
         f"{figures['threshold_logit']:+.3f}",
     )
     Console(width=160).print(table)
