@@ -32,6 +32,7 @@ import torch
 from pneumo.artifacts.checkpoint import AtomicCheckpointIO
 from pneumo.artifacts.output import atomic_path
 from pneumo.data.dataset import Sample
+from pneumo.data.manifest import Manifest, load_manifest
 from pneumo.data.provenance import files_fingerprint, fold_differences, validation_samples
 from pneumo.data.split import patient_id
 from pneumo.errors import PneumoError
@@ -115,12 +116,27 @@ def fold_models(sweep: str | Path) -> list[LoadedModel]:
     return [by_fold[i] for i in range(folds)]
 
 
+def manifest_patients(model: LoadedModel) -> dict[str, str]:
+    """Each film's patient as the run's manifest gives it (its patient column, else the file
+    name), by path relative to the manifest's folder; empty for a run on class folders, whose
+    patients come from the file names (``split.patient_id``)."""
+    manifest = Manifest.from_config(model.meta.config.get("data", {}).get("manifest"))
+    if manifest is None:
+        return {}
+    listing = load_manifest(manifest, model.meta.classes)
+    return {
+        Path(s.path).relative_to(manifest.folder).as_posix(): patient
+        for s, patient in zip(listing.samples, listing.patients)
+    }
+
+
 def out_of_fold(models: Sequence[LoadedModel], root: str | Path | None = None) -> list[OutOfFold]:
     """Every training film scored by the fold model that validated on it (``film_margins``),
     under ``root`` (default: where the first fold's config says the data lie). The folds'
     validation films must not overlap, and together be every film the folds trained on."""
     first = models[0]
     root = Path(root) if root is not None else recorded_root(first)
+    patients = manifest_patients(first)
     rows: list[OutOfFold] = []
     seen: dict[str, int] = {}
     for fold, model in enumerate(models):
@@ -133,16 +149,24 @@ def out_of_fold(models: Sequence[LoadedModel], root: str | Path | None = None) -
         margins = film_margins(model, [s.path for s in samples])
         for (path, name), sample, margin in zip(model.meta.val_files, samples, margins.tolist()):
             positive = int(sample.label == model.positive_index)
-            rows.append(OutOfFold(path, patient_id(path), fold, name, positive, margin))
-    for model in models:
-        trained = (model.meta.train_files or {}).get("count")
-        validated = len(model.meta.val_files or [])
-        if trained is not None and trained + validated != len(rows):
+            rows.append(OutOfFold(path, patients.get(path) or patient_id(path), fold, name, positive, margin))
+    classes = first.meta.classes
+    for fold, model in enumerate(models):
+        trained = model.meta.train_files
+        outside = [r for r in rows if r.fold != fold]
+        if trained is not None and oof_fingerprint(outside, classes) != trained:
             raise PneumoError(
-                f"{model.path} trained on {trained} films and validated on {validated}, "
-                f"but the folds validate on {len(rows)} in all: the folds do not cover the same films"
+                f"{model.path} trained on {trained.get('count')} films that are not the {len(outside)} films "
+                "the other folds validate on: the folds do not cover the same films; train them again into "
+                "one sweep folder"
             )
     return rows
+
+
+def oof_fingerprint(rows: Sequence[OutOfFold], classes: Sequence[str]) -> dict[str, Any]:
+    """``provenance.files_fingerprint`` of the films of ``rows``, as a run records its training files."""
+    samples = [Sample(Path(r.path), list(classes).index(r.label)) for r in rows]
+    return files_fingerprint(samples, Path("."), classes)
 
 
 def write_oof(rows: Sequence[OutOfFold], path: str | Path) -> None:
@@ -221,7 +245,6 @@ def write_cv_checkpoint(
     """``cv.ckpt``: the fold models averaged (``network.Ensemble``), serving the out-of-fold
     temperature and threshold. It records no validation films: every film trained some member."""
     first = models[0]
-    samples = [Sample(Path(r.path), first.meta.classes.index(r.label)) for r in rows]
     # no fold validates: data.fold cleared (data.folds kept, to rebuild the films they trained on)
     config = copy.deepcopy(first.meta.config)
     if isinstance(config.get("data"), dict):
@@ -231,7 +254,7 @@ def write_cv_checkpoint(
         config=config,
         threshold=figures["threshold"],
         val_files=[],
-        train_files=files_fingerprint(samples, Path("."), first.meta.classes),
+        train_files=oof_fingerprint(rows, first.meta.classes),
         calibration={
             "method": "temperature",
             "temperature": figures["temperature"],
