@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from pneumo.evaluation.cv import fold_models
 from pneumo.model.network import Ensemble
@@ -12,6 +13,7 @@ from pneumo.serving.ensemble import BEST
 from pneumo.serving.inference import predict
 from pneumo.serving.loading import load_model
 from pneumo.serving.margins import film_margins
+from pneumo.training.cv_sweep import CrossValidationSweep, print_cv
 from tests.helpers import FAST, SAMPLE, run_cli
 
 # three folds of the 16 bundled films (8 normal patients, 7 with pneumonia), one epoch each
@@ -85,3 +87,55 @@ def test_a_cv_sweep_scores_every_film_out_of_fold_and_resumes_fold_by_fold(tmp_p
     assert refused.returncode != 0
     assert "trained with data.seed=42, but this launch has data.seed=3" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def _sweep_config(task: list[str], params: dict[str, str], folds: int):
+    return OmegaConf.create(
+        {"hydra": {"overrides": {"task": task}, "sweeper": {"params": params}}, "data": {"folds": folds}}
+    )
+
+
+@pytest.mark.parametrize(
+    ("task", "params", "folds"),
+    [
+        (["data.folds=3"], {"data.fold": "range(5)"}, 3),  # the preset's five folds, three dealt
+        (["data.fold=range(2)"], {"data.fold": "range(5)"}, 5),  # two of five
+        (["data.fold=0,0,1,2,3"], {}, 5),  # a fold twice, one missing
+    ],
+)
+def test_a_sweep_whose_folds_are_not_every_fold_once_is_refused(task, params, folds, capsys):
+    with pytest.raises(SystemExit) as stop:
+        CrossValidationSweep().on_multirun_start(_sweep_config(task, params, folds))
+    assert stop.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"data.folds={folds} sweeps data.fold over" in line and f"data.fold=range({folds})" in line
+
+
+def test_a_sweep_of_every_fold_once_starts():
+    CrossValidationSweep().on_multirun_start(_sweep_config(["data.folds=3", "data.fold=range(3)"], {}, 3))
+    CrossValidationSweep().on_multirun_start(_sweep_config([], {"data.fold": "range(5)"}, 5))
+
+
+def test_the_printed_table_quotes_the_interval_the_rule_names(tmp_path, capsys):
+    spread = {"mean": 0.9, "sd": 0.01, "folds": [0.9, 0.9]}
+    figure = {"estimate": 1.0, "bootstrap": [1.0, 1.0], "wilson": [0.8389, 1.0], "quote": "wilson"}
+    figures = {
+        "films": 40,
+        "patients": 20,
+        "folds": 2,
+        "threshold": 0.5,
+        "temperature": 1.0,
+        "threshold_logit": 0.0,
+        "by_fold": {k: spread for k in ("auroc", "sensitivity", "specificity")},
+        "fold_thresholds": {"logit": spread},
+        "pooled": {
+            "auroc": {"estimate": 0.95, "bootstrap": [0.9, 0.99]},
+            "sensitivity": figure,
+            "specificity": {**figure, "quote": "bootstrap", "bootstrap": [0.7, 0.95]},
+        },
+    }
+    print_cv(figures, tmp_path)
+    out = capsys.readouterr().out
+    assert "1.0000 [0.8389, 1.0000] Wilson" in out and "[1.0000, 1.0000]" not in out
+    assert "1.0000 [0.7000, 0.9500] boot." in out
+    assert "not a held-out estimate" in out

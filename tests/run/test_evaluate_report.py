@@ -289,10 +289,13 @@ def test_a_model_listing_the_classes_in_the_other_order_is_compared(tmp_path, ti
 def test_gradcam_of_the_errors_is_refused_for_an_ensemble(tmp_path, trained_ckpt):
     from pneumo.serving.ensemble import make_ensemble
 
-    members = []
-    for name in ("a.ckpt", "b.ckpt"):
-        members.append(tmp_path / name)
-        shutil.copy(trained_ckpt, members[-1])
+    members = [tmp_path / "a.ckpt", tmp_path / "b.ckpt"]
+    shutil.copy(trained_ckpt, members[0])
+    # a second model: the same one with its last layer's bias moved (a plain copy is refused)
+    checkpoint = torch.load(trained_ckpt, map_location="cpu", weights_only=True)
+    for key in [k for k in checkpoint["state_dict"] if k.endswith("fc.bias")]:
+        checkpoint["state_dict"][key] = checkpoint["state_dict"][key] + 0.01
+    torch.save(checkpoint, members[1])
     make_ensemble(members, tmp_path / "ensemble.ckpt", data_root=SAMPLE)
     with pytest.raises(PneumoError, match=r"ensemble of 2 models.*Grad-CAM \(cam=true\)"):
         evaluate(

@@ -1,6 +1,7 @@
 """pneumo-recalibrate: a checkpoint's temperature and threshold fitted again on a site's films."""
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ from pneumo.errors import PneumoError
 from pneumo.evaluation.recalibrate import MIN_PATIENTS_PER_CLASS, recalibrate
 from pneumo.evaluation.report import evaluate
 from pneumo.serving.loading import load_model
+from pneumo.serving.margins import film_margins
 from pneumo.training.fit import train
-from tests.helpers import FAST, SAMPLE, SHARED_TRAIN, make_cfg, needs_shared
+from tests.helpers import FAST, SAMPLE, SHARED_TRAIN, make_cfg, needs_shared, sample_files
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +86,55 @@ def test_recalibration_on_shifted_films_moves_the_threshold_and_records_it(check
     evaluate(str(tmp_path / "site.ckpt"), str(site.parent), "site", tmp_path / "eval")
     card = (tmp_path / "eval" / "model_card.md").read_text()
     assert "**Recalibrated**" in card and "fitted on a site's own films (pneumo-recalibrate)" in card
+
+
+def _tiny_site(root: Path, patients: int = MIN_PATIENTS_PER_CLASS) -> Path:
+    """``root/site/CLASS/*``: one film for each of ``patients`` patients a class, made from the
+    bundled films, each a little brighter than the last so that no two share their bytes."""
+    names = {"NORMAL": "IM-{:04d}-0001.jpeg", "PNEUMONIA": "person{:d}_bacteria_1.jpeg"}
+    for label, name in names.items():
+        (root / "site" / label).mkdir(parents=True)
+        films = sample_files(label)
+        for i in range(patients):
+            image = Image.open(films[i % len(films)]).convert("L").resize((64, 64))
+            image = ImageEnhance.Brightness(image).enhance(1 + 0.01 * i)
+            image.save(root / "site" / label / name.format(100 + i))
+    return root / "site"
+
+
+def test_a_recalibrated_checkpoint_scored_on_its_own_site_films_is_flagged_in_sample(checkpoint, tmp_path):
+    site = _tiny_site(tmp_path)
+    record = recalibrate(checkpoint, site, tmp_path / "site.ckpt")
+    assert len(record["films_sha256"]) == 2 * MIN_PATIENTS_PER_CLASS
+    recalibrated = load_model(tmp_path / "site.ckpt")
+    assert recalibrated.meta.trackers is None
+
+    metrics = evaluate(str(tmp_path / "site.ckpt"), str(tmp_path), "site", tmp_path / "own")
+    assert metrics["flow"]["overlap"]["recalibration"]["films"] == 2 * MIN_PATIENTS_PER_CLASS
+    assert any("in-sample" in line for line in metrics["flow"]["warnings"])
+    origin = metrics["threshold_rule"]
+    assert origin["chosen_on"] == "site" and str(site.resolve()) in origin["where"]
+    card = (tmp_path / "own" / "model_card.md").read_text()
+    assert "refitted on a site's films" in card and "Validation films (threshold" not in card
+
+    # other films of the same source are not flagged
+    other = evaluate(str(tmp_path / "site.ckpt"), str(SAMPLE.parent), "sample", tmp_path / "other")
+    assert other["flow"]["overlap"]["recalibration"]["films"] == 0
+    assert not any("in-sample" in line for line in other["flow"]["warnings"])
+
+
+def test_a_temperature_the_site_cannot_fit_keeps_the_source_one_and_says_so(checkpoint, tmp_path):
+    # the site's labels follow the network's own scores: the classes do not overlap, so no
+    # temperature can be fitted on them
+    pool = _tiny_site(tmp_path / "pool")
+    films = sorted(pool.glob("*/*.jpeg"))
+    source = load_model(checkpoint)
+    order = film_margins(source, films).argsort().tolist()
+    for rank, index in enumerate(order):
+        label = "NORMAL" if rank < len(films) // 2 else "PNEUMONIA"
+        (tmp_path / "site" / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(films[index], tmp_path / "site" / label / f"person{rank}_bacteria_1.jpeg")
+    record = recalibrate(checkpoint, tmp_path / "site", tmp_path / "site.ckpt")
+    assert record["temperature"]["fit"].startswith("not refitted: ")
+    assert record["temperature"]["after"] == source.meta.temperature
+    assert load_model(tmp_path / "site.ckpt").meta.temperature == source.meta.temperature

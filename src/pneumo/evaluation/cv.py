@@ -6,12 +6,17 @@ train on it scores it once (``out_of_fold``): ``oof.csv``. The temperature and t
 (the runs' own rule) are fitted on all these films together, several times the films one
 carved validation split holds; ``cv.json`` gives the figures at that operating point, pooled
 with patient-bootstrap intervals and fold by fold with their mean and standard deviation.
+
+These figures are optimistic, not a held-out estimate: each fold's ``best.ckpt`` (and its early
+stop) was chosen by ``val/auroc`` on the very films ``oof.csv`` scores, and the temperature and
+threshold are fitted on them too.
 ``cv.ckpt`` averages the fold models (``network.Ensemble``) and serves the out-of-fold
 temperature and threshold.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -27,6 +32,7 @@ import torch
 from pneumo.artifacts.checkpoint import AtomicCheckpointIO
 from pneumo.artifacts.output import atomic_path
 from pneumo.data.dataset import Sample
+from pneumo.data.manifest import Manifest, load_manifest
 from pneumo.data.provenance import files_fingerprint, fold_differences, validation_samples
 from pneumo.data.split import patient_id
 from pneumo.errors import PneumoError
@@ -44,6 +50,13 @@ CV_JSON = "cv.json"
 CV_CKPT = "cv.ckpt"
 # The figures given per fold, with their spread, and pooled with intervals.
 CV_FIGURES = ("auroc", "sensitivity", "specificity")
+# What the out-of-fold figures are: each film is scored by a model that did not train on it,
+# but that model's epoch was chosen on it.
+OPTIMISTIC = (
+    "optimistic, not a held-out estimate: each fold's best.ckpt (and its early stop) was chosen by "
+    "val/auroc on the very films oof.csv scores, and the temperature and threshold were fitted on them; "
+    "each film is scored by a model that did not train on it"
+)
 
 
 @dataclass(frozen=True)
@@ -103,12 +116,27 @@ def fold_models(sweep: str | Path) -> list[LoadedModel]:
     return [by_fold[i] for i in range(folds)]
 
 
+def manifest_patients(model: LoadedModel) -> dict[str, str]:
+    """Each film's patient as the run's manifest gives it (its patient column, else the file
+    name), by path relative to the manifest's folder; empty for a run on class folders, whose
+    patients come from the file names (``split.patient_id``)."""
+    manifest = Manifest.from_config(model.meta.config.get("data", {}).get("manifest"))
+    if manifest is None:
+        return {}
+    listing = load_manifest(manifest, model.meta.classes)
+    return {
+        Path(s.path).relative_to(manifest.folder).as_posix(): patient
+        for s, patient in zip(listing.samples, listing.patients)
+    }
+
+
 def out_of_fold(models: Sequence[LoadedModel], root: str | Path | None = None) -> list[OutOfFold]:
     """Every training film scored by the fold model that validated on it (``film_margins``),
     under ``root`` (default: where the first fold's config says the data lie). The folds'
     validation films must not overlap, and together be every film the folds trained on."""
     first = models[0]
     root = Path(root) if root is not None else recorded_root(first)
+    patients = manifest_patients(first)
     rows: list[OutOfFold] = []
     seen: dict[str, int] = {}
     for fold, model in enumerate(models):
@@ -121,16 +149,24 @@ def out_of_fold(models: Sequence[LoadedModel], root: str | Path | None = None) -
         margins = film_margins(model, [s.path for s in samples])
         for (path, name), sample, margin in zip(model.meta.val_files, samples, margins.tolist()):
             positive = int(sample.label == model.positive_index)
-            rows.append(OutOfFold(path, patient_id(path), fold, name, positive, margin))
-    for model in models:
-        trained = (model.meta.train_files or {}).get("count")
-        validated = len(model.meta.val_files or [])
-        if trained is not None and trained + validated != len(rows):
+            rows.append(OutOfFold(path, patients.get(path) or patient_id(path), fold, name, positive, margin))
+    classes = first.meta.classes
+    for fold, model in enumerate(models):
+        trained = model.meta.train_files
+        outside = [r for r in rows if r.fold != fold]
+        if trained is not None and oof_fingerprint(outside, classes) != trained:
             raise PneumoError(
-                f"{model.path} trained on {trained} films and validated on {validated}, "
-                f"but the folds validate on {len(rows)} in all: the folds do not cover the same films"
+                f"{model.path} trained on {trained.get('count')} films that are not the {len(outside)} films "
+                "the other folds validate on: the folds do not cover the same films; train them again into "
+                "one sweep folder"
             )
     return rows
+
+
+def oof_fingerprint(rows: Sequence[OutOfFold], classes: Sequence[str]) -> dict[str, Any]:
+    """``provenance.files_fingerprint`` of the films of ``rows``, as a run records its training files."""
+    samples = [Sample(Path(r.path), list(classes).index(r.label)) for r in rows]
+    return files_fingerprint(samples, Path("."), classes)
 
 
 def write_oof(rows: Sequence[OutOfFold], path: str | Path) -> None:
@@ -199,10 +235,7 @@ def cv_figures(
             "temperatures": [m.meta.temperature for m in models],
         },
         "bootstrap": boot.describe(),
-        "note": (
-            "the temperature and threshold are chosen on these same out-of-fold films, so the "
-            "figures at the threshold are optimistic; each film is scored by a model that did not train on it"
-        ),
+        "note": OPTIMISTIC,
     }
 
 
@@ -212,12 +245,16 @@ def write_cv_checkpoint(
     """``cv.ckpt``: the fold models averaged (``network.Ensemble``), serving the out-of-fold
     temperature and threshold. It records no validation films: every film trained some member."""
     first = models[0]
-    samples = [Sample(Path(r.path), first.meta.classes.index(r.label)) for r in rows]
+    # no fold validates: data.fold cleared (data.folds kept, to rebuild the films they trained on)
+    config = copy.deepcopy(first.meta.config)
+    if isinstance(config.get("data"), dict):
+        config["data"]["fold"] = None
     meta = replace(
         first.meta,
+        config=config,
         threshold=figures["threshold"],
         val_files=[],
-        train_files=files_fingerprint(samples, Path("."), first.meta.classes),
+        train_files=oof_fingerprint(rows, first.meta.classes),
         calibration={
             "method": "temperature",
             "temperature": figures["temperature"],

@@ -55,6 +55,12 @@ def list_split_files(meta: CheckpointMeta, ckpt_path: str | Path, root: Path, sp
     """The films of ``split``: ``val`` is exactly the files the run validated on; any other split
     is the folder ``root/split``, read as training reads folders (stray non-image files are
     skipped, and listed)."""
+    if split == "val" and is_cross_validation(meta):
+        raise PneumoError(
+            f"{ckpt_path} averages the folds of a cross-validation and has no validation films (every "
+            "film trained some member): read its out-of-fold figures in oof.csv and cv.json beside it, "
+            "or evaluate it on films outside train/ (data.split=test)"
+        )
     if split == "val":
         samples = validation_samples(meta, root, ckpt_path)
         return SplitFiles(samples, f"the {len(samples)} validation files recorded in the checkpoint")
@@ -148,6 +154,11 @@ class TrainingFiles:
     how: str
 
 
+def is_cross_validation(meta: CheckpointMeta) -> bool:
+    """Whether the checkpoint is a cross-validation's fold ensemble (``cv.ckpt``)."""
+    return isinstance(meta.ensemble, dict) and "cross_validation" in meta.ensemble
+
+
 def rebuild_training_files(meta: CheckpointMeta, roots: Sequence[Path]) -> TrainingFiles:
     """The run's training files, listed as training listed them, under each of ``roots`` in turn,
     kept only where their fingerprint is the one the checkpoint records."""
@@ -157,6 +168,10 @@ def rebuild_training_files(meta: CheckpointMeta, roots: Sequence[Path]) -> Train
     from pneumo.data.datamodule import XrayDataModule
 
     data = meta.config.get("data", {}) if isinstance(meta.config.get("data"), dict) else {}
+    # a fold run trained on the other folds; a cross-validation's ensemble (cv.ckpt) on them all
+    cross_validation = is_cross_validation(meta)
+    folds = data.get("folds") if isinstance(data.get("folds"), int) else None
+    fold = 0 if cross_validation and folds is not None else data.get("fold") if folds is not None else None
     tried: list[str] = []
     for root in dict.fromkeys(roots):  # each once, in order
         try:
@@ -170,8 +185,12 @@ def rebuild_training_files(meta: CheckpointMeta, roots: Sequence[Path]) -> Train
                     min_val_images=int(data.get("min_val_images", 100)),
                     seed=int(data.get("seed", meta.config.get("seed", 42))),
                     manifest=data.get("manifest"),
+                    folds=folds,
+                    fold=fold,
                 )
-                train, _ = datamodule.split_samples()
+                train, val = datamodule.split_samples()
+                if cross_validation:
+                    train = train + val  # every film of train/ trained some member
         except (PneumoError, OSError, ValueError, TypeError) as err:
             tried.append(f"{root} ({printable(str(err))[:120]})")
             continue
@@ -208,7 +227,7 @@ def _resolvable(meta: CheckpointMeta, roots: Sequence[Path]) -> list[Path]:
     return []
 
 
-def _content(path: str | Path) -> str | None:
+def film_sha256(path: str | Path) -> str | None:
     """A film's SHA-256, or None when it cannot be read (it is then reported elsewhere)."""
     try:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -222,10 +241,10 @@ def identical_films(evaluated: Sequence[Sample], others: Sequence[str | Path]) -
     which reads names, cannot see it."""
     theirs: dict[str, str] = {}
     for path in others:
-        digest = _content(path)
+        digest = film_sha256(path)
         if digest is not None:
             theirs.setdefault(digest, str(path))
-    pairs = [(str(s.path), theirs[d]) for s in evaluated if (d := _content(s.path)) in theirs]
+    pairs = [(str(s.path), theirs[d]) for s in evaluated if (d := film_sha256(s.path)) in theirs]
     return {
         "identical_films": len(pairs),
         "identical_examples": [f"{mine} = {other}" for mine, other in pairs[:EXAMPLES]],
@@ -240,6 +259,37 @@ def _identical_warning(found: dict[str, Any], whose: str) -> list[str]:
         f"{found['identical_films']} evaluated films are byte-identical to the checkpoint's {whose} films "
         f"under other names, e.g. {'; '.join(found['identical_examples'][:2])}: remove them from the "
         "evaluated split, these figures are not a held-out measurement"
+    ]
+
+
+def _recalibration_overlap(
+    meta: CheckpointMeta, evaluated: Sequence[Sample]
+) -> tuple[dict[str, Any], list[str]] | None:
+    """For a checkpoint recalibrated on a site's films: which evaluated films are among them, by
+    content (the record keeps each film's SHA-256), with a warning when any are; None otherwise."""
+    record = (meta.calibration or {}).get("recalibration")
+    if not isinstance(record, dict):
+        return None
+    digests = record.get("films_sha256")
+    if not isinstance(digests, list):
+        return {"checked": False, "how": "the recalibration record predates recorded film digests"}, [
+            "could not check these films against the films the threshold and temperature were refitted on "
+            f"({record.get('site')}): the recalibration record predates recorded film digests"
+        ]
+    fitted, site = set(digests), record.get("site")
+    inside = [str(s.path) for s in evaluated if film_sha256(s.path) in fitted]
+    found = {
+        "checked": True,
+        "how": f"by content against the {len(fitted)} films pneumo-recalibrate fitted on ({site})",
+        "films": len(inside),
+        "examples": inside[:EXAMPLES],
+    }
+    if not inside:
+        return found, []
+    return found, [
+        f"{len(inside)} of the evaluated films, e.g. {', '.join(inside[:2])}, are among the films the "
+        f"threshold and temperature were fitted on ({site}, pneumo-recalibrate): in-sample, these "
+        "figures are not a held-out measurement"
     ]
 
 
@@ -273,6 +323,10 @@ def overlap_report(
                 f"checkpoint's training patients, e.g. {', '.join(shared['examples'])}: these figures "
                 "are not a held-out measurement"
             )
+    recalibrated = _recalibration_overlap(meta, evaluated)
+    if recalibrated is not None:
+        report["recalibration"], warning = recalibrated
+        warnings += warning
     if split == "val":
         report["validation"] = {
             "checked": False,

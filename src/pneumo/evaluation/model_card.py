@@ -184,6 +184,23 @@ def _split_rule(meta: CheckpointMeta) -> str:
     )
 
 
+def _fitted_limitation(origin: dict[str, Any]) -> str:
+    """Which films the operating point was fitted on, and what that means for these figures."""
+    exploratory = "figures at 0.5 and the decision curve are exploratory."
+    if origin["chosen_on"] == "site":
+        return (
+            "The threshold and the calibration were refitted on a site's films (pneumo-recalibrate), not on "
+            "the run's validation films; evaluated on those same films they are in-sample; " + exploratory
+        )
+    if origin["chosen_on"] == "out-of-fold":
+        return (
+            "The threshold and the calibration were fitted on the out-of-fold probabilities of single fold "
+            "models, not of this averaged ensemble, whose own operating point nothing held out has measured; "
+            + exploratory
+        )
+    return "The threshold and the calibration were chosen on the validation films; " + exploratory
+
+
 def _limitations(metrics: dict[str, Any], meta: CheckpointMeta, kermany: bool) -> list[str]:
     """What the figures cannot show, from this evaluation's own numbers."""
     flow = metrics["flow"]
@@ -219,10 +236,7 @@ def _limitations(metrics: dict[str, Any], meta: CheckpointMeta, kermany: bool) -
         f"Precision, NPV and net benefit depend on prevalence: this split's is {prevalence:.3f}, far from "
         "that of most clinical settings; sensitivity, specificity and AUROC do not."
     )
-    out.append(
-        "The threshold and the calibration were chosen on the validation films; figures at 0.5 and the "
-        "decision curve are exploratory."
-    )
+    out.append(_fitted_limitation(metrics["threshold_rule"]))
     overlap = flow["overlap"]
     if not overlap["training"]["checked"]:
         out.append(

@@ -23,6 +23,7 @@ from pneumo.artifacts.checkpoint import AtomicCheckpointIO, read_checkpoint
 from pneumo.data.dataset import scan_split
 from pneumo.data.split import patient_id
 from pneumo.errors import PneumoError
+from pneumo.evaluation.flow import film_sha256
 from pneumo.evaluation.statistics import wilson
 from pneumo.model.calibration import apply_temperature, fit_temperature
 from pneumo.model.metrics import confusion_counts
@@ -79,7 +80,13 @@ def recalibrate(ckpt: str | Path, data: str | Path, out: str | Path) -> dict[str
         )
     margins = film_margins(model, [s.path for s in samples]).double()
     positive = torch.tensor([int(s.label == model.positive_index) for s in samples])
-    temperature = fit_temperature(margins, positive)
+    temperature, refitted = fit_temperature(margins, positive), "refitted"
+    if temperature == 1.0:  # fit_temperature's answer when the films do not pin a temperature down
+        temperature = model.meta.temperature
+        refitted = (
+            "not refitted: the site's films do not pin a temperature down (the classes do not overlap, "
+            "or the fit sharpens to its bound); the source's is kept"
+        )
     probs = apply_temperature(margins, temperature)
     rule = shared_settings(model.meta)
     threshold = choose_threshold(
@@ -96,9 +103,11 @@ def recalibrate(ckpt: str | Path, data: str | Path, out: str | Path) -> dict[str
         "source": str(ckpt),
         "films": len(samples),
         "films_by_class": dict(films),
+        # each film's SHA-256, sorted: pneumo-eval warns when it scores any of them (in-sample)
+        "films_sha256": sorted({film_sha256(s.path) or "" for s in samples} - {""}),
         "patients_by_class": counts,
         "rule": {key.removeprefix("model."): rule[key] for key in rule if key.startswith("model.")},
-        "temperature": {"before": model.meta.temperature, "after": temperature},
+        "temperature": {"before": model.meta.temperature, "after": temperature, "fit": refitted},
         "threshold": {"before": model.threshold, "after": threshold},
         "before": _operating_point(before, positive, model.threshold),
         "after": _operating_point(probs, positive, threshold),
@@ -112,6 +121,8 @@ def recalibrate(ckpt: str | Path, data: str | Path, out: str | Path) -> dict[str
         "recalibration": record,
     }
     checkpoint = read_checkpoint(ckpt)
-    checkpoint["pneumo"] = replace(model.meta, threshold=threshold, calibration=calibration).as_dict()
+    # trackers None: the new checkpoint must not log into the source's training run
+    meta = replace(model.meta, threshold=threshold, calibration=calibration, trackers=None)
+    checkpoint["pneumo"] = meta.as_dict()
     AtomicCheckpointIO().save_checkpoint(checkpoint, out)
     return record

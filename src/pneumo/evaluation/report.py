@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,41 @@ _RULES = {
 }
 
 
+def _counts(by_class: dict[str, Any]) -> str:
+    return ", ".join(f"{n} {c}" for c, n in by_class.items())
+
+
+def _chosen_where(
+    meta: CheckpointMeta, method: str, val: Sequence[Sequence[str]], by_class: dict[str, int]
+) -> tuple[str | None, str]:
+    """Which films the threshold and temperature were fitted on (``validation``, ``site``,
+    ``out-of-fold``, or None for a fixed rule) and, in words, how: read from the checkpoint's
+    calibration record, since pneumo-recalibrate and a cross-validation refit them elsewhere."""
+    calibration = meta.calibration or {}
+    fitted_on = calibration.get("fitted_on")
+    site = calibration.get("recalibration")
+    if fitted_on == "site" and isinstance(site, dict):
+        patients = site.get("patients_by_class") or {}
+        return "site", (
+            f"by pneumo-recalibrate on the network's calibrated probabilities of the {site.get('films')} "
+            f"films ({_counts(site.get('films_by_class') or {})}) of {sum(patients.values())} patients "
+            f"({_counts(patients)}) in the site folder {site.get('site')}, not on validation films"
+        )
+    if method == "fixed":
+        return None, "by rule, not on data"
+    if fitted_on == "out-of-fold":
+        return "out-of-fold", (
+            f"on the out-of-fold single-model probabilities of {calibration.get('films')} training films "
+            "of a cross-validation (each scored by the fold model that did not train on it, at the epoch "
+            "chosen on it), not on validation films: this checkpoint has none"
+        )
+    what = "the ensemble's averaged" if meta.ensemble is not None else "the network's"
+    return "validation", (
+        f"on {what} calibrated probabilities of the {len(val)} validation films "
+        f"({_counts(by_class)}) at the epoch the checkpoint was saved"
+    )
+
+
 def threshold_origin(meta: CheckpointMeta) -> dict[str, Any]:
     """Where the stored threshold came from: the rule (``model.threshold_method`` of the run's
     config), its parameters, the films it was chosen on and its value."""
@@ -139,14 +175,7 @@ def threshold_origin(meta: CheckpointMeta) -> dict[str, Any]:
         parameters["plateau_tolerance"] = float(model_cfg.get("plateau_tolerance", PLATEAU_TOLERANCE))
     val = meta.val_files or []
     by_class = {name: sum(1 for _, c in val if c == name) for name in meta.classes}
-    chosen_on = None if method == "fixed" else "validation"
-    what = "the ensemble's averaged" if meta.ensemble is not None else "the network's"
-    where = (
-        "by rule, not on data"
-        if chosen_on is None
-        else f"on {what} calibrated probabilities of the {len(val)} validation films "
-        f"({', '.join(f'{n} {c}' for c, n in by_class.items())}) at the epoch the checkpoint was saved"
-    )
+    chosen_on, where = _chosen_where(meta, method, val, by_class)
     return {
         "value": meta.threshold,
         "rule": method,

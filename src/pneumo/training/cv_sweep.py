@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
@@ -26,11 +27,13 @@ from pneumo.artifacts.checkpoint import read_checkpoint, read_meta
 from pneumo.artifacts.output import atomic_path
 from pneumo.artifacts.rundir import RESUMABLE
 from pneumo.callbacks.run_outcome import RunOutcome
-from pneumo.data.provenance import fold_differences
+from pneumo.data.datamodule import XrayDataModule
+from pneumo.data.provenance import files_fingerprint, fold_differences
 from pneumo.errors import PneumoError, exit_with
 from pneumo.evaluation.cv import CV_CKPT, CV_JSON, OOF_CSV, cross_validate
+from pneumo.evaluation.statistics import FEW_PATIENTS
 from pneumo.serving.ensemble import BEST
-from pneumo.training.config import plain
+from pneumo.training.config import instantiate_node, plain
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +54,23 @@ def finished_fold(cfg: DictConfig) -> dict[str, Any] | None:
     marker, best = run_dir / FINISHED, run_dir / BEST
     if not (marker.is_file() and best.is_file()):
         return None
-    saved = read_meta(read_checkpoint(best), best).config
-    differences = fold_differences(saved, plain(cfg))
+    saved = read_meta(read_checkpoint(best), best)
+    differences = fold_differences(saved.config, plain(cfg))
     if differences:
         key, then, now = differences[0]
         raise PneumoError(
             f"{run_dir} holds fold {cfg.data.fold} of a cross-validation trained with {key}={then}, but this "
             f"launch has {key}={now}: launch the sweep with the settings it had, or into a new folder "
             "(hydra.sweep.dir=NEW)"
+        )
+    datamodule: XrayDataModule = instantiate_node(cfg.data)
+    train, _ = datamodule.split_samples()
+    listed = files_fingerprint(train, datamodule.root, datamodule.classes)
+    if saved.train_files is not None and listed != saved.train_files:
+        raise PneumoError(
+            f"{run_dir} holds fold {cfg.data.fold} trained on {saved.train_files.get('count')} films, but "
+            f"this launch lists another {listed['count']} for it (the data changed): launch the sweep into a "
+            "new folder (hydra.sweep.dir=NEW)"
         )
     log.info("fold %s finished in an earlier launch (%s): not trained again", cfg.data.fold, best)
     return dict(json.loads(marker.read_text()))
@@ -104,6 +116,15 @@ def say_how_the_sweep_continues(cfg: DictConfig, outcome: RunOutcome) -> None:
         )
 
 
+def _quoted(figure: dict[str, Any]) -> str:
+    """A pooled figure with the interval its ``quote`` rule names (``statistics.interval_to_quote``):
+    Wilson where the patient bootstrap collapses or rests on few patients, the bootstrap otherwise."""
+    method = str(figure.get("quote", "bootstrap"))
+    low, high = figure[method]
+    name = "boot." if method == "bootstrap" else "Wilson"
+    return f"{figure['estimate']:.4f} [{low:.4f}, {high:.4f}] {name}"
+
+
 def print_cv(figures: dict[str, Any], sweep: Path) -> None:
     """The folds' figures at the out-of-fold threshold, their spread, and the pooled figures."""
     by_fold, pooled = figures["by_fold"], figures["pooled"]
@@ -113,7 +134,11 @@ def print_cv(figures: dict[str, Any], sweep: Path) -> None:
             f"{figures['folds']} folds, threshold {figures['threshold']:.3f} (temperature "
             f"{figures['temperature']:.3f}) chosen on all of them"
         ),
-        caption="optimistic at the threshold: it was chosen on these out-of-fold films",
+        caption=(
+            "optimistic, not a held-out estimate: each fold's best epoch and the threshold were chosen "
+            "on these out-of-fold films; intervals: boot. the patient bootstrap, Wilson where it collapses "
+            f"or a class has {FEW_PATIENTS} patients or fewer"
+        ),
     )
     for column in ("fold", "AUROC", "sensitivity", "specificity", "its own threshold (log-odds)"):
         table.add_column(column, justify="right")
@@ -133,11 +158,8 @@ def print_cv(figures: dict[str, Any], sweep: Path) -> None:
         f"{stored['mean']:+.3f} ({stored['sd']:.3f})",
     )
     table.add_row(
-        "pooled [95 % patient bootstrap]",
-        *(
-            f"{pooled[k]['estimate']:.4f} [{pooled[k]['bootstrap'][0]:.4f}, {pooled[k]['bootstrap'][1]:.4f}]"
-            for k in ("auroc", "sensitivity", "specificity")
-        ),
+        "pooled [95 % interval]",
+        *(_quoted(pooled[k]) for k in ("auroc", "sensitivity", "specificity")),
         f"{figures['threshold_logit']:+.3f}",
     )
     Console(width=160).print(table)
@@ -177,6 +199,18 @@ def write_cross_validation(sweep: Path) -> bool:
     return True
 
 
+def swept_folds(config: DictConfig, overrides: list[Override]) -> list[Any]:
+    """The ``data.fold`` values the sweep runs: the command line's, else ``hydra.sweeper.params``'."""
+    given = [o for o in overrides if o.key_or_group == "data.fold"]
+    if not given:
+        value = (config.hydra.sweeper.get("params") or {}).get("data.fold")
+        if value is None:
+            return []
+        given = OverridesParser.create().parse_overrides([f"data.fold={value}"])
+    fold = given[-1]
+    return list(fold.sweep_iterator()) if fold.is_sweep_override() else [fold.value()]
+
+
 class CrossValidationSweep(Callback):
     """The end of a ``cv=5fold`` sweep: ``oof.csv``, ``cv.json`` and ``cv.ckpt`` in the sweep folder.
 
@@ -196,6 +230,14 @@ class CrossValidationSweep(Callback):
                 PneumoError(
                     f"cv=5fold sweeps data.fold alone, and this sweep also varies {', '.join(swept)}: "
                     "run one cross-validation a setting, each its own command"
+                )
+            )
+        folds, values = config.data.get("folds"), swept_folds(config, overrides)
+        if folds is not None and sorted(values) != list(range(int(folds))):
+            exit_with(
+                PneumoError(
+                    f"cv=5fold with data.folds={folds} sweeps data.fold over {values}: every fold must run "
+                    f"once, data.fold=range({folds})"
                 )
             )
         if any(o.key_or_group == "ckpt_path" for o in overrides):
