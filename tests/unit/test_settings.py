@@ -74,8 +74,14 @@ def test_a_bad_value_is_refused_in_one_line_naming_its_key_and_the_fix(tmp_path,
 
 
 def test_every_checked_key_has_a_bad_value_above():
-    tried = {key for _, key, _ in BAD_VALUES} | {key for _, key, _ in SCHEDULE_VALUES}
+    tried = {key for _, key, _ in BAD_VALUES} | {key for _, key, _ in SCHEDULE_VALUES} | {"search.n_trials"}
     assert {rule.key for rule in RULES} <= tried
+
+
+def test_a_search_of_no_trial_is_refused(tmp_path):
+    said = r"^search.n_trials=0 is not valid: use a number of trials, 1 or more"
+    with pytest.raises(PneumoError, match=said):
+        check_train_config(make_cfg(tmp_path / "run", [*FAST, "search.n_trials=0"], config_name="search"))
 
 
 def test_the_classes_must_hold_the_positive_class(tmp_path):

@@ -93,10 +93,10 @@ def validation_samples(meta: CheckpointMeta, root: str | Path, ckpt_path: str | 
     assert val_files is not None  # refuse_unrecorded stops otherwise
     missing = [path for path, _ in val_files if not (root / path).is_file()]
     if missing:
-        manifest = _setting(meta.config, "data.manifest.file")
+        manifest = config_value(meta.config, "data.manifest.file")
         where = (
             "the data the run was trained on"
-            if manifest in (None, _ABSENT)
+            if manifest in (None, ABSENT)
             else f"the folder of the run's manifest ({manifest}): its paths are relative to it"
         )
         raise PneumoError(
@@ -106,22 +106,22 @@ def validation_samples(meta: CheckpointMeta, root: str | Path, ckpt_path: str | 
     return [Sample(root / path, meta.classes.index(name)) for path, name in val_files]
 
 
-_ABSENT = object()
+ABSENT = object()
 
 
-def _setting(config: dict[str, Any], key: str) -> Any:
-    """The value at dotted ``key`` of a resolved config, or ``_ABSENT``."""
+def config_value(config: dict[str, Any], key: str) -> Any:
+    """The value at dotted ``key`` of a resolved config, or ``ABSENT`` where it has no such key."""
     node: Any = config
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return _ABSENT
+            return ABSENT
         node = node[part]
     return node
 
 
 def _printed_value(value: Any) -> Any:
     """A setting as a user would type it in an override (an absent one was null)."""
-    return "null" if value is _ABSENT or value is None else value
+    return "null" if value is ABSENT or value is None else value
 
 
 def check_resume(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str | Path) -> None:
@@ -134,15 +134,16 @@ def check_resume(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str 
     saved.refuse_ensemble(ckpt_path, "resuming training", "resume one of its members, or start a new run")
     refuse_unrecorded(saved, ckpt_path, "resume")
     for key in SPLIT_SETTINGS:
-        then, now = _setting(saved.config, key), _setting(current.config, key)
-        if _ABSENT not in (then, now) and then != now:
+        then, now = config_value(saved.config, key), config_value(current.config, key)
+        if ABSENT not in (then, now) and then != now:
             raise PneumoError(
                 f"resuming {ckpt_path} with {key}={now}, but it was trained with {key}={then}: that "
                 f"changes the validation split or the preprocessing; resume with {key}={then}, or "
                 "start a new run"
             )
     for key in FOLD_SETTINGS:
-        then, now = _printed_value(_setting(saved.config, key)), _printed_value(_setting(current.config, key))
+        then = _printed_value(config_value(saved.config, key))
+        now = _printed_value(config_value(current.config, key))
         if then != now:
             raise PneumoError(
                 f"resuming {ckpt_path} with {key}={now}, but it was trained with {key}={then}: that "
@@ -150,7 +151,8 @@ def check_resume(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str 
                 "or start a new run"
             )
     for key in TRAINING_STATE_SETTINGS:
-        then, now = _printed_value(_setting(saved.config, key)), _printed_value(_setting(current.config, key))
+        then = _printed_value(config_value(saved.config, key))
+        now = _printed_value(config_value(current.config, key))
         if then != now:
             raise PneumoError(
                 f"resuming {ckpt_path} with {key}={now}, but it was trained with {key}={then}: "
@@ -179,9 +181,9 @@ def _check_validation_files(saved: CheckpointMeta, current: CheckpointMeta, ckpt
 
 def _source(meta: CheckpointMeta) -> str:
     """Where a run's data came from, as its setting: ``data.root=...`` or ``data.manifest.file=...``."""
-    manifest = _setting(meta.config, "data.manifest.file")
-    key = "data.root" if manifest in (None, _ABSENT) else "data.manifest.file"
-    return f"{key}={_setting(meta.config, key)}"
+    manifest = config_value(meta.config, "data.manifest.file")
+    key = "data.root" if manifest in (None, ABSENT) else "data.manifest.file"
+    return f"{key}={config_value(meta.config, key)}"
 
 
 def _check_training_files(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str | Path) -> None:
@@ -242,7 +244,7 @@ def fold_differences(first: dict[str, Any], other: dict[str, Any]) -> list[tuple
     for key in sorted(set(a) | set(b)):
         if any(key == free or key.startswith(free + ".") for free in FOLD_FREE_SETTINGS):
             continue
-        then, now = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        then, now = a.get(key, ABSENT), b.get(key, ABSENT)
         if key == "trainer.precision" and "auto" in (then, now):
             continue
         if then != now:

@@ -92,6 +92,24 @@ def _earliest_first(patients: list[str]) -> list[str]:
     return sorted(patients, key=lambda p: (position[p], p))
 
 
+def _patients(
+    paths: Sequence[str | Path], labels: Sequence[int], patients: Sequence[str] | None
+) -> tuple[dict[str, list[int]], dict[int, list[str]]]:
+    """The films of each patient (their indices), and the patients of each class, in name order:
+    a patient belongs to the class most of their films have. ``patients`` names each film's
+    patient (a manifest's column); without it the file-name rule (``patient_id``) does."""
+    if patients is not None and len(patients) != len(paths):
+        raise ValueError(f"{len(patients)} patients for {len(paths)} paths")
+    by_patient: dict[str, list[int]] = defaultdict(list)
+    for index, path in enumerate(paths):
+        by_patient[patient_id(path) if patients is None else patients[index]].append(index)
+    patients_by_class: dict[int, list[str]] = defaultdict(list)
+    for patient, indices in sorted(by_patient.items()):
+        votes = [labels[i] for i in indices]
+        patients_by_class[max(set(votes), key=votes.count)].append(patient)
+    return by_patient, patients_by_class
+
+
 def patient_split(
     paths: Sequence[str | Path],
     labels: Sequence[int],
@@ -114,16 +132,8 @@ def patient_split(
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     if holdout not in HOLDOUTS:
         raise ValueError(f"holdout must be one of {HOLDOUTS}, got {holdout!r}")
-    if patients is not None and len(patients) != len(paths):
-        raise ValueError(f"{len(patients)} patients for {len(paths)} paths")
-    by_patient: dict[str, list[int]] = defaultdict(list)
-    for index, path in enumerate(paths):
-        by_patient[patient_id(path) if patients is None else patients[index]].append(index)
+    by_patient, patients_by_class = _patients(paths, labels, patients)
 
-    patients_by_class: dict[int, list[str]] = defaultdict(list)
-    for patient, indices in sorted(by_patient.items()):
-        votes = [labels[i] for i in indices]
-        patients_by_class[max(set(votes), key=votes.count)].append(patient)
 
     rng = random.Random(seed)
     val: list[int] = []
@@ -164,15 +174,7 @@ def patient_folds(
     """
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise ValueError(f"folds must be a whole number of 2 or more, got {folds!r}")
-    if patients is not None and len(patients) != len(paths):
-        raise ValueError(f"{len(patients)} patients for {len(paths)} paths")
-    by_patient: dict[str, list[int]] = defaultdict(list)
-    for index, path in enumerate(paths):
-        by_patient[patient_id(path) if patients is None else patients[index]].append(index)
-    patients_by_class: dict[int, list[str]] = defaultdict(list)
-    for patient, indices in sorted(by_patient.items()):
-        votes = [labels[i] for i in indices]
-        patients_by_class[max(set(votes), key=votes.count)].append(patient)
+    by_patient, patients_by_class = _patients(paths, labels, patients)
     rng = random.Random(seed)
     assignment = [0] * len(paths)
     for label in sorted(patients_by_class):

@@ -40,8 +40,7 @@ from pneumo.evaluation.statistics import PatientBootstrap, auroc_with_interval, 
 from pneumo.model.calibration import apply_temperature, fit_temperature, margin_from_probability
 from pneumo.model.metrics import auroc, metrics_at
 from pneumo.model.network import Ensemble
-from pneumo.model.threshold import choose_threshold
-from pneumo.serving.ensemble import BEST, recorded_root, shared_settings
+from pneumo.serving.ensemble import BEST, recorded_root, rule_parameters, threshold_by_rule
 from pneumo.serving.loading import LoadedModel, load_model
 from pneumo.serving.margins import film_margins
 
@@ -194,14 +193,7 @@ def cv_figures(
     folds = np.array([r.fold for r in rows])
     temperature = fit_temperature(margins, positive)
     probs = apply_temperature(margins, temperature)
-    rule = shared_settings(models[0].meta)
-    threshold = choose_threshold(
-        probs,
-        positive,
-        rule["model.threshold_method"],
-        rule["model.target_sensitivity"],
-        rule["model.plateau_tolerance"],
-    )
+    threshold = threshold_by_rule(models[0].meta, probs, positive)
     boot = PatientBootstrap.draw([r.patient for r in rows], positive.numpy(), draws, seed)
     p, truth = probs.numpy(), positive.numpy()
     with_intervals = figures_with_intervals(p, truth, threshold, boot)
@@ -222,7 +214,7 @@ def cv_figures(
         "films": len(rows),
         "films_by_class": {name: sum(1 for r in rows if r.label == name) for name in models[0].meta.classes},
         "patients": len({r.patient for r in rows}),
-        "rule": {key.removeprefix("model."): rule[key] for key in rule if key.startswith("model.")},
+        "rule": rule_parameters(models[0].meta),
         "temperature": temperature,
         "threshold": threshold,
         "threshold_logit": float(margin_from_probability(threshold)) * temperature,

@@ -27,8 +27,7 @@ from pneumo.evaluation.flow import film_sha256
 from pneumo.evaluation.statistics import wilson
 from pneumo.model.calibration import apply_temperature, fit_temperature
 from pneumo.model.metrics import confusion_counts
-from pneumo.model.threshold import choose_threshold
-from pneumo.serving.ensemble import shared_settings
+from pneumo.serving.ensemble import rule_parameters, threshold_by_rule
 from pneumo.serving.loading import load_model
 from pneumo.serving.margins import film_margins
 
@@ -88,14 +87,7 @@ def recalibrate(ckpt: str | Path, data: str | Path, out: str | Path) -> dict[str
             "or the fit sharpens to its bound); the source's is kept"
         )
     probs = apply_temperature(margins, temperature)
-    rule = shared_settings(model.meta)
-    threshold = choose_threshold(
-        probs,
-        positive,
-        rule["model.threshold_method"],
-        rule["model.target_sensitivity"],
-        rule["model.plateau_tolerance"],
-    )
+    threshold = threshold_by_rule(model.meta, probs, positive)
     before = apply_temperature(margins, model.meta.temperature)
     record = {
         "site": str(data.resolve()),
@@ -106,7 +98,7 @@ def recalibrate(ckpt: str | Path, data: str | Path, out: str | Path) -> dict[str
         # each film's SHA-256, sorted: pneumo-eval warns when it scores any of them (in-sample)
         "films_sha256": sorted({film_sha256(s.path) or "" for s in samples} - {""}),
         "patients_by_class": counts,
-        "rule": {key.removeprefix("model."): rule[key] for key in rule if key.startswith("model.")},
+        "rule": rule_parameters(model.meta),
         "temperature": {"before": model.meta.temperature, "after": temperature, "fit": refitted},
         "threshold": {"before": model.threshold, "after": threshold},
         "before": _operating_point(before, positive, model.threshold),

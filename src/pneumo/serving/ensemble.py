@@ -63,6 +63,24 @@ def member_paths(args: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
+def threshold_by_rule(meta: CheckpointMeta, probs: torch.Tensor, positive: torch.Tensor) -> float:
+    """The threshold the run's own rule (``model.threshold_method`` and its parameters, as
+    recorded in ``meta``) chooses on ``probs`` of films whose truth is ``positive``."""
+    rule = shared_settings(meta)
+    return choose_threshold(
+        probs,
+        positive,
+        rule["model.threshold_method"],
+        rule["model.target_sensitivity"],
+        rule["model.plateau_tolerance"],
+    )
+
+
+def rule_parameters(meta: CheckpointMeta) -> dict[str, Any]:
+    """The threshold rule's settings as recorded (``threshold_method``, ``target_sensitivity``, ...)."""
+    return {k.removeprefix("model."): v for k, v in shared_settings(meta).items() if k.startswith("model.")}
+
+
 def shared_settings(meta: CheckpointMeta) -> dict[str, Any]:
     """What members must share to be averaged: the task, the input, the validation films
     (in any order) and the rule that turns them into a threshold."""
@@ -196,14 +214,7 @@ def make_ensemble(
         meta, calibration={"method": "temperature", "temperature": temperature, "fitted_on": "validation"}
     )
     probs = validation_probabilities(LoadedModel(net, meta, out), samples)
-    rule = shared_settings(meta)
-    threshold = choose_threshold(
-        probs,
-        targets,
-        rule["model.threshold_method"],
-        rule["model.target_sensitivity"],
-        rule["model.plateau_tolerance"],
-    )
+    threshold = threshold_by_rule(meta, probs, targets)
     figures["ensemble"] = evaluation_metrics(probs, targets, threshold)
     checkpoint = {"pneumo": replace(meta, threshold=threshold).as_dict(), "state_dict": net.state_dict()}
     AtomicCheckpointIO().save_checkpoint(checkpoint, out)

@@ -32,6 +32,7 @@ from pneumo.data.cache import CACHE_MODES
 from pneumo.data.datamodule import BALANCE_MODES, MAX_IMAGE_SIZE
 from pneumo.data.dataset import DEFAULT_CLASSES
 from pneumo.data.preprocess import MIN_SIDE
+from pneumo.data.provenance import ABSENT, config_value
 from pneumo.data.split import HOLDOUTS
 from pneumo.errors import PneumoError
 from pneumo.model.threshold import THRESHOLD_METHODS
@@ -58,19 +59,6 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-_ABSENT = object()
-
-
-def _lookup(config: dict[Any, Any], key: str) -> Any:
-    """The value at dotted ``key``, or ``_ABSENT`` where the config has no such key."""
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _ABSENT
-        node = node[part]
-    return node
 
 
 def _refuse(key: str, value: Any, expected: str) -> NoReturn:
@@ -155,7 +143,7 @@ def _devices(value: Any) -> bool:
 
 def _schedule(name: str) -> Callable[[dict[Any, Any]], bool]:
     """Whether ``model/scheduler`` chose the torch schedule ``name``."""
-    return lambda config: str(_lookup(config, "model.scheduler._target_")).endswith(f".{name}")
+    return lambda config: str(config_value(config, "model.scheduler._target_")).endswith(f".{name}")
 
 
 def _weights(value: Any) -> bool:
@@ -263,6 +251,8 @@ RULES: tuple[Rule, ...] = (
     Rule("model.target_sensitivity", _between(0.0, 1.0, low_in=False), "a sensitivity in (0, 1], e.g. 0.95"),
     Rule("model.plateau_tolerance", _between(0.0, 1.0, high_in=False), "a value in [0, 1)"),
     Rule("model.compile", _compile_ok, _compile_choices, nullable=True, quoted=True),
+    # pneumo-search's config only (conf/search.yaml): a search of no trial would run nothing
+    Rule("search.n_trials", _whole(1), "a number of trials, 1 or more (e.g. 20)"),
 )
 
 
@@ -270,8 +260,8 @@ def check_rule(rule: Rule, config: dict[Any, Any]) -> None:
     """Refuse ``rule.key``'s value in ``config`` (a plain, resolved config) if it means nothing."""
     if rule.when is not None and not rule.when(config):
         return
-    value = _lookup(config, rule.key)
-    if value is _ABSENT:
+    value = config_value(config, rule.key)
+    if value is ABSENT:
         if not rule.required:
             return
         value = None
