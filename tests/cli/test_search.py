@@ -4,6 +4,7 @@ import json
 import logging
 from pathlib import Path
 
+import optuna
 import pytest
 
 from pneumo.artifacts.checkpoint import read_checkpoint, read_meta
@@ -107,9 +108,10 @@ def test_search_space_in_hydra_sweep_syntax():
 
 def test_a_search_continued_with_another_goal_is_refused(tmp_path):
     # Optuna would load the study with its first direction whatever this launch asks for
-    study = search([*TINY, f"search.dir={tmp_path}", "search.n_trials=0"])
-    assert study.direction.name == "MAXIMIZE" and not study.trials
+    study = search([*TINY, f"search.dir={tmp_path}", "search.n_trials=1", "trainer.max_epochs=1"])
+    assert study.direction.name == "MAXIMIZE" and len(study.trials) == 1
     for other in (["monitor.metric=val/loss", "monitor.mode=min"], ["optimized_metric=val/auroc"]):
         with pytest.raises(PneumoError, match=rf"{tmp_path}/study.db is a search to maximize best/val/auroc"):
-            search([*TINY, f"search.dir={tmp_path}", "search.n_trials=0", *other])
-    assert search([*TINY, f"search.dir={tmp_path}", "search.n_trials=0"]).direction.name == "MAXIMIZE"
+            search([*TINY, f"search.dir={tmp_path}", "search.n_trials=2", *other])
+    kept = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path}/study.db")
+    assert len(kept.trials) == 1  # the refused launches ran nothing

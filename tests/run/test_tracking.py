@@ -123,7 +123,8 @@ def test_a_run_carries_its_config_from_its_first_epoch_and_evaluation_joins_it(p
     assert reader.seen["params"]["data.batch_size"] == "4"
     assert "config.yaml" in reader.seen["files"]
 
-    # pneumo-eval's figures go to the run that trained the checkpoint, under test/
+    # pneumo-eval's figures go to the run that trained the checkpoint, named by their split
+    # (eval/val/... here; test/... for the test split), tagged with the evaluated file
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     metrics = evaluate(str(ckpt), str(SAMPLE), "val", project / "eval")
     client = _client(project)
@@ -134,12 +135,14 @@ def test_a_run_carries_its_config_from_its_first_epoch_and_evaluation_joins_it(p
         "joined": "training run",
     }
     logged = run.data.metrics
-    assert logged["test/auroc"] == pytest.approx(metrics["auroc"])
-    assert logged["test/threshold"] == pytest.approx(metrics["threshold"])
+    assert not any(key.startswith("test/") for key in logged)  # these are validation films
+    assert logged["eval/val/auroc"] == pytest.approx(metrics["auroc"])
+    assert logged["eval/val/threshold"] == pytest.approx(metrics["threshold"])
     for name in ("sensitivity", "specificity"):
-        assert logged[f"test/{name}"] == pytest.approx(metrics[name])
+        assert logged[f"eval/val/{name}"] == pytest.approx(metrics[name])
         low, high = metrics["intervals"]["at_threshold"]["figures"][name]["bootstrap"]
-        assert (logged[f"test/{name}_low"], logged[f"test/{name}_high"]) == pytest.approx((low, high))
+        assert (logged[f"eval/val/{name}_low"], logged[f"eval/val/{name}_high"]) == pytest.approx((low, high))
+    assert run.data.tags["evaluated/val"] == str(ckpt.resolve())
     # metrics.json and the model card name what trained the checkpoint
     versions = _meta(run_dir, "best.ckpt")["versions"]
     assert metrics["trained_with"] == versions
@@ -155,7 +158,7 @@ def test_a_run_carries_its_config_from_its_first_epoch_and_evaluation_joins_it(p
     assert metrics["tracker"]["joined"] == "own run"
     own = client.get_run(metrics["tracker"]["run_id"])
     assert own.info.run_name == "eval orphan.ckpt"
-    assert own.data.metrics["test/auroc"] == pytest.approx(metrics["auroc"])
+    assert own.data.metrics["eval/val/auroc"] == pytest.approx(metrics["auroc"])
     # a store that cannot be reached: the evaluation stands, with its figures in metrics.json
     checkpoint["pneumo"]["trackers"]["mlflow"]["tracking_uri"] = "http://127.0.0.1:9"
     torch.save(checkpoint, orphan)

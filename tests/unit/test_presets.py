@@ -36,6 +36,8 @@ COMPARE = ["seed=7"]
 # change to the recipe it belongs to; ablation=ema is a switch for any run (the recipe averages
 # its weights already).
 BASES = {"ablation": ["experiment=kermany_cpu"], "ablation=ema": []}
+# what a sweep preset's sweeper gives each job, where the job is built here without a sweep
+JOB_OF_SWEEP = {"cv": ["data.fold=0"]}
 
 # Files under conf/ that are not options a user selects on their own, and where they are tested.
 NOT_PRESETS = {
@@ -133,7 +135,7 @@ def _presets() -> list[tuple[list[str], list[str], bool]]:
         option = f"callbacks=[default,{name}]" if group == "callbacks" else f"{group}={name}"
         base = BASES.get(option, BASES.get(group, []))
         changes = name != groups[group] and name not in callback_parts and option != "ablation=recipe"
-        presets.append((base, [*base, option], changes))
+        presets.append((base, [*base, option, *JOB_OF_SWEEP.get(group, [])], changes))
     return presets
 
 
