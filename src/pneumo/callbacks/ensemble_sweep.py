@@ -99,7 +99,7 @@ class EnsembleSweep(Callback):
             raise SystemExit(1)
 
 
-def _wiring_check(job: Path) -> bool:
+def is_wiring_check(job: Path) -> bool:
     """Whether a sweep's job ran under ``trainer.fast_dev_run``, which keeps no checkpoints."""
     saved = job / ".hydra" / "config.yaml"
     return saved.is_file() and bool(
@@ -111,7 +111,7 @@ def build_sweep_ensemble(sweep: Path) -> bool:
     """Average the jobs of ``sweep`` into ``sweep/ensemble.ckpt``. False, with one logged line, when
     that is not possible; True also when every job was a wiring check (nothing to average)."""
     jobs = sorted(d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if jobs and all(_wiring_check(job) for job in jobs):
+    if jobs and all(is_wiring_check(job) for job in jobs):
         log.info("no ensemble built: trainer.fast_dev_run checks the wiring and keeps no checkpoints")
         return True
     missing = [job.name for job in jobs if not (job / BEST).is_file()]

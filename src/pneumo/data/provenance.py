@@ -124,6 +124,15 @@ def _printed_value(value: Any) -> Any:
     return "null" if value is ABSENT or value is None else value
 
 
+FOLD_CHANGE = (
+    "that changes which films validate (the cross-validation fold); resume with {key}={then}, "
+    "or start a new run"
+)
+STATE_CHANGE = (
+    "the run would not continue the weights it holds; resume with the same setting, or start a new run"
+)
+
+
 def check_resume(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str | Path) -> None:
     """Refuse to resume when ``current`` would split or preprocess the data unlike ``saved``,
     or would drop training state that ``saved`` holds (averaged weights).
@@ -141,23 +150,16 @@ def check_resume(saved: CheckpointMeta, current: CheckpointMeta, ckpt_path: str 
                 f"changes the validation split or the preprocessing; resume with {key}={then}, or "
                 "start a new run"
             )
-    for key in FOLD_SETTINGS:
-        then = _printed_value(config_value(saved.config, key))
-        now = _printed_value(config_value(current.config, key))
-        if then != now:
-            raise PneumoError(
-                f"resuming {ckpt_path} with {key}={now}, but it was trained with {key}={then}: that "
-                f"changes which films validate (the cross-validation fold); resume with {key}={then}, "
-                "or start a new run"
-            )
-    for key in TRAINING_STATE_SETTINGS:
+    # settings that must stay as the run began, with what changing them would break
+    kept = [(key, FOLD_CHANGE) for key in FOLD_SETTINGS]
+    kept += [(key, STATE_CHANGE) for key in TRAINING_STATE_SETTINGS]
+    for key, why in kept:
         then = _printed_value(config_value(saved.config, key))
         now = _printed_value(config_value(current.config, key))
         if then != now:
             raise PneumoError(
                 f"resuming {ckpt_path} with {key}={now}, but it was trained with {key}={then}: "
-                "the run would not continue the weights it holds; resume with the same "
-                "setting, or start a new run"
+                + why.format(key=key, then=then)
             )
     _check_validation_files(saved, current, ckpt_path)
     _check_training_files(saved, current, ckpt_path)

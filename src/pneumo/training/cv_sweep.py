@@ -19,13 +19,14 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
 
 from pneumo.artifacts.checkpoint import read_checkpoint, read_meta
 from pneumo.artifacts.output import atomic_path
 from pneumo.artifacts.rundir import RESUMABLE
+from pneumo.callbacks.ensemble_sweep import is_wiring_check
 from pneumo.callbacks.run_outcome import RunOutcome
 from pneumo.data.datamodule import XrayDataModule
 from pneumo.data.provenance import files_fingerprint, fold_differences
@@ -171,12 +172,8 @@ def print_cv(figures: dict[str, Any], sweep: Path) -> None:
 
 def _wiring_checks_only(sweep: Path) -> bool:
     """Whether every job of the sweep ran under ``trainer.fast_dev_run`` (no checkpoints)."""
-    saved = [job / ".hydra" / "config.yaml" for job in sweep.iterdir() if job.is_dir()]
-    saved = [path for path in saved if path.is_file()]
-    return bool(saved) and all(
-        OmegaConf.select(OmegaConf.load(path), "trainer.fast_dev_run", throw_on_resolution_failure=False)
-        for path in saved
-    )
+    jobs = [job for job in sweep.iterdir() if (job / ".hydra" / "config.yaml").is_file()]
+    return bool(jobs) and all(is_wiring_check(job) for job in jobs)
 
 
 def write_cross_validation(sweep: Path) -> bool:
