@@ -22,13 +22,15 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 @dataclass
 class WandbRun:
-    """What an offline W&B run recorded: its project and group, config, history rows and summary."""
+    """What an offline W&B run recorded: its project and group, config, history rows, summary
+    and the exit status it was finished with."""
 
     project: str = ""
     group: str = ""
     config: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    exit_code: int | None = None
 
     def curve(self, key: str) -> list[float]:
         """The values of ``key`` in history order (one a logging call that had it)."""
@@ -96,6 +98,8 @@ def wandb_run(offline_run_dir: Path, timeout: float = 30.0) -> WandbRun:
             run.history.append({key(i): json.loads(i.value_json) for i in record.history.item})
         elif kind == "summary":
             run.summary.update({key(i): json.loads(i.value_json) for i in record.summary.update})
+        elif kind == "exit":
+            run.exit_code = record.exit.exit_code
     return run
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pneumo.callbacks.run_outcome import RunOutcome
 from pneumo.errors import PneumoError
 from pneumo.training.fit import train
 from tests.helpers import FAST, SAMPLE, csv_rows, free_port, make_cfg, scalars, wandb_run
@@ -106,6 +107,7 @@ def test_wandb_offline_run_holds_the_history_config_and_best_figures(tmp_path):
         assert run.curve("best/val/loss") == [pytest.approx(results["best/val/loss"])]
         assert run.summary["best/val/loss"] == pytest.approx(results["best/val/loss"])
         assert run.config["data.image_size"] == 32 and run.config["seed"] == 42
+        assert run.exit_code == 0 and "pneumo/stopped" not in run.summary
 
 
 def test_many_trackers_record_the_same_figures(tmp_path):
@@ -123,6 +125,28 @@ def test_many_trackers_record_the_same_figures(tmp_path):
     assert tensorboard["best/val/loss"] == [pytest.approx(results["best/val/loss"])]
     assert _column(rows, "best/val/loss") == [pytest.approx(results["best/val/loss"])]
     assert run.data.metrics["best/val/loss"] == pytest.approx(results["best/val/loss"])
+
+
+@pytest.mark.slow  # W&B runs its own service process
+def test_a_run_stopped_by_max_time_is_not_marked_finished(tmp_path):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("wandb")
+    cfg = make_cfg(
+        tmp_path / "run",
+        [*FAST, f"data.root={SAMPLE}", "logger=[mlflow,wandb]", "trainer.max_epochs=50"]
+        + ["trainer.max_time=00:00:00:01"],
+    )
+    train(cfg, callbacks=[RunOutcome()])
+    _, run = _mlflow_run(f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    assert run.info.status == "KILLED"
+    stopped = run.data.tags["pneumo.stopped"]
+    assert stopped.startswith("stopped by trainer.max_time=00:00:00:01 after ") and stopped.endswith(
+        " of 50 epochs"
+    )
+    (offline,) = (tmp_path / "outputs" / "wandb").glob("offline-run-*")
+    recorded = wandb_run(offline)
+    assert recorded.summary["pneumo/stopped"] == stopped
+    assert recorded.exit_code == 75  # the command's own exit status: W&B shows the run failed
 
 
 @pytest.mark.parametrize("package", ["mlflow", "wandb"])

@@ -24,6 +24,7 @@ def _names(group: str) -> list[str]:
 # No download and no GPU here: the presets are built on the bundled sample, on the CPU.
 OFFLINE_CPU = [f"data.root={SAMPLE}", "model.weights=null", "trainer.accelerator=cpu"]
 
+
 def test_eval_defaults_evaluate_the_test_split_without_tta(tmp_path, tiny_root, trained_ckpt):
     from pneumo.cli.evaluate import main as eval_main
 

@@ -26,6 +26,19 @@ def test_a_store_that_cannot_be_made_is_refused_in_one_line(tmp_path):
         open_stores({"mlflow": {"_target_": MLFLOW, "tracking_uri": uri, "experiment_name": "train"}})
 
 
+def test_a_wandb_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")  # a file where the folder would go (a read-only folder gives the same)
+    node = {"_target_": "lightning.pytorch.loggers.WandbLogger", "save_dir": str(blocker / "outputs")}
+    with pytest.raises(
+        PneumoError, match=rf"logger.wandb.save_dir={blocker}/outputs: cannot write there"
+    ) as err:
+        open_stores({"wandb": node})
+    assert "\n" not in str(err.value)
+    open_stores({"wandb": {**node, "save_dir": str(tmp_path / "outputs")}})  # a folder it can write
+    assert (tmp_path / "outputs").is_dir()
+
+
 def test_an_evaluation_whose_store_fails_keeps_its_figures(tmp_path, caplog):
     damaged = tmp_path / "mlflow.db"
     damaged.write_bytes(b"this is not an SQLite database" * 100)

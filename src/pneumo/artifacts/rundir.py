@@ -224,4 +224,3 @@ def claim_run_dir(run_dir: str | Path, ckpt_path: str | Path | None) -> Iterator
         # unlocked explicitly: forked loader workers may still hold copies of the descriptor
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-

@@ -23,6 +23,7 @@ import fcntl
 import importlib
 import json
 import logging
+import tempfile
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -61,7 +62,7 @@ def require_packages(loggers: Mapping[str, Any] | None) -> None:
 
 def open_stores(loggers: Mapping[str, Any] | None) -> None:
     """Create the SQLite store of each configured MLflow logger, and its experiment, one process
-    at a time, before the loggers are built.
+    at a time, before the loggers are built; refuse a W&B folder that cannot be written.
 
     MLflow creates a new store's tables when a client first connects (Lightning's MLFlowLogger
     does in its constructor), and the experiment when the run opens: two jobs of a sweep doing
@@ -70,7 +71,10 @@ def open_stores(loggers: Mapping[str, Any] | None) -> None:
     once works. A lock file beside the database lets the jobs of ``launcher=local`` start together.
     """
     for node in (loggers or {}).values():
-        if not isinstance(node, Mapping) or not str(node.get("_target_", "")).endswith("MLFlowLogger"):
+        target = str(node.get("_target_", "")) if isinstance(node, Mapping) else ""
+        if target.endswith("WandbLogger"):
+            _check_wandb_folder(node.get("save_dir"))
+        if not target.endswith("MLFlowLogger"):
             continue
         uri = str(node.get("tracking_uri") or "")
         if uri.startswith(("http://", "https://")) and not _reachable(uri):
@@ -98,6 +102,23 @@ def open_stores(loggers: Mapping[str, Any] | None) -> None:
                 f"{str(err).splitlines()[0] if str(err) else ''}); point it at a folder you can write, "
                 "or use another logger (logger=tensorboard)"
             ) from None
+
+
+def _check_wandb_folder(save_dir: object) -> None:
+    """Refuse, in one line, a W&B ``save_dir`` this process cannot write: W&B itself would write
+    the run to a temporary folder instead, without a word, and the run's record would be lost."""
+    if not save_dir:
+        return
+    folder = Path(str(save_dir))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise PneumoError(
+            f"logger.wandb.save_dir={folder}: cannot write there ({(err.strerror or str(err)).lower()}); "
+            "point it at a folder you can write, or use another logger (logger=tensorboard)"
+        ) from None
 
 
 def flat_params(config: Mapping[str, Any]) -> dict[str, Scalar]:
@@ -151,12 +172,24 @@ def start_run(
     return ids
 
 
-def finish_run(loggers: Sequence[Logger], results: Mapping[str, float], epoch: int) -> None:
+def finish_run(
+    loggers: Sequence[Logger],
+    results: Mapping[str, float],
+    epoch: int,
+    stopped: str | None = None,
+    exit_status: int = 0,
+) -> None:
     """Record the run's best epoch's figures (``best/...`` in ``results``) at ``epoch``, the
     run's last, and all of ``results`` (the last epoch's figures and the best) as
     ``metrics.json`` where the tracker keeps files; write each tracker out
     (CSV: metrics.csv and hparams.yaml) and finish a W&B run, so that the next run of this
-    process (a sweep job, a search trial) gets its own instead of continuing this one."""
+    process (a sweep job, a search trial) gets its own instead of continuing this one.
+
+    A run stopped before its schedule finished (``stopped``: what stopped it, e.g. ``stopped by
+    SIGTERM after 3 of 25 epochs``; ``exit_status``: the command's) is not shown as finished,
+    though Lightning ends it as one: MLflow marks it KILLED with the tag ``pneumo.stopped``, W&B
+    finishes it with the command's exit status (W&B shows it failed) and ``pneumo/stopped`` in
+    its summary."""
     best = {k: v for k, v in results.items() if k.startswith("best/")}
     summary = json.dumps(dict(sorted(results.items())), indent=2) + "\n"
     for logger in loggers:
@@ -165,11 +198,16 @@ def finish_run(loggers: Sequence[Logger], results: Mapping[str, float], epoch: i
                 logger.log_metrics(best, step=epoch)
             if isinstance(logger, MLFlowLogger):
                 logger.experiment.log_text(logger.run_id, summary, "metrics.json")
+                if stopped:
+                    logger.experiment.set_tag(logger.run_id, "pneumo.stopped", stopped)
+                    logger.experiment.set_terminated(logger.run_id, "KILLED")
             elif isinstance(logger, WandbLogger):
                 _wandb_file(logger, "metrics.json", summary)
+                if stopped:
+                    logger.experiment.summary["pneumo/stopped"] = stopped
             logger.save()
             if isinstance(logger, WandbLogger):
-                logger.experiment.finish()
+                logger.experiment.finish(exit_code=exit_status if stopped else 0)
         except Exception as err:  # the run is trained and its checkpoints written: keep it
             log.warning(
                 "%s could not record the run's end (%s): the figures are in the checkpoints and train.log",

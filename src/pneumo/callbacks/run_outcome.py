@@ -16,6 +16,9 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
 
 from pneumo.callbacks.save_on_interrupt import SaveOnInterrupt
 
+# EX_TEMPFAIL: the exit status of a run that trainer.max_time stopped
+MAX_TIME_EXIT = 75
+
 
 @dataclass(frozen=True)
 class Stop:
@@ -28,6 +31,29 @@ class Stop:
     checkpoint: str | None  # the file to resume from, None when none was written yet
     run_dir: str
     requeued: bool = False  # SLURM was asked to requeue the job (slurm.requeue=true)
+
+    @property
+    def cause(self) -> str:
+        """What stopped the run: ``Ctrl-C (SIGINT)``, ``SIGTERM``, ``trainer.max_time``..."""
+        if self.signal is None:
+            return "trainer.max_time"
+        return "Ctrl-C (SIGINT)" if self.signal == signal.SIGINT else signal.Signals(self.signal).name
+
+    @property
+    def exit_status(self) -> int:
+        """The exit status of the stopped run: 128 + the signal's number, as shells report a
+        process a signal ended; EX_TEMPFAIL (75, sysexits.h: "try again later") for
+        ``trainer.max_time``."""
+        return MAX_TIME_EXIT if self.signal is None else 128 + self.signal
+
+    def describe(self, max_time: object = None) -> str:
+        """``stopped by SIGTERM after 3 of 25 epochs`` (``max_time``: the ``trainer.max_time``
+        setting as the user gave it, named when it stopped the run)."""
+        by_time = self.signal is None and max_time is not None
+        cause = f"trainer.max_time={max_time}" if by_time else self.cause
+        limit = f" of {self.max_epochs}" if self.max_epochs != -1 else ""
+        counted = self.max_epochs if limit else self.epochs_done
+        return f"stopped by {cause} after {self.epochs_done}{limit} epoch{'s' if counted != 1 else ''}"
 
 
 class RunOutcome(L.Callback):

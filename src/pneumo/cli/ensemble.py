@@ -28,6 +28,7 @@ from pneumo.errors import exit_on_user_error
 
 log = logging.getLogger(__name__)
 
+
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of pneumo-ensemble."""

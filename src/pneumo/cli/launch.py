@@ -138,8 +138,6 @@ def prepare_launch(args: list[str]) -> list[str]:
     return args
 
 
-
-
 def requeued_resume(args: list[str]) -> list[str]:
     """Complete the command line of a SLURM job that SLURM started again (``scontrol requeue``,
     e.g. by ``slurm.requeue=true``: ``SLURM_RESTART_COUNT`` is 1 or more): it runs its first

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,23 +14,6 @@ from typing import Any
 from pneumo.callbacks.run_outcome import RunOutcome, Stop, drop_requeue_copies
 from pneumo.cli.arguments import quoted_command
 from pneumo.cli.launch import hydra_quote
-
-# Exit statuses of a run stopped before its schedule finished: 128 + the signal's number for a
-# signal, as shells report a process a signal ended; EX_TEMPFAIL (sysexits.h: "try again
-# later") for trainer.max_time.
-MAX_TIME_EXIT = 75
-
-
-def exit_code(stop: Stop) -> int:
-    """The exit status of a run that ``stop`` ended."""
-    return MAX_TIME_EXIT if stop.signal is None else 128 + stop.signal
-
-
-def _cause(stop: Stop, max_time: Any) -> str:
-    """What stopped the run: ``SIGTERM``, ``Ctrl-C (SIGINT)``, ``trainer.max_time=00:04:00:00``..."""
-    if stop.signal is None:
-        return f"trainer.max_time={max_time}" if max_time is not None else "trainer.max_time"
-    return "Ctrl-C (SIGINT)" if stop.signal == signal.SIGINT else signal.Signals(stop.signal).name
 
 
 def _path_value(path: str) -> str:
@@ -43,12 +25,7 @@ def stop_message(stop: Stop, resume_args: list[str], max_time: Any = None, prog:
     """The one line for a run stopped short: what stopped it, after how many epochs, what was
     saved, and the command that resumes it (``resume_args``: the run's own overrides;
     ``max_time``: the ``trainer.max_time`` setting as the user gave it)."""
-    limit = f" of {stop.max_epochs}" if stop.max_epochs != -1 else ""
-    counted = stop.max_epochs if limit else stop.epochs_done
-    head = (
-        f"stopped by {_cause(stop, max_time)} after {stop.epochs_done}{limit} "
-        f"epoch{'s' if counted != 1 else ''}, before the schedule finished"
-    )
+    head = f"{stop.describe(max_time)}, before the schedule finished"
     if stop.checkpoint is None:
         return f"{head}; no checkpoint was written yet: run the command again"
     by_time = stop.signal is None
@@ -83,7 +60,7 @@ def end_run(
     in_sweep: bool = False,
 ) -> None:
     """After ``fit``: nothing when the schedule finished; else say so once, in one line on
-    stderr (and in train.log), and exit with the stop's status (``exit_code``).
+    stderr (and in train.log), and exit with the stop's status (``Stop.exit_status``).
 
     A job of an in-process sweep that ``trainer.max_time`` stopped only says so: the sweep's
     other jobs still run.
@@ -100,4 +77,4 @@ def end_run(
             print(message, file=sys.stderr, flush=True)
     if in_sweep and stop.signal is None:
         return
-    raise SystemExit(exit_code(stop))
+    raise SystemExit(stop.exit_status)

@@ -134,7 +134,6 @@ def patient_split(
         raise ValueError(f"holdout must be one of {HOLDOUTS}, got {holdout!r}")
     by_patient, patients_by_class = _patients(paths, labels, patients)
 
-
     rng = random.Random(seed)
     val: list[int] = []
     for label in sorted(patients_by_class):

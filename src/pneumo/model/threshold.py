@@ -168,9 +168,7 @@ def threshold_spread(
         if targets[draw].unique().numel() < 2:
             continue  # one class only: no curve, no threshold to read
         for method, values in picked.items():
-            values.append(
-                choose_threshold(probs[draw], targets[draw], method, target_sensitivity, tolerance)
-            )
+            values.append(choose_threshold(probs[draw], targets[draw], method, target_sensitivity, tolerance))
     quantiles = torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)
     spread = {}
     for method, values in picked.items():

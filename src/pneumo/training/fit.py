@@ -32,6 +32,7 @@ from pneumo.artifacts.trackers import (
     where,
 )
 from pneumo.callbacks.checkpoint_metadata import CheckpointMetadata
+from pneumo.callbacks.run_outcome import RunOutcome
 from pneumo.data.provenance import check_resume
 from pneumo.errors import PneumoError
 from pneumo.training.build import build
@@ -100,8 +101,18 @@ def _fit(
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         # configure_model here only compiles (model.compile), it shards nothing
         warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback with a model")
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SystemExit:  # Lightning ends a run on Ctrl-C or SIGTERM with SystemExit
+            with contextlib.suppress(Exception):  # the stop itself is said by the command
+                _record(cfg, trainer)
+            raise
+    return _record(cfg, trainer)
 
+
+def _record(cfg: DictConfig, trainer: L.Trainer) -> dict[str, float]:
+    """The run's last and best figures, given to every tracker (``finish_run``, which marks a
+    run stopped short as such) and said with where the run and its best checkpoint are."""
     # "step" is the epoch axis the module logs (RunIdentity), not a figure
     results = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and k != "step"}
     checkpoint = trainer.checkpoint_callback
@@ -109,8 +120,16 @@ def _fit(
         checkpoint = None
     if checkpoint is not None and checkpoint.best_model_score is not None:
         results[f"best/{cfg.monitor.metric}"] = float(checkpoint.best_model_score)
-    finish_run(trainer.loggers, results, epoch=max(trainer.current_epoch - 1, 0))
     output_dir = Path(cfg.paths.output_dir)
+    outcome = next((c for c in trainer.callbacks if isinstance(c, RunOutcome)), None)  # type: ignore[attr-defined]
+    stop = outcome.stop(output_dir) if outcome is not None else None
+    finish_run(
+        trainer.loggers,
+        results,
+        epoch=max(trainer.current_epoch - 1, 0),
+        stopped=stop.describe(cfg.trainer.get("max_time")) if stop else None,
+        exit_status=stop.exit_status if stop else 0,
+    )
     log.info("run directory: %s", output_dir)
     if checkpoint is not None and checkpoint.best_model_path:
         log.info(
