@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumo.artifacts.rundir import LOCK_NAME, check_run_dir, claim_run_dir
+from pneumo.artifacts.rundir import LOCK_NAME, check_run_dir, claim_run_dir, remove_unused_run_dir
 from tests.helpers import FAST, SAMPLE, run_cli
 from tests.helpers.data import REPO
 
@@ -100,3 +100,24 @@ def test_a_killed_runs_lock_is_free_and_the_command_line_refuses_a_held_one_in_o
     with claim_run_dir(run, None):
         assert f"process {os.getpid()} on " in (run / LOCK_NAME).read_text()
     assert not (run / LOCK_NAME).exists()
+
+
+def test_a_refused_runs_folder_goes_but_no_other_folder_does(tmp_path):
+    def hydra_left(name: str) -> Path:
+        folder = tmp_path / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text("seed: 42\n")
+        (folder / "train.log").write_text("error: model.optimizer.lr=-1 is not valid\n")
+        return folder
+
+    refused = hydra_left("refused")
+    assert remove_unused_run_dir(refused) and not refused.exists()
+    # anything beside Hydra's files: an earlier run's, or the user's own
+    mine = hydra_left("mine")
+    (mine / "notes.txt").write_text("mine")
+    assert not remove_unused_run_dir(mine) and (mine / "notes.txt").read_text() == "mine"
+    # a run that holds the folder right now, before it has written anything of its own
+    starting = hydra_left("starting")
+    with claim_run_dir(starting, None):
+        assert not remove_unused_run_dir(starting) and (starting / "train.log").is_file()
+    assert not remove_unused_run_dir(tmp_path / "never_made")

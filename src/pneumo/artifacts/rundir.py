@@ -22,6 +22,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from datetime import datetime
@@ -34,6 +35,8 @@ from pneumo.artifacts.output import check_folder_destination
 from pneumo.errors import PneumoError
 
 LOCK_NAME = "run.lock"
+# What Hydra writes into a run directory before pneumo runs: a directory holding no more holds no run.
+HYDRA_ONLY = frozenset({".hydra", "train.log"})
 # The checkpoints a requeued job resumes from, most recent first when both are there.
 RESUMABLE = ("interrupted.ckpt", "last.ckpt")
 
@@ -222,5 +225,31 @@ def claim_run_dir(run_dir: str | Path, ckpt_path: str | Path | None) -> Iterator
             if _names(lock, fd):  # not a file someone put in its place
                 lock.unlink()  # while still held: see _take_lock
         # unlocked explicitly: forked loader workers may still hold copies of the descriptor
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def remove_unused_run_dir(run_dir: str | Path) -> bool:
+    """Remove ``run_dir`` when it holds only what Hydra wrote before pneumo refused the run
+    (``.hydra/``, ``train.log``): a refused launch leaves no folder that looks like a run. A
+    directory holding anything else (an earlier run's files, the user's) stays as it is, and so
+    does one a run holds the lock of, so that a run starting into it meanwhile is never removed.
+    Returns whether it was removed."""
+    run_dir = Path(run_dir).absolute()
+    if not run_dir.is_dir():
+        return False
+    try:
+        fd = _take_lock(run_dir / LOCK_NAME)
+    except OSError:
+        return False
+    if fd is None:
+        return False
+    try:
+        names = {p.name for p in run_dir.iterdir()} - {LOCK_NAME}
+        if not names <= HYDRA_ONLY:
+            return False
+        shutil.rmtree(run_dir, ignore_errors=True)  # the lock file too, while still held
+        return True
+    finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

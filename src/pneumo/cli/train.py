@@ -10,8 +10,11 @@ The training itself is a library (``pneumo.training``): compose, check, build, f
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,6 +22,7 @@ from hydra.types import RunMode
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from pneumo.artifacts.rundir import launch_rank, remove_unused_run_dir
 from pneumo.callbacks.run_outcome import RunOutcome
 from pneumo.cli.launch import prepare_launch, requeued_resume
 from pneumo.cli.stopped import end_run
@@ -34,10 +38,29 @@ from pneumo.training.fit import optimized_value, train
 from pneumo.training.settings import config_errors
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def leave_no_empty_run_dir(func: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
+    """A run refused before it wrote anything (a setting, the data, a tracker) leaves no run
+    folder behind: the refusal is said on stderr, and a folder holding only Hydra's ``.hydra/``
+    and ``train.log`` would read as a run in ``outputs/`` (``remove_unused_run_dir``)."""
+
+    @functools.wraps(func)
+    def wrapper(cfg: DictConfig) -> T:
+        try:
+            return func(cfg)
+        except PneumoError:
+            if launch_rank()[0] == 0:
+                remove_unused_run_dir(HydraConfig.get().runtime.output_dir)
+            raise
+
+    return wrapper
 
 
 @hydra.main(version_base="1.3", config_path="pkg://pneumo.conf", config_name="train")
 @exit_on_user_error
+@leave_no_empty_run_dir
 @config_errors
 def hydra_main(cfg: DictConfig) -> float | None:
     """Train; return ``optimized_metric`` for Hydra sweepers to optimise.
