@@ -480,7 +480,23 @@ def run_predict(args: argparse.Namespace) -> dict:
     predict(model, files[: args.batch_size], args.batch_size)  # warm-up
     start = time.perf_counter()
     rows = predict(model, files, args.batch_size)
-    return {"images_per_s": len(rows) / (time.perf_counter() - start), "images": len(rows)}
+    figures = {"images_per_s": len(rows) / (time.perf_counter() - start), "images": len(rows)}
+    return {**figures, **served_net_rates(model, args.batch_size, args.image_size)}
+
+
+def served_net_rates(model: Any, batch: int, image_size: int, rounds: int = 7) -> dict[str, float]:
+    """The network alone on one channels-last batch, as trained (``net``) and as served
+    (``served_net``: BatchNorm folded), timed in turn so that a change of load hits both alike;
+    images/s from the median round of each."""
+    x = torch.randn(batch, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+    times: dict[str, list[float]] = {"net": [], "served_net": []}
+    with torch.inference_mode():
+        for _ in range(rounds + 1):  # the first round warms both up and is not counted
+            for name, net in (("net", model.net), ("served_net", model.served_net)):
+                start = time.perf_counter()
+                net(x)
+                times[name].append(time.perf_counter() - start)
+    return {f"{name}_images_per_s": batch / statistics.median(t[1:]) for name, t in times.items()}
 
 
 MODES = {
@@ -552,7 +568,7 @@ def ratios(results: dict[str, dict]) -> dict[str, float]:
     """pneumo against the plain loop and the ceiling with the same variants, and each variant
     against its plain mode; pneumo against the ceiling also without validation (pneumo validates
     in float32 under +bf16, the ceiling in bf16), which leaves augmentation, metrics, logging
-    and checkpoints."""
+    and checkpoints; and predict's network as served (BatchNorm folded) against it as trained."""
     rate = {mode: r["images_per_s"] for mode, r in results.items() if r.get("images_per_s")}
     no_val = {mode: r["no_val_images_per_s"] for mode, r in results.items() if r.get("no_val_images_per_s")}
     pairs, no_val_pairs = [], []
@@ -566,7 +582,13 @@ def ratios(results: dict[str, dict]) -> dict[str, float]:
             pairs.append((mode, base))
         if len(variants) > 1:  # model_bound+bf16+batch64 against model_bound+bf16
             pairs.append((mode, mode.rsplit("+", 1)[0]))
+    served = {
+        f"{mode} served_net/net": r["served_net_images_per_s"] / r["net_images_per_s"]
+        for mode, r in results.items()
+        if r.get("served_net_images_per_s") and r.get("net_images_per_s")
+    }
     return {
+        **served,
         **{f"{a}/{b}": rate[a] / rate[b] for a, b in pairs if a in rate and b in rate},
         **{
             f"{a}/{b} without validation": no_val[a] / no_val[b]

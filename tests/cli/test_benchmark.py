@@ -75,6 +75,7 @@ def test_a_modes_own_peak_rss_is_its_own_not_its_launchers():
     figures = benchmark.run_in_child("predict", TINY)
     del held
     assert figures["images"] == 4 and figures["images_per_s"] > 0
+    assert figures["net_images_per_s"] > 0 and figures["served_net_images_per_s"] > 0
     assert 0 < figures["main_rss_mb"] < 1536
 
 
@@ -93,8 +94,10 @@ def test_ratios_compare_pneumo_with_and_without_validation():
         "model_bound+bf16": {"images_per_s": 100.0, "no_val_images_per_s": 110.0},
         "pneumo+bf16": {"images_per_s": 80.0, "no_val_images_per_s": 99.0},
         "model_bound": {"images_per_s": 50.0, "no_val_images_per_s": 55.0},
+        "predict": {"images_per_s": 30.0, "net_images_per_s": 40.0, "served_net_images_per_s": 56.0},
     }
     ratios = benchmark.ratios(results)
+    assert ratios["predict served_net/net"] == pytest.approx(1.4)
     assert ratios["pneumo+bf16/model_bound+bf16"] == pytest.approx(0.8)
     assert ratios["pneumo+bf16/model_bound+bf16 without validation"] == pytest.approx(0.9)
     assert ratios["model_bound+bf16/model_bound"] == pytest.approx(2.0)

@@ -5,7 +5,7 @@ import torch
 from torchvision.models import resnet18
 
 from pneumo.errors import PneumoError
-from pneumo.model.network import resnet18_classifier
+from pneumo.model.network import Ensemble, folded_for_inference, resnet18_classifier
 
 
 def test_weights_from_a_local_file_are_loaded(tmp_path):
@@ -47,3 +47,32 @@ def test_weights_without_batchnorm_step_counters_load(tmp_path):
     torch.save(state, path)
     net = resnet18_classifier(str(path))
     assert torch.equal(net.conv1.weight, reference.conv1.weight)
+
+
+def _trained_looking(seed: int) -> torch.nn.Module:
+    """A ResNet18 in eval mode whose BatchNorm statistics and scales are far from their
+    defaults, as a trained network's are: folding the defaults would hide a wrong formula."""
+    torch.manual_seed(seed)
+    net = resnet18_classifier()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.2, 3.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+def test_the_served_network_folds_batchnorm_and_gives_the_same_logits():
+    for net in (_trained_looking(0), Ensemble([_trained_looking(1), _trained_looking(2)]).eval()):
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        folded = folded_for_inference(net)
+        x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            expected, served = net(x), folded(x)
+        assert torch.allclose(served, expected, rtol=1e-4, atol=1e-4)
+        assert (served - expected).abs().max() > 0  # computed otherwise, not the same layers
+        # every BatchNorm went into its convolution; the network as trained is untouched
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) >= 20
+        assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())

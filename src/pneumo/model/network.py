@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models import ResNet18_Weights, resnet18
 
 from pneumo.artifacts.checkpoint import NUM_CLASSES, safe_torch_load
@@ -173,6 +175,35 @@ def compile_network(net: nn.Module, backend: str) -> None:
     of each mode (training, evaluation) pay the compilation.
     """
     net.compile(backend=backend)
+
+
+def folded_for_inference(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` for inference only: every BatchNorm that follows a convolution folded
+    into it (torch's ``fuse_conv_bn_eval``: the running statistics and affine scale become the
+    convolution's weights and bias), in channels-last layout. The same function of the input as
+    ``net`` in eval mode, to float rounding, with a layer less per convolution; it cannot be
+    trained. ``net`` itself stays as trained: export, Grad-CAM (which hooks its named layers) and
+    checkpoints read it.
+
+    ResNet's pairs are found by their names: ``convN`` beside ``bnN`` in the stem and every
+    block, and a ``downsample`` of a convolution and its BatchNorm; an ensemble's members alike.
+    """
+    folded = copy.deepcopy(net).eval()
+    for module in folded.modules():
+        for index in (1, 2, 3):
+            conv, bn = getattr(module, f"conv{index}", None), getattr(module, f"bn{index}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, f"conv{index}", fuse_conv_bn_eval(conv, bn))
+                setattr(module, f"bn{index}", nn.Identity())
+        if (
+            isinstance(module, nn.Sequential)
+            and len(module) == 2
+            and isinstance(module[0], nn.Conv2d)
+            and isinstance(module[1], nn.BatchNorm2d)
+        ):
+            module[0] = fuse_conv_bn_eval(module[0], module[1])
+            module[1] = nn.Identity()
+    return folded.to(memory_format=torch.channels_last)
 
 
 def positive_probability(logits: torch.Tensor, positive_index: int, temperature: float = 1.0) -> torch.Tensor:

@@ -64,7 +64,7 @@ def probabilities(model: LoadedModel, images: torch.Tensor, tta: bool = False) -
     if tta:
         x = tta_views(x)
     with torch.inference_mode():
-        logits = model.net(to_model_input(x, model.mean, model.std))
+        logits = model.served_net(to_model_input(x, model.mean, model.std))
     probs = positive_probability(logits, model.positive_index, model.meta.temperature)
     return probs.view(len(TTA_VIEWS), -1).mean(dim=0) if tta else probs
 

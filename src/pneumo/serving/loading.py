@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from pneumo.artifacts.checkpoint import (
 )
 from pneumo.data.preprocess import preprocessing_spec
 from pneumo.errors import PneumoError
-from pneumo.model.network import Ensemble, build_resnet18
+from pneumo.model.network import Ensemble, build_resnet18, folded_for_inference
 from pneumo.model.threshold import POSITIVE_IF
 
 
@@ -28,6 +28,16 @@ class LoadedModel:
     net: nn.Module
     meta: CheckpointMeta
     path: Path
+    _served: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def served_net(self) -> nn.Module:
+        """``net`` as predict, evaluation and calibration apply it: BatchNorm folded into the
+        convolutions, channels-last (``folded_for_inference``; about 1.4x faster on a CPU, the
+        same logits to float rounding). Built once; export and Grad-CAM read ``net``."""
+        if self._served is None:
+            self._served = folded_for_inference(self.net)
+        return self._served
 
     @property
     def classes(self) -> list[str]:

@@ -22,7 +22,7 @@ def film_margins(model: LoadedModel, files: Sequence[str | Path], batch_size: in
     """The float32 margin of every file, in order. An unreadable file stops, naming it: a
     temperature or threshold fitted on these films must rest on all of them."""
     margins = []
-    net = model.net.float().eval()
+    net = model.served_net.float()
     positive = model.positive_index
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
