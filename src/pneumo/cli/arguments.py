@@ -10,17 +10,15 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 from pneumo.artifacts.output import check_file_destination, check_folder_destination
-from pneumo.cli.launch import check_launch_dir
 from pneumo.data.datamodule import MAX_IMAGE_SIZE
 from pneumo.data.preprocess import MIN_SIDE
-from pneumo.errors import PneumoError, exit_with
+from pneumo.errors import PneumoError
 
 T = TypeVar("T")
 
@@ -156,26 +154,3 @@ def key_values(text: str) -> dict[str, str | None]:
     if len(keys) != len(set(keys)):
         raise argparse.ArgumentTypeError(f"{text!r}: each KEY once")
     return {key.strip(): None if value.strip() == "null" else value.strip() for key, value in pairs}
-
-
-def writable_run_dir(hydra_entry: Callable[..., T]) -> Callable[..., T]:
-    """Check, before Hydra creates it, that a Hydra command's run directory can be written
-    (``hydra.run.dir`` as given, or ``outputs/`` for Hydra's default): a file in the way or a
-    read-only place is one line and exit status 2, not Hydra's traceback. Put it above
-    ``@hydra.main``; a call with a composed config (tests, code) is passed through unchecked."""
-
-    @functools.wraps(hydra_entry)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        if not args and not kwargs:
-            try:
-                check_launch_dir(sys.argv[1:])
-            except PneumoError as err:
-                exit_with(err)
-        return hydra_entry(*args, **kwargs)
-
-    return wrapper
-
-
-def quoted_command(prog: str, args: Sequence[str]) -> str:
-    """A command line to copy into a shell: ``prog`` and ``args``, each quoted where it must be."""
-    return " ".join([prog, *(shlex.quote(a) for a in args)])

@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from pneumo.cli.arguments import writable_run_dir
+from pneumo.cli.overrides import writable_run_dir
 from pneumo.cli.tables import print_table
 from pneumo.errors import exit_on_user_error
 from pneumo.evaluation.report import ReportOptions, evaluate

@@ -25,7 +25,7 @@ from pneumo.cli.arguments import (
     positive_float,
     positive_int,
 )
-from pneumo.cli.launch import hydra_quote
+from pneumo.cli.overrides import hydra_quote
 from pneumo.errors import exit_on_user_error
 from pneumo.serving.jetson import write_model_dir
 

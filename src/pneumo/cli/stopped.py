@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumo.callbacks.run_outcome import RunOutcome, Stop, drop_requeue_copies
-from pneumo.cli.arguments import quoted_command
-from pneumo.cli.launch import hydra_quote
+from pneumo.cli.overrides import hydra_quote, quoted_command
 
 
 def _path_value(path: str) -> str:
