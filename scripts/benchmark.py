@@ -735,7 +735,13 @@ def main(argv: list[str]) -> None:
         },
         **{k: getattr(args, k) for k in ("epochs", "seed", "threads", "workers", "pneumo_workers")},
     }
-    summary = ratios(results)
+    print_report(settings, limit, results, summarise(results))
+
+
+def summarise(results: dict[str, dict]) -> dict[str, Any]:
+    """The report's closing figures: the ratios, each compiled mode's break-even, and the
+    validation AUROC that compiling or bf16 changed against plain pneumo."""
+    summary: dict[str, Any] = dict(ratios(results))
     for mode in results:
         if "compile" in parse_mode(mode)[1]:
             summary.update(compile_payoff(results, mode))
@@ -744,7 +750,7 @@ def main(argv: list[str]) -> None:
             got, plain = results[f"pneumo+{variant}"]["val_auroc"], results["pneumo"]["val_auroc"]
             if got is not None and plain is not None:
                 summary[f"val_auroc pneumo+{variant} - pneumo"] = got - plain
-    print_report(settings, limit, results, summary)
+    return summary
 
 
 if __name__ == "__main__":

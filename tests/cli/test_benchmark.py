@@ -1,6 +1,6 @@
 """scripts/benchmark.py: the report over child interpreters, each mode's figures, its memory figures.
 
-One command-line run covers the report (children, ratios, compile break-even); the other modes
+One command-line run covers the report (children, ratios; its summary is tested apart); the other modes
 run here in the test's own interpreter, as a child does with ``--only``, which saves starting
 an interpreter with torch for each.
 """
@@ -42,22 +42,33 @@ def _assert_trained(figures: dict, mode: str) -> None:
 
 
 @pytest.mark.slow
-def test_report_compares_pneumo_with_the_plain_loop_and_its_compiled_self():
-    modes = ["baseline", "pneumo", "pneumo+compile"]
-    # compiling takes minutes on a busy 2-core machine: a generous bound, not a timing test
+def test_report_compares_pneumo_with_the_plain_loop():
+    modes = ["baseline", "pneumo"]  # compiling in a child: tests/run/test_compile.py, summarise below
     result = run_cli(str(SCRIPT), *TINY, "--modes", ",".join(modes), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert list(report["results"]) == modes
     for mode in modes:
         _assert_trained(report["results"][mode], mode)
-    assert 0.0 <= report["results"]["pneumo+compile"]["val_auroc"] <= 1.0
     rate = {mode: report["results"][mode]["images_per_s"] for mode in modes}
     assert report["pneumo/baseline"] == pytest.approx(rate["pneumo"] / rate["baseline"])
-    assert report["pneumo+compile/pneumo"] == pytest.approx(rate["pneumo+compile"] / rate["pneumo"])
-    assert "compile_break_even_images" in report and "val_auroc pneumo+compile - pneumo" in report
     assert report["settings"]["seed"] == 42
     assert "pneumo/baseline:" in result.stdout
+    assert report["machine_limit"]["train_gflop_per_image"] > 0
+
+
+def test_the_summary_holds_ratios_compile_break_even_and_the_auroc_each_variant_moved():
+    results = {
+        "pneumo": {"images_per_s": 50.0, "epoch_s": [20.0, 20.0], "val_auroc": 0.90},
+        "pneumo+compile": {"images_per_s": 100.0, "epoch_s": [30.0, 10.0], "val_auroc": 0.91},
+        "pneumo+bf16": {"images_per_s": 80.0, "epoch_s": [12.0, 12.0], "val_auroc": 0.88},
+    }
+    summary = benchmark.summarise(results)
+    assert summary["pneumo+compile/pneumo"] == pytest.approx(2.0)
+    # 10 s more in the first epoch, 1/50 - 1/100 = 0.01 s saved an image: even after 1000
+    assert summary["compile_break_even_images"] == pytest.approx(1000.0)
+    assert summary["val_auroc pneumo+compile - pneumo"] == pytest.approx(0.01)
+    assert summary["val_auroc pneumo+bf16 - pneumo"] == pytest.approx(-0.02)
 
 
 @pytest.mark.slow  # three modes, two of them training
