@@ -24,7 +24,9 @@ A mode may carry variants, joined by "+": compile (model.compile=--compile-backe
 by default, with an empty compile cache, so the first epoch pays what a first run pays), bf16
 (bf16 autocast in training; pneumo validates in float32) and films (--images drawn with repetition
 from the full-resolution films of --films, which the plain loop decodes every epoch and pneumo
-once). Modes without +bf16 run at --precision, without +compile eagerly. Two variants take a
+once), and unfused (torch's default per-tensor AdamW loop instead of the fused AdamW that
+pneumo's config and every mode use). Modes without +bf16 run at --precision, without +compile
+eagerly. Two variants take a
 number: +threadsN (N intra-op threads instead of --threads) and +batchN (batch size N instead
 of --batch-size), e.g. model_bound+bf16+batch64; a mode with several variants is also compared
 with itself without its last one.
@@ -73,7 +75,7 @@ DEFAULT_MODES = (
     "model_bound,baseline,pneumo,model_bound+compile,pneumo+compile,model_bound+bf16,baseline+bf16,"
     "pneumo+bf16,baseline+films,pneumo+films,predict,startup"
 )
-VARIANTS = ("compile", "bf16", "films")
+VARIANTS = ("compile", "bf16", "films", "unfused")
 # variants with a number: +threadsN (torch's intra-op threads), +batchN (the batch size)
 NUMBERED_VARIANTS = re.compile(r"(threads|batch)([1-9][0-9]*)")
 MATMUL_SIZE = 2048  # large enough that the matmul runs at the library's full rate
@@ -323,7 +325,7 @@ def plain_loop(
 ) -> dict:
     """--epochs epochs of training on ``train`` and validation on ``val``, timed by wall clock;
     model and optimizer state saved to ``checkpoint`` after each epoch when given."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=args.fused)
     first_batch, epoch_starts, val_s = None, [], []
     for _ in range(args.epochs):
         epoch_starts.append(time.time())
@@ -406,6 +408,7 @@ def pneumo_overrides(args: argparse.Namespace, root: Path) -> list[str]:
         "model.weights=null",
         f"seed={args.seed}",
         f"model.compile={args.compile or 'false'}",
+        f"model.optimizer.fused={str(args.fused).lower()}",
         "callbacks.progress_bar=null",
         "callbacks.early_stopping=null",
         f"+callbacks.epoch_clock._target_={__name__}.EpochClock",
@@ -522,7 +525,8 @@ def parse_mode(name: str) -> tuple[str, list[str]]:
 
 def with_variants(args: argparse.Namespace, variants: list[str]) -> argparse.Namespace:
     """``args`` as a mode's variants change them."""
-    changed = argparse.Namespace(**vars(args), compile=False)
+    # the optimizer as pneumo's config has it (fused AdamW); +unfused: torch's default loop
+    changed = argparse.Namespace(**vars(args), compile=False, fused="unfused" not in variants)
     if "compile" in variants:
         changed.compile = args.compile_backend
     if "bf16" in variants:

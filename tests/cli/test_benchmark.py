@@ -196,6 +196,11 @@ def test_numbered_variants_set_threads_and_batch_size_and_compare_with_the_mode_
     changed = benchmark.with_variants(args, variants)
     assert base == "model_bound" and changed.batch_size == 64 and changed.threads == 1
     assert changed.precision == "bf16" and args.batch_size == 32
+    # every mode's optimizer is pneumo's fused AdamW but under +unfused, torch's default loop
+    assert changed.fused and not benchmark.with_variants(args, ["unfused"]).fused
+    assert "model.optimizer.fused=false" in benchmark.pneumo_overrides(
+        benchmark.with_variants(args, ["unfused"]), SAMPLE
+    )
     for wrong in ("model_bound+batch0", "model_bound+threads", "model_bound+batch64x"):
         with pytest.raises(SystemExit, match="is not a mode"):
             benchmark.parse_mode(wrong)

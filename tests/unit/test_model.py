@@ -76,3 +76,31 @@ def test_the_served_network_folds_batchnorm_and_gives_the_same_logits():
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
         assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) >= 20
         assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def test_the_fused_optimizer_makes_the_same_update_as_torchs_default_loop(tmp_path):
+    from pneumo.training.build import build
+    from tests.helpers import FAST, SAMPLE, make_cfg
+
+    _, module, _ = build(make_cfg(tmp_path, [*FAST, f"data.root={SAMPLE}"]))
+    optimizer = module.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
+    # five steps of each on the same network and gradients: the same weights to float rounding
+    nets = [resnet18_classifier() for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    start = [p.detach().clone() for p in nets[0].parameters()]
+    optimizers = [
+        torch.optim.AdamW(n.parameters(), lr=1e-3, weight_decay=5e-4, fused=f)
+        for n, f in zip(nets, (True, None))
+    ]
+    torch.manual_seed(0)
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in nets[0].parameters()]
+        for net, opt in zip(nets, optimizers):
+            for param, grad in zip(net.parameters(), grads):
+                param.grad = grad.clone()
+            opt.step()
+    assert max((a - b).abs().max() for a, b in zip(nets[0].parameters(), start)) > 1e-3  # they moved
+    for fused, loop in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.allclose(fused, loop, rtol=1e-5, atol=1e-6)

@@ -221,6 +221,7 @@ RULES: tuple[Rule, ...] = (
         nullable=True,
     ),
     Rule("model.optimizer.weight_decay", _between(0.0, INF), "0 or more, e.g. 0.0001", nullable=True),
+    Rule("model.optimizer.fused", lambda v: isinstance(v, bool), "true or false", nullable=True),
     Rule("model.scheduler.eta_min", _between(0.0, INF), "0 or more", nullable=True),
     Rule(
         "model.scheduler.factor",
