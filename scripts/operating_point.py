@@ -55,7 +55,7 @@ def scores(
     generator = torch.Generator().manual_seed(seed)
 
     def served(x: torch.Tensor) -> torch.Tensor:
-        logits = model.net(to_model_input(x, model.mean, model.std))
+        logits = model.served_net(to_model_input(x, model.mean, model.std))
         return positive_probability(logits, model.positive_index, model.meta.temperature)
 
     clean: list[torch.Tensor] = []

@@ -331,16 +331,19 @@ def test_a_data_setting_of_the_wrong_kind_is_refused_in_one_line(tmp_path, tiny_
 
 @pytest.mark.slow
 def test_the_command_refuses_a_bad_value_before_it_reads_any_film(tmp_path, tiny_root):
-    run_dir = tmp_path / "run"
     # one value in a real process (the exit path); every rule's own line: the tests above
     override = "data.image_size=big"
-    result = run_cli(
-        "-m", "pneumo.cli.train", *FAST, f"data.root={tiny_root}", override, f"hydra.run.dir={run_dir}"
-    )
+    result = run_cli("-m", "pneumo.cli.train", *FAST, f"data.root={tiny_root}", override, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {override} is not valid")
-    assert not run_dir.exists()  # no folder of Hydra's files only, which would read as a run
+    # no folder of Hydra's files only, which would read as a run in outputs/; one the user named stays
+    assert list((tmp_path / "outputs" / "train" / "runs").iterdir()) == []
+    named = tmp_path / "named"
+    again = run_cli(
+        "-m", "pneumo.cli.train", *FAST, f"data.root={tiny_root}", override, f"hydra.run.dir={named}"
+    )
+    assert again.returncode == 2 and (named / "train.log").is_file()
 
 
 def _weights(tmp_path: Path, kind: str) -> Path:

@@ -71,7 +71,8 @@ def test_bf16_validation_scores_films_as_serving_does(tiny_root):
     # the batches as validation received them (grey films become 3 normalised channels there)
     batches = [datamodule.on_after_batch_transfer(batch, 0)[0] for batch in datamodule.val_dataloader()]
     with torch.no_grad():
-        # served as pneumo-predict serves them: calibrated by the temperature validation fitted
+        # in float32, calibrated by the temperature validation fitted (predict against validation
+        # itself, BatchNorm folded: tests/unit/test_inference.py)
         served = torch.cat([positive_probability(classifier(x), 1, classifier.temperature) for x in batches])
         with torch.autocast("cpu", dtype=torch.bfloat16):  # what validation computed before
             half = torch.cat(

@@ -41,6 +41,8 @@ def test_validation_probabilities_equal_predict_on_the_same_files(tmp_path, tiny
     assert len(rows) == len(logged) > 0
     predicted = torch.tensor([r.p_positive for r in rows], dtype=torch.float64)
     assert torch.allclose(predicted, logged.double(), atol=1e-5)
+    # and the same side of the stored threshold for every film, folded BatchNorm and all
+    assert [r.p_positive >= loaded.threshold for r in rows] == (logged >= loaded.threshold).tolist()
     # P(positive class) and its labels, wherever the class sits in data.classes
     assert loaded.meta.positive_class == positive
     assert is_positive.tolist() == [int(s.path.parent.name == positive) for s in samples]

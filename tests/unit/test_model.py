@@ -104,3 +104,35 @@ def test_the_fused_optimizer_makes_the_same_update_as_torchs_default_loop(tmp_pa
     assert max((a - b).abs().max() for a, b in zip(nets[0].parameters(), start)) > 1e-3  # they moved
     for fused, loop in zip(nets[0].parameters(), nets[1].parameters()):
         assert torch.allclose(fused, loop, rtol=1e-5, atol=1e-6)
+
+
+def test_a_resume_runs_the_configured_kernel_whatever_the_checkpoint_was_saved_with(tmp_path):
+    from pneumo.training.build import build
+    from tests.helpers import FAST, SAMPLE, make_cfg
+
+    _, module, _ = build(make_cfg(tmp_path, [*FAST, f"data.root={SAMPLE}"]))
+    fused = module.configure_optimizers()
+    fused = fused["optimizer"] if isinstance(fused, dict) else fused
+    # a checkpoint of earlier code: torch's default AdamW loop, after one step
+    loop = torch.optim.AdamW(module.parameters(), lr=3e-4)
+    for param in module.parameters():
+        param.grad = torch.ones_like(param)
+    loop.step()
+    fused.load_state_dict(loop.state_dict())
+    assert all(group["fused"] is True for group in fused.param_groups)
+    fused.step()  # the fused kernel takes the loop's state
+    assert all(int(fused.state[p]["step"]) == 2 for p in module.parameters())
+
+
+def test_an_optimizer_without_a_fused_kernel_is_refused_in_one_line():
+    from pneumo.errors import PneumoError
+    from pneumo.training.settings import _check_fused_optimizer
+
+    rmsprop = {"optimizer": {"_target_": "torch.optim.RMSprop", "fused": True}}
+    with pytest.raises(PneumoError, match=r"torch.optim.RMSprop takes no fused argument; drop it"):
+        _check_fused_optimizer(rmsprop, {})
+    _check_fused_optimizer({"optimizer": {"_target_": "torch.optim.RMSprop"}}, {})  # left out: fine
+    adamw = {"optimizer": {"_target_": "torch.optim.AdamW", "fused": True}}
+    _check_fused_optimizer(adamw, {"precision": "bf16-mixed", "gradient_clip_val": 1.0})
+    with pytest.raises(PneumoError, match=r"gradient_clip_val with trainer.precision=16-mixed needs"):
+        _check_fused_optimizer(adamw, {"precision": "16-mixed", "gradient_clip_val": 1.0})

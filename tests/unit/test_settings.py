@@ -39,6 +39,7 @@ BAD_VALUES = [
     ("model.weights=[]", "model.weights", "[]"),
     ("model.optimizer.lr=0", "model.optimizer.lr", "0"),
     ("model.optimizer.weight_decay=-1", "model.optimizer.weight_decay", "-1"),
+    ("model.optimizer.fused=yes", "model.optimizer.fused", "yes"),
     ("model.scheduler.factor=1.5", "model.scheduler.factor", "1.5"),
     ("model.scheduler.patience=-1", "model.scheduler.patience", "-1"),
     ("model.label_smoothing=1.0", "model.label_smoothing", "1.0"),

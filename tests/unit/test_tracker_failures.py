@@ -27,16 +27,15 @@ def test_a_store_that_cannot_be_made_is_refused_in_one_line(tmp_path):
 
 
 def test_a_wandb_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("")  # a file where the folder would go (a read-only folder gives the same)
-    node = {"_target_": "lightning.pytorch.loggers.WandbLogger", "save_dir": str(blocker / "outputs")}
-    with pytest.raises(
-        PneumoError, match=rf"logger.wandb.save_dir={blocker}/outputs: cannot write there"
-    ) as err:
+    node = {"_target_": "lightning.pytorch.loggers.WandbLogger", "save_dir": str(tmp_path / "outputs")}
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "wandb").write_text("")  # a file where W&B's folder would go
+    refusal = rf"logger.wandb.save_dir={tmp_path}/outputs: cannot write there"
+    with pytest.raises(PneumoError, match=refusal) as err:
         open_stores({"wandb": node})
     assert "\n" not in str(err.value)
-    open_stores({"wandb": {**node, "save_dir": str(tmp_path / "outputs")}})  # a folder it can write
-    assert (tmp_path / "outputs").is_dir()
+    open_stores({"wandb": {**node, "save_dir": str(tmp_path / "elsewhere")}})  # a folder it can write
+    assert (tmp_path / "elsewhere" / "wandb").is_dir()
 
 
 def test_an_evaluation_whose_store_fails_keeps_its_figures(tmp_path, caplog):

@@ -231,25 +231,11 @@ def claim_run_dir(run_dir: str | Path, ckpt_path: str | Path | None) -> Iterator
 
 def remove_unused_run_dir(run_dir: str | Path) -> bool:
     """Remove ``run_dir`` when it holds only what Hydra wrote before pneumo refused the run
-    (``.hydra/``, ``train.log``): a refused launch leaves no folder that looks like a run. A
-    directory holding anything else (an earlier run's files, the user's) stays as it is, and so
-    does one a run holds the lock of, so that a run starting into it meanwhile is never removed.
-    Returns whether it was removed."""
-    run_dir = Path(run_dir).absolute()
-    if not run_dir.is_dir():
+    (``.hydra/``, ``train.log``), so that a refused launch leaves no folder that reads as a run.
+    For a folder Hydra named for this launch alone (its timestamp has microseconds): a folder
+    holding anything else stays as it is. Returns whether it was removed."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= HYDRA_ONLY:
         return False
-    try:
-        fd = _take_lock(run_dir / LOCK_NAME)
-    except OSError:
-        return False
-    if fd is None:
-        return False
-    try:
-        names = {p.name for p in run_dir.iterdir()} - {LOCK_NAME}
-        if not names <= HYDRA_ONLY:
-            return False
-        shutil.rmtree(run_dir, ignore_errors=True)  # the lock file too, while still held
-        return True
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True

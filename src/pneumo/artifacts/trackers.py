@@ -70,10 +70,10 @@ def open_stores(loggers: Mapping[str, Any] | None) -> None:
     processes on a fresh store failed 3 tries out of 3), while writing to an existing store at
     once works. A lock file beside the database lets the jobs of ``launcher=local`` start together.
     """
-    for node in (loggers or {}).values():
+    for name, node in (loggers or {}).items():
         target = str(node.get("_target_", "")) if isinstance(node, Mapping) else ""
         if target.endswith("WandbLogger"):
-            _check_wandb_folder(node.get("save_dir"))
+            _check_wandb_folder(name, node)
         if not target.endswith("MLFlowLogger"):
             continue
         uri = str(node.get("tracking_uri") or "")
@@ -104,19 +104,21 @@ def open_stores(loggers: Mapping[str, Any] | None) -> None:
             ) from None
 
 
-def _check_wandb_folder(save_dir: object) -> None:
-    """Refuse, in one line, a W&B ``save_dir`` this process cannot write: W&B itself would write
-    the run to a temporary folder instead, without a word, and the run's record would be lost."""
-    if not save_dir:
+def _check_wandb_folder(name: str, node: Mapping[str, Any]) -> None:
+    """Refuse, in one line, a W&B folder this process cannot write (``save_dir``, or ``dir``;
+    W&B writes its runs into ``wandb/`` there): W&B itself would write the run to a temporary
+    folder instead, without a word, and the run's record would be lost."""
+    key = "save_dir" if node.get("save_dir") else "dir"
+    if not node.get(key):
         return
-    folder = Path(str(save_dir))
+    folder = Path(str(node[key]))
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        (folder / "wandb").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder / "wandb"):
             pass
     except OSError as err:
         raise PneumoError(
-            f"logger.wandb.save_dir={folder}: cannot write there ({(err.strerror or str(err)).lower()}); "
+            f"logger.{name}.{key}={folder}: cannot write there ({(err.strerror or str(err)).lower()}); "
             "point it at a folder you can write, or use another logger (logger=tensorboard)"
         ) from None
 
@@ -185,11 +187,11 @@ def finish_run(
     (CSV: metrics.csv and hparams.yaml) and finish a W&B run, so that the next run of this
     process (a sweep job, a search trial) gets its own instead of continuing this one.
 
-    A run stopped before its schedule finished (``stopped``: what stopped it, e.g. ``stopped by
-    SIGTERM after 3 of 25 epochs``; ``exit_status``: the command's) is not shown as finished,
-    though Lightning ends it as one: MLflow marks it KILLED with the tag ``pneumo.stopped``, W&B
-    finishes it with the command's exit status (W&B shows it failed) and ``pneumo/stopped`` in
-    its summary."""
+    A run that ``trainer.max_time`` stopped before its schedule finished (``stopped``: e.g.
+    ``stopped by trainer.max_time=00:04:00:00 after 3 of 25 epochs``; ``exit_status``: the
+    command's) is not shown as finished, though Lightning ends it as one: MLflow marks it KILLED
+    with the tag ``pneumo.stopped``, W&B finishes it with that exit status (W&B shows it failed)
+    and ``pneumo/stopped`` in its summary. (Lightning marks a run a signal stopped FAILED.)"""
     best = {k: v for k, v in results.items() if k.startswith("best/")}
     summary = json.dumps(dict(sorted(results.items())), indent=2) + "\n"
     for logger in loggers:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Callable
-from typing import TypeVar
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -38,29 +36,10 @@ from pneumo.training.fit import optimized_value, train
 from pneumo.training.settings import config_errors
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-def leave_no_empty_run_dir(func: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
-    """A run refused before it wrote anything (a setting, the data, a tracker) leaves no run
-    folder behind: the refusal is said on stderr, and a folder holding only Hydra's ``.hydra/``
-    and ``train.log`` would read as a run in ``outputs/`` (``remove_unused_run_dir``)."""
-
-    @functools.wraps(func)
-    def wrapper(cfg: DictConfig) -> T:
-        try:
-            return func(cfg)
-        except PneumoError:
-            if launch_rank()[0] == 0:
-                remove_unused_run_dir(HydraConfig.get().runtime.output_dir)
-            raise
-
-    return wrapper
 
 
 @hydra.main(version_base="1.3", config_path="pkg://pneumo.conf", config_name="train")
 @exit_on_user_error
-@leave_no_empty_run_dir
 @config_errors
 def hydra_main(cfg: DictConfig) -> float | None:
     """Train; return ``optimized_metric`` for Hydra sweepers to optimise.
@@ -105,8 +84,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
         resume_fold(cfg)
     outcome = RunOutcome()
     resume_args, max_time = list(hydra_cfg.overrides.task), cfg.trainer.get("max_time")
+    # a run refused by its settings or data leaves no folder of Hydra's naming behind (a folder
+    # the user named, or a sweep's, stays)
+    named = any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
+    unused = hydra_cfg.mode == RunMode.RUN and not named and launch_rank()[0] == 0
+    refused = functools.partial(remove_unused_run_dir, cfg.paths.output_dir) if unused else None
     try:
-        results = train(cfg, callbacks=[outcome], one_process_only=in_process_sweep)
+        results = train(cfg, callbacks=[outcome], one_process_only=in_process_sweep, on_refused=refused)
     except SystemExit:  # Lightning ends a run on Ctrl-C or SIGTERM with SystemExit (status 1 or 0)
         if fold_job:
             say_how_the_sweep_continues(cfg, outcome)

@@ -201,7 +201,8 @@ def _check_training_files(saved: CheckpointMeta, current: CheckpointMeta, ckpt_p
 
 
 # What may differ between the folds of one cross-validation: where things lie, how fast the
-# films load, what is logged, and the fold itself.
+# films load or a step runs (model.optimizer.fused: the same update to float rounding; absent
+# from folds trained before it existed), what is logged, and the fold itself.
 FOLD_FREE_SETTINGS = (
     "paths",
     "ckpt_path",
@@ -215,6 +216,7 @@ FOLD_FREE_SETTINGS = (
     "data.num_workers",
     "data.cache",
     "data.cache_dir",
+    "model.optimizer.fused",
 )
 
 

@@ -216,6 +216,7 @@ class XrayClassifier(L.LightningModule):
         if not self.optimizer_config:
             raise PneumoError("model.optimizer is not set (see conf/model/resnet18.yaml)")
         optimizer = instantiate(self.optimizer_config)(params=self.parameters())
+        optimizer.register_load_state_dict_post_hook(_keep_configured_kernel)
         if not self.scheduler_config:
             return optimizer
         scheduler = instantiate(self.scheduler_config)(optimizer=optimizer)
@@ -223,3 +224,18 @@ class XrayClassifier(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor},
         }
+
+
+def _keep_configured_kernel(optimizer: torch.optim.Optimizer) -> None:
+    """After a resume restored ``optimizer``'s state: run the kernel the config asks for
+    (``model.optimizer.fused``, ``foreach``), not the one the checkpoint was saved with, which
+    ``load_state_dict`` copies into every parameter group. The update is the same either way."""
+    for group in optimizer.param_groups:
+        for key in ("fused", "foreach"):
+            if key in optimizer.defaults:
+                group[key] = optimizer.defaults[key]
+        if group.get("fused"):  # the fused kernel keeps each step count on its parameter's device
+            for param in group["params"]:
+                state = optimizer.state.get(param, {})
+                if torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].to(device=param.device, dtype=torch.float32)

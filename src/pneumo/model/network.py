@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from pneumo.artifacts.checkpoint import NUM_CLASSES, safe_torch_load
 from pneumo.errors import PneumoError
@@ -178,32 +179,36 @@ def compile_network(net: nn.Module, backend: str) -> None:
 
 
 def folded_for_inference(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` for inference only: every BatchNorm that follows a convolution folded
-    into it (torch's ``fuse_conv_bn_eval``: the running statistics and affine scale become the
-    convolution's weights and bias), in channels-last layout. The same function of the input as
-    ``net`` in eval mode, to float rounding, with a layer less per convolution; it cannot be
-    trained. ``net`` itself stays as trained: export, Grad-CAM (which hooks its named layers) and
-    checkpoints read it.
+    """A copy of ``net`` for inference only: every BatchNorm folded into the convolution before
+    it (torch's ``fuse_conv_bn_eval``: the running statistics and affine scale become the
+    convolution's weights and bias), in channels-last layout, without gradients. The same
+    function of the input as ``net`` in eval mode, to float rounding, with a layer less per
+    convolution. ``net`` itself stays as trained: export, Grad-CAM (which hooks its named layers)
+    and checkpoints read it.
 
-    ResNet's pairs are found by their names: ``convN`` beside ``bnN`` in the stem and every
-    block, and a ``downsample`` of a convolution and its BatchNorm; an ensemble's members alike.
+    The pairs are those of torchvision's ResNet (the stem, every block's ``convN``/``bnN``, each
+    ``downsample``), found wherever one sits (an ensemble's members); a network holding any
+    other BatchNorm is refused rather than served half folded.
     """
-    folded = copy.deepcopy(net).eval()
+    folded = copy.deepcopy(net).eval().requires_grad_(False)
     for module in folded.modules():
-        for index in (1, 2, 3):
-            conv, bn = getattr(module, f"conv{index}", None), getattr(module, f"bn{index}", None)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                setattr(module, f"conv{index}", fuse_conv_bn_eval(conv, bn))
-                setattr(module, f"bn{index}", nn.Identity())
-        if (
-            isinstance(module, nn.Sequential)
-            and len(module) == 2
-            and isinstance(module[0], nn.Conv2d)
-            and isinstance(module[1], nn.BatchNorm2d)
-        ):
-            module[0] = fuse_conv_bn_eval(module[0], module[1])
-            module[1] = nn.Identity()
-    return folded.to(memory_format=torch.channels_last)
+        if isinstance(module, (ResNet, BasicBlock, Bottleneck)):
+            for index in (1, 2, 3):
+                conv, bn = getattr(module, f"conv{index}", None), getattr(module, f"bn{index}", None)
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    setattr(module, f"conv{index}", fuse_conv_bn_eval(conv, bn))
+                    setattr(module, f"bn{index}", nn.Identity())
+            downsample = getattr(module, "downsample", None)
+            if isinstance(downsample, nn.Sequential) and len(downsample) == 2:
+                conv, bn = downsample
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    downsample[0], downsample[1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
+    left = [name for name, m in folded.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if left:
+        raise PneumoError(
+            f"cannot fold the BatchNorm layers {', '.join(left[:3])} for serving: not a ResNet's"
+        )
+    return folded.to(memory_format=torch.channels_last).requires_grad_(False)
 
 
 def positive_probability(logits: torch.Tensor, positive_index: int, temperature: float = 1.0) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """A model's uncalibrated margins on films: what its temperature and threshold are fitted to.
 
 The margin of a film is ``logit_positive - logit_negative`` of the network's output (for an
-ensemble, of its log mean probabilities), computed as the validation step computes it: the
-film decoded by ``preprocess.load_image``, normalised by ``to_model_input``, one float32
-forward pass, no augmentation, no temperature.
+ensemble, of its log mean probabilities), computed as pneumo serves it: the film decoded by
+``preprocess.load_image``, normalised by ``to_model_input``, one float32 forward pass of the
+served network (BatchNorm folded: the validation step's figures to float rounding), no
+augmentation, no temperature.
 """
 
 from __future__ import annotations

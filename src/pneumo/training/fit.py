@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,7 +43,10 @@ log = logging.getLogger(__name__)
 
 
 def train(
-    cfg: DictConfig, callbacks: Sequence[L.Callback] = (), one_process_only: bool = False
+    cfg: DictConfig,
+    callbacks: Sequence[L.Callback] = (),
+    one_process_only: bool = False,
+    on_refused: Callable[[], object] | None = None,
 ) -> dict[str, float]:
     """Fit the model described by ``cfg``; return the best validation figures.
 
@@ -54,14 +57,20 @@ def train(
     The run directory is held for the length of the run (``claim_run_dir``): a directory
     holding another run, or being written by one, is refused. In a run of several processes
     (DDP) rank zero holds it for all. ``one_process_only`` refuses a config that would start
-    more processes (see ``hydra_main``).
+    more processes (see ``hydra_main``). ``on_refused`` is called when a check refuses the run,
+    before the directory is held (the command removes the folder Hydra made for it).
     """
-    check_train_config(cfg)
-    if not cfg.trainer.get("fast_dev_run"):
-        instantiate_node(cfg.data).check_validation()
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not Path(ckpt_path).is_file():
-        raise PneumoError(f"ckpt_path not found: {ckpt_path}")
+    try:
+        check_train_config(cfg)
+        if not cfg.trainer.get("fast_dev_run"):
+            instantiate_node(cfg.data).check_validation()
+        if ckpt_path and not Path(ckpt_path).is_file():
+            raise PneumoError(f"ckpt_path not found: {ckpt_path}")
+    except PneumoError:
+        if on_refused is not None:
+            on_refused()
+        raise
     rank, _ = launch_rank()
     held = claim_run_dir(cfg.paths.output_dir, ckpt_path) if rank == 0 else contextlib.nullcontext()
     with held:
@@ -101,18 +110,16 @@ def _fit(
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         # configure_model here only compiles (model.compile), it shards nothing
         warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback with a model")
-        try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        except SystemExit:  # Lightning ends a run on Ctrl-C or SIGTERM with SystemExit
-            with contextlib.suppress(Exception):  # the stop itself is said by the command
-                _record(cfg, trainer)
-            raise
+        # Lightning ends a run on a signal with SystemExit, having marked its trackers failed;
+        # the stop line comes first then (cli.stopped), with no tracker to wait for
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return _record(cfg, trainer)
 
 
 def _record(cfg: DictConfig, trainer: L.Trainer) -> dict[str, float]:
     """The run's last and best figures, given to every tracker (``finish_run``, which marks a
-    run stopped short as such) and said with where the run and its best checkpoint are."""
+    run that ``trainer.max_time`` stopped short as such) and said with where the run and its
+    best checkpoint are."""
     # "step" is the epoch axis the module logs (RunIdentity), not a figure
     results = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and k != "step"}
     checkpoint = trainer.checkpoint_callback

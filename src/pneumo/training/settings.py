@@ -18,6 +18,7 @@ lines; ranges, device checks and the rules between keys would need this code any
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import typing
 from collections.abc import Callable
@@ -365,6 +366,35 @@ def _check_half_precision(trainer: dict[str, Any]) -> None:
         )
 
 
+def _check_fused_optimizer(model: dict[str, Any], trainer: dict[str, Any]) -> None:
+    """``model.optimizer.fused`` only for an optimizer that takes it, and not where Lightning
+    cannot clip its gradients (a fused step unscales float16 gradients itself)."""
+    optimizer = model.get("optimizer") or {}
+    if optimizer.get("fused") is None:
+        return
+    from hydra.utils import get_class
+
+    target = str(optimizer.get("_target_", ""))
+    try:
+        accepts = "fused" in inspect.signature(get_class(target)).parameters
+    except Exception:  # an optimizer Hydra cannot find is named when the run builds it
+        return
+    if not accepts:
+        raise PneumoError(
+            f"model.optimizer.fused={optimizer['fused']}: {target} takes no fused argument; drop it "
+            "with ~model.optimizer.fused"
+        )
+    if (
+        optimizer["fused"]
+        and str(trainer.get("precision")) in ("16-mixed", "16")
+        and trainer.get("gradient_clip_val")
+    ):
+        raise PneumoError(
+            "trainer.gradient_clip_val with trainer.precision=16-mixed needs model.optimizer.fused=false: "
+            "a fused optimizer unscales the float16 gradients itself, so Lightning cannot clip them"
+        )
+
+
 def check_folds(data: dict[str, Any]) -> None:
     """Cross-validation's ``data.folds`` and ``data.fold``: both or neither, ``folds`` a whole
     number of 2 or more, ``0 <= fold < folds``."""
@@ -404,6 +434,7 @@ def check_train_config(cfg: DictConfig) -> None:
     _check_classes(plain.get("data") or {})
     _check_epochs(plain.get("trainer") or {})
     _check_half_precision(plain.get("trainer") or {})
+    _check_fused_optimizer(plain.get("model") or {}, plain.get("trainer") or {})
     check_folds(plain.get("data") or {})
 
 
