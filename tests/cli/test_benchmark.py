@@ -43,7 +43,8 @@ def _assert_trained(figures: dict, mode: str) -> None:
 
 @pytest.mark.slow
 def test_report_compares_pneumo_with_the_plain_loop():
-    modes = ["baseline", "pneumo"]  # compiling in a child: tests/run/test_compile.py, summarise below
+    # compiling itself: tests/run/test_compile.py; the report's compile figures: the test below
+    modes = ["baseline", "pneumo"]
     result = run_cli(str(SCRIPT), *TINY, "--modes", ",".join(modes), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
