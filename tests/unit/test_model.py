@@ -133,6 +133,13 @@ def test_an_optimizer_without_a_fused_kernel_is_refused_in_one_line():
         _check_fused_optimizer(rmsprop, {})
     _check_fused_optimizer({"optimizer": {"_target_": "torch.optim.RMSprop"}}, {})  # left out: fine
     adamw = {"optimizer": {"_target_": "torch.optim.AdamW", "fused": True}}
-    _check_fused_optimizer(adamw, {"precision": "bf16-mixed", "gradient_clip_val": 1.0})
-    with pytest.raises(PneumoError, match=r"gradient_clip_val with trainer.precision=16-mixed needs"):
-        _check_fused_optimizer(adamw, {"precision": "16-mixed", "gradient_clip_val": 1.0})
+    _check_fused_optimizer(adamw, {"precision": "32-true", "gradient_clip_val": 1.0})
+    for precision in ("16-mixed", "bf16-mixed", "auto"):
+        with pytest.raises(PneumoError, match=rf"gradient_clip_val with trainer.precision={precision} needs"):
+            _check_fused_optimizer(adamw, {"precision": precision, "gradient_clip_val": 1.0})
+    # what Lightning itself does with a fused optimizer and clipping under mixed precision
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    fused = torch.optim.AdamW(resnet18_classifier().parameters(), fused=True)
+    with pytest.raises(RuntimeError, match="does not allow for gradient clipping"):
+        MixedPrecision("bf16-mixed", "cpu").clip_gradients(fused, 1.0)

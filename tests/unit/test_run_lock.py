@@ -118,3 +118,5 @@ def test_a_refused_runs_folder_goes_but_no_other_folder_does(tmp_path):
     assert not remove_unused_run_dir(mine) and (mine / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in mine.iterdir()) == [".hydra", "notes.txt", "train.log"]
     assert not remove_unused_run_dir(tmp_path / "never_made")
+    (tmp_path / "empty").mkdir()  # not Hydra's: nothing says a run was refused there
+    assert not remove_unused_run_dir(tmp_path / "empty") and (tmp_path / "empty").is_dir()

@@ -235,7 +235,8 @@ def remove_unused_run_dir(run_dir: str | Path) -> bool:
     For a folder Hydra named for this launch alone (its timestamp has microseconds): a folder
     holding anything else stays as it is. Returns whether it was removed."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= HYDRA_ONLY:
+    names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    if ".hydra" not in names or not names <= HYDRA_ONLY:
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
     return True

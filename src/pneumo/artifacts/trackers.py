@@ -23,6 +23,7 @@ import fcntl
 import importlib
 import json
 import logging
+import os
 import tempfile
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
@@ -105,15 +106,16 @@ def open_stores(loggers: Mapping[str, Any] | None) -> None:
 
 
 def _check_wandb_folder(name: str, node: Mapping[str, Any]) -> None:
-    """Refuse, in one line, a W&B folder this process cannot write (``save_dir``, or ``dir``;
-    W&B writes its runs into ``wandb/`` there): W&B itself would write the run to a temporary
-    folder instead, without a word, and the run's record would be lost."""
-    key = "save_dir" if node.get("save_dir") else "dir"
-    if not node.get(key):
-        return
-    folder = Path(str(node[key]))
+    """Refuse, in one line, a W&B folder this process cannot write: ``save_dir`` (Lightning's
+    default ``.``; ``dir`` where ``save_dir`` is null), into whose ``wandb/`` W&B writes. W&B
+    itself would write the run to a temporary folder instead, with only a warning among many
+    lines, and pneumo's record of where the run went would be wrong."""
+    key = "dir" if "save_dir" in node and node["save_dir"] is None else "save_dir"
+    folder = Path(str(node.get(key) or "."))
     try:
         (folder / "wandb").mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.R_OK):
+            raise PermissionError(13, "permission denied")
         with tempfile.TemporaryFile(dir=folder / "wandb"):
             pass
     except OSError as err:

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
+from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -86,9 +89,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     resume_args, max_time = list(hydra_cfg.overrides.task), cfg.trainer.get("max_time")
     # a run refused by its settings or data leaves no folder of Hydra's naming behind (a folder
     # the user named, or a sweep's, stays)
-    named = any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
-    unused = hydra_cfg.mode == RunMode.RUN and not named and launch_rank()[0] == 0
-    refused = functools.partial(remove_unused_run_dir, cfg.paths.output_dir) if unused else None
+    own = hydra_cfg.mode == RunMode.RUN and launch_rank()[0] == 0 and _launch_own(cfg, hydra_cfg)
+    refused = functools.partial(remove_unused_run_dir, cfg.paths.output_dir) if own else None
     try:
         results = train(cfg, callbacks=[outcome], one_process_only=in_process_sweep, on_refused=refused)
     except SystemExit:  # Lightning ends a run on Ctrl-C or SIGTERM with SystemExit (status 1 or 0)
@@ -104,6 +106,19 @@ def hydra_main(cfg: DictConfig) -> float | None:
     if fold_job and outcome.stop(cfg.paths.output_dir) is None:
         mark_fold_finished(cfg, value)
     return value
+
+
+def _launch_own(cfg: DictConfig, hydra_cfg: Any) -> bool:
+    """Whether the run directory is the one Hydra named for this launch alone: the default
+    ``outputs/TASK/runs/DATE_TIME_MICROSECONDS`` (conf/hydra/default.yaml) under the folder
+    pneumo-train ran in, and the run's own ``paths.output_dir``."""
+    path = Path(hydra_cfg.runtime.output_dir)
+    runs = Path(hydra_cfg.runtime.cwd) / "outputs" / str(cfg.task_name) / "runs"
+    return (
+        path.resolve() == Path(cfg.paths.output_dir).resolve()
+        and path.parent.resolve() == runs.resolve()
+        and re.fullmatch(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_\d{6}", path.name) is not None
+    )
 
 
 @exit_on_user_error

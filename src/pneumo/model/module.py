@@ -234,8 +234,10 @@ def _keep_configured_kernel(optimizer: torch.optim.Optimizer) -> None:
         for key in ("fused", "foreach"):
             if key in optimizer.defaults:
                 group[key] = optimizer.defaults[key]
-        if group.get("fused"):  # the fused kernel keeps each step count on its parameter's device
-            for param in group["params"]:
-                state = optimizer.state.get(param, {})
-                if torch.is_tensor(state.get("step")):
-                    state["step"] = state["step"].to(device=param.device, dtype=torch.float32)
+        # the fused kernel keeps each step count on its parameter's device, the loop on the CPU
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            if torch.is_tensor(state.get("step")):
+                device = param.device if on_device else torch.device("cpu")
+                state["step"] = state["step"].to(device=device, dtype=torch.float32)

@@ -367,8 +367,8 @@ def _check_half_precision(trainer: dict[str, Any]) -> None:
 
 
 def _check_fused_optimizer(model: dict[str, Any], trainer: dict[str, Any]) -> None:
-    """``model.optimizer.fused`` only for an optimizer that takes it, and not where Lightning
-    cannot clip its gradients (a fused step unscales float16 gradients itself)."""
+    """``model.optimizer.fused`` only for an optimizer that takes it, not with ``foreach``, and not
+    where Lightning cannot clip its gradients (any mixed precision refuses a fused optimizer)."""
     optimizer = model.get("optimizer") or {}
     if optimizer.get("fused") is None:
         return
@@ -384,14 +384,16 @@ def _check_fused_optimizer(model: dict[str, Any], trainer: dict[str, Any]) -> No
             f"model.optimizer.fused={optimizer['fused']}: {target} takes no fused argument; drop it "
             "with ~model.optimizer.fused"
         )
-    if (
-        optimizer["fused"]
-        and str(trainer.get("precision")) in ("16-mixed", "16")
-        and trainer.get("gradient_clip_val")
-    ):
+    mixed = str(trainer.get("precision", "auto")) in ("16-mixed", "16", "bf16-mixed", "bf16", "auto")
+    if optimizer["fused"] and mixed and trainer.get("gradient_clip_val"):
         raise PneumoError(
-            "trainer.gradient_clip_val with trainer.precision=16-mixed needs model.optimizer.fused=false: "
-            "a fused optimizer unscales the float16 gradients itself, so Lightning cannot clip them"
+            f"trainer.gradient_clip_val with trainer.precision={trainer.get('precision', 'auto')} needs "
+            "model.optimizer.fused=false: Lightning cannot clip a fused optimizer's gradients under mixed "
+            "precision (auto: bf16-mixed where the machine has it)"
+        )
+    if optimizer["fused"] and optimizer.get("foreach"):
+        _refuse(
+            "model.optimizer.foreach", optimizer["foreach"], "null or false with model.optimizer.fused=true"
         )
 
 
