@@ -3,6 +3,7 @@ and renaming leaves the earlier file whole and nothing partial under the final n
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import subprocess
@@ -87,3 +88,22 @@ def test_the_file_reaches_the_disk_before_the_rename_and_the_folder_after(tmp_pa
     write_text_atomically(tmp_path / "preds.csv", "path,p\n")
     # the temporary file synced while it is the only name, then the folder holding the final name
     assert synced == [(".preds.csv.partial", [".preds.csv.partial"]), (tmp_path.name, ["preds.csv"])]
+
+
+class _CtrlCWhileSaved:
+    """Pickled inside torch.save, as its writes go on: Ctrl-C comes at that moment."""
+
+    def __reduce__(self):
+        signal.raise_signal(signal.SIGINT)
+        return (collections.OrderedDict, ([("epoch", 7)],))
+
+
+def test_ctrl_c_during_a_checkpoint_save_stops_once_the_file_is_whole(tmp_path):
+    path = tmp_path / "last.ckpt"
+    weights = torch.arange(200_000, dtype=torch.float32)
+    with pytest.raises(KeyboardInterrupt):  # still a Ctrl-C: the run stops (Lightning saves, exits)
+        AtomicCheckpointIO().save_checkpoint({"weights": weights, "mark": _CtrlCWhileSaved()}, path)
+    saved = torch.load(path, weights_only=True)  # whole, not a torch.save cut off mid-record
+    assert saved["mark"] == {"epoch": 7} and torch.equal(saved["weights"], weights)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C acts again at once
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

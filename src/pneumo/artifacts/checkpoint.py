@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
+import signal
+import threading
 import warnings
+from collections.abc import Iterator
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -236,13 +240,38 @@ def _tensor_bytes(value: Any) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def ctrl_c_after() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that comes inside the block until the block has ended, then
+    deliver it. KeyboardInterrupt raised inside torch.save's writes leaves its zip writer
+    mid-record: the run ended in a RuntimeError ("unexpected pos") and exit status 1, with no
+    interrupted.ckpt, instead of Lightning's save and stop. Only the main thread receives signals."""
+    before = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or before is None:  # None: set in C
+        yield
+        return
+    came: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+        if came:
+            signal.raise_signal(signal.SIGINT)  # to the handler before: KeyboardInterrupt, as a rule
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write checkpoints whole or not at all (``output.atomic_path``): a run killed mid-save,
-    or a disk that fills, keeps the earlier checkpoints and leaves no partial file."""
+    or a disk that fills, keeps the earlier checkpoints and leaves no partial file; Ctrl-C
+    during a save stops the run once the file is whole (``ctrl_c_after``)."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
-        with atomic_path(path, size_hint=_tensor_bytes(checkpoint)) as partial, partial.open("wb") as file:
+        with (
+            ctrl_c_after(),
+            atomic_path(path, size_hint=_tensor_bytes(checkpoint)) as partial,
+            partial.open("wb") as file,
+        ):
             # through a Python file, a full disk surfaces as OSError(ENOSPC), not torch's C++ error
             torch.save(checkpoint, file)
