@@ -1,8 +1,6 @@
 """Sweep jobs through Hydra's submitit launcher: as local processes here, as SLURM jobs on paper."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +8,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from tests.helpers import FAST, REPO, SAMPLE, run_cli
+from tests.helpers import FAST, SAMPLE, run_cli
 
 TINY = [*FAST, f"data.root={SAMPLE}", "data.num_workers=0", "trainer.max_epochs=1"]
 
@@ -47,12 +45,11 @@ def test_slurm_sweep_writes_an_sbatch_script_with_the_request(tmp_path):
     for name, body in stand_ins.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
-    result = subprocess.run(
-        [sys.executable, "-m", "pneumo.cli.train", "-m", "launcher=slurm", *TINY, "trainer.devices=4",
-         "++trainer.num_nodes=2", "hydra.launcher.partition=short", "hydra.launcher.timeout_min=30",
-         "seed=1,2", f"hydra.sweep.dir={tmp_path}/sweep"],
-        cwd=REPO, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
-        capture_output=True, text=True, timeout=120,
+    result = run_cli(
+        "-m", "pneumo.cli.train", "-m", "launcher=slurm", *TINY, "trainer.devices=4",
+        "++trainer.num_nodes=2", "hydra.launcher.partition=short", "hydra.launcher.timeout_min=30",
+        "seed=1,2", f"hydra.sweep.dir={tmp_path}/sweep",
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, timeout=120,
     )  # fmt: skip
     assert result.returncode != 0  # the stand-in refused the job
     script = (tmp_path / "submitted.sh").read_text()

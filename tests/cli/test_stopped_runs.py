@@ -9,14 +9,12 @@ requeued and, started again, resumes by itself.
 import os
 import shlex
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import FAST, REPO, SAMPLE, start_training, wait_for_checkpoint
+from tests.helpers import FAST, SAMPLE, run_cli, start_training, wait_for_checkpoint
 
 # A fake SLURM job of one task: what Lightning and pneumo read to know they run under SLURM.
 SLURM_JOB = {
@@ -87,7 +85,7 @@ def test_a_signal_stops_the_run_non_zero_with_the_command_that_resumes_it(tmp_pa
         and "of 200 epochs, before the schedule finished" in line
     )
     assert line.endswith(f"ckpt_path={saved} hydra.run.dir={run_dir}")
-    assert "resume with: pneumo-train " in line and f"data.root={SAMPLE}" in line
+    assert f"resume with: pneumo-train {' '.join(FAST)} data.root={SAMPLE} " in line  # as it was run
     assert not calls.exists()  # requeue was not asked for
     assert not (run_dir / "run.lock").exists()  # the directory is free again
     # the resume command of the line, run as it is (with a shorter schedule), continues the run
@@ -95,14 +93,7 @@ def test_a_signal_stops_the_run_non_zero_with_the_command_that_resumes_it(tmp_pa
         again = [
             a if a != "trainer.max_epochs=200" else "trainer.max_epochs=2" for a in _resume_command(line)
         ]
-        resumed = subprocess.run(
-            [sys.executable, "-m", "pneumo.cli.train", *again],
-            cwd=REPO,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        resumed = run_cli("-m", "pneumo.cli.train", *again, env=_env())
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert f"resuming from {saved}" in resumed.stdout + resumed.stderr
 
@@ -153,13 +144,14 @@ def test_slurm_requeue_on_sigusr1_and_the_requeued_job_resumes_by_itself(tmp_pat
 
 @pytest.mark.slow
 def test_slurm_requeue_needs_a_named_run_directory(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "pneumo.cli.train", *FAST, f"data.root={SAMPLE}", "slurm.requeue=true"],
+    result = run_cli(
+        "-m",
+        "pneumo.cli.train",
+        *FAST,
+        f"data.root={SAMPLE}",
+        "slurm.requeue=true",
         cwd=tmp_path,
         env=_env(**SLURM_JOB),
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

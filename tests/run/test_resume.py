@@ -13,7 +13,16 @@ from pneumo.errors import PneumoError
 from pneumo.evaluation.report import evaluate
 from pneumo.training.build import build
 from pneumo.training.fit import train
-from tests.helpers import FAST, SAMPLE, fit_until_interrupted, make_cfg, run_cli, sample_files, scalars
+from tests.helpers import (
+    FAST,
+    SAMPLE,
+    fit_until_interrupted,
+    make_cfg,
+    make_tiny_root,
+    run_cli,
+    sample_files,
+    scalars,
+)
 
 # A plateau schedule that halves the learning rate after any epoch that does not cut val/loss
 # by half: on the 4 validation films of data/sample the rate moves after the second epoch.
@@ -172,6 +181,16 @@ def test_eval_on_val_uses_the_recorded_files_and_names_missing_ones(
         evaluate(str(ckpt), str(tiny_root), "val", tmp_path / "eval_missing")
 
 
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """One epoch on a tiny_root of its own, shared by the refused resumes (each checks it
+    trained nothing): the run directory and the data root."""
+    root = make_tiny_root(tmp_path_factory.mktemp("data") / "xray")
+    run = tmp_path_factory.mktemp("one_epoch") / "run"
+    train(make_cfg(run, [*FAST, f"data.root={root}", "trainer.max_epochs=1"]))
+    return run, root
+
+
 def _resume_refused(run, tiny_root, *overrides: str, match: str) -> None:
     """Resuming ``run``'s last.ckpt with ``overrides`` stops with ``match`` before training."""
     last = run / "checkpoints" / "last.ckpt"
@@ -195,10 +214,8 @@ def _resume_refused(run, tiny_root, *overrides: str, match: str) -> None:
         ("monitor.metric=val/auroc", "metric=val/auroc, but it was trained with monitor.metric=val/loss"),
     ],
 )
-def test_resume_with_a_setting_that_changes_the_split_is_refused(
-    tiny_root, trained_on_tiny_root, override, named
-):
-    _resume_refused(trained_on_tiny_root, tiny_root, override, match=named)
+def test_resume_with_a_setting_that_changes_the_split_is_refused(one_epoch_run, override, named):
+    _resume_refused(*one_epoch_run, override, match=named)
 
 
 def test_resume_on_data_that_gives_another_validation_split_is_refused(tiny_root, trained_on_tiny_root):

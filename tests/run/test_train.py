@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pneumo.training.fit import train
-from tests.helpers import FAST, REPO, SAMPLE, make_cfg, run_cli, scalars
+from tests.helpers import FAST, REPO, SAMPLE, make_cfg, make_tiny_root, run_cli, scalars
 
 TAGS = {
     "train/loss",
@@ -119,12 +119,14 @@ def test_missing_data_root_is_one_clear_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_jetson_style_command_line(tmp_path, tiny_root):
-    model_dir = tmp_path / "models" / "xray"
+def test_jetson_style_command_line(tmp_path):
+    # the original command line, on folders named with spaces, commas, equals signs and accents
+    data = make_tiny_root(tmp_path / "x-rays, 2024 =final= é")
+    model_dir = tmp_path / "models" / "xray, v=2"
     result = run_cli(
         str(REPO / "scripts" / "train.py"),
         f"--model-dir={model_dir}",
-        str(tiny_root),
+        str(data),
         "--epochs=1",
         "--batch-size=4",
         "--workers=1",
@@ -132,6 +134,7 @@ def test_jetson_style_command_line(tmp_path, tiny_root):
         "--no-pretrained",
         "--lr=0.001",
         "data.val_fraction=0.25",
+        "trainer.precision=32-true",
         "callbacks.progress_bar=null",
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -142,3 +145,7 @@ def test_jetson_style_command_line(tmp_path, tiny_root):
     assert (model_dir / "resnet18.onnx").is_file()
     config = torch.load(model_dir / "checkpoints" / "best.ckpt", weights_only=True)["pneumo"]["config"]
     assert config["model"]["optimizer"]["lr"] == 0.001 and config["data"]["num_workers"] == 1
+    output = result.stdout + result.stderr
+    for said in ("run directory: ", "wrote ", "pneumo is a research tool"):
+        lines = [line for line in output.splitlines() if said in line]
+        assert lines and len(lines) == len(set(lines)), lines  # each message once
