@@ -1,7 +1,7 @@
-"""Sweep jobs through Hydra's submitit launcher: as local processes here, as SLURM jobs on paper."""
+"""Sweep jobs through Hydra's submitit launcher: as SLURM jobs on paper (as local processes:
+tests/run/test_tracking.py, whose parallel jobs share one MLflow store)."""
 
 import os
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -57,18 +57,3 @@ def test_slurm_sweep_writes_an_sbatch_script_with_the_request(tmp_path):
                  "--array=0-1%2"):  # fmt: skip
         assert f"#SBATCH {line}\n" in script, line
     assert "srun" in script and "submitit" in script
-
-
-@pytest.mark.slow
-def test_two_job_sweep_runs_through_submitit_on_this_machine(tmp_path):
-    sweep = tmp_path / "sweep"
-    result = run_cli(
-        "-m", "pneumo.cli.train", "-m", "launcher=local", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}"
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    jobs = sorted(p.name for p in sweep.iterdir() if (p / "checkpoints" / "best.ckpt").is_file())
-    assert [job.split("_", 1)[0] for job in jobs] == ["0", "1"]
-    assert "seed=1" in jobs[0] and "seed=2" in jobs[1]
-    # each job ran in a submitit process of its own, which left its log and result there
-    results = sorted(Path(sweep, ".submitit").glob("*/*_result.pkl"))
-    assert len(results) == 2

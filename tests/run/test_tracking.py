@@ -176,6 +176,11 @@ def test_parallel_sweep_jobs_share_one_fresh_mlflow_store(project):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if (p / "checkpoints" / "best.ckpt").is_file())
+    assert [job.split("_", 1)[0] for job in jobs] == ["0", "1"]
+    assert "batch_size=4" in jobs[0] and "batch_size=16" in jobs[1]
+    # each job ran in a submitit process of its own, which left its log and result there
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2
     client = _client(project)
     runs = _runs(client)
     assert sorted(int(r.data.params["data.batch_size"]) for r in runs) == [4, 16]
