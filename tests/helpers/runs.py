@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import atexit
-import locale
+import contextlib
 import multiprocessing
 import os
 import runpy
@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -59,11 +60,13 @@ def run_cli(
     """Run a command-line entry point in a child process, capturing its output, as
     ``python ARGS`` would: ``-m MODULE ...`` and ``SCRIPT.py ...`` in a child of a fork server
     that has imported torch, Lightning and pneumo once (a fresh interpreter spends about 5 s on
-    those imports alone); anything else, or ``fresh``, in a fresh interpreter (a command whose
-    own launcher re-runs ``sys.argv``, as Lightning's DDP does). ``env``: the environment, this
-    process's by default."""
+    those imports alone); anything else, ``fresh``, or an ``env`` that changes what an
+    interpreter reads as it starts, in a fresh interpreter. ``env``: the environment, this
+    process's by default. A forked command finds those modules imported already: a test of
+    what a command imports, or of what it prints while importing, asks for ``fresh``."""
     env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
-    if fresh or not (args[0] == "-m" or args[0].endswith(".py")):
+    forked = args[0] == "-m" or args[0].endswith(".py")
+    if fresh or not forked or _read_at_start(env) != _read_at_start({**os.environ, "PYTHONUNBUFFERED": "1"}):
         return subprocess.run(
             [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
         )
@@ -71,31 +74,62 @@ def run_cli(
         out, err = Path(scratch) / "stdout", Path(scratch) / "stderr"
         child = _FORK_SERVER.Process(target=_command, args=(args, str(cwd), env, str(out), str(err)))
         child.start()
-        child.join(timeout)
-        if child.is_alive():
-            child.kill()
+        try:
+            child.join(timeout)
+            timed_out = child.is_alive()
+            # as subprocess.run waits for the end of the output, a command's own children must end
+            left = timed_out or not _group_ended(child.pid, deadline=time.monotonic() + 30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
             child.join()
-            output, errors = out.read_bytes(), err.read_bytes()
+            status = child.exitcode
+            child.close()
+        output, errors = out.read_bytes(), err.read_bytes()
+        if timed_out:
             raise subprocess.TimeoutExpired([sys.executable, *args], timeout, output, errors)
-        encoding = locale.getpreferredencoding(False)
-        return subprocess.CompletedProcess(
-            [sys.executable, *args],
-            child.exitcode,
-            out.read_text(encoding=encoding),
-            err.read_text(encoding=encoding),
-        )
+        assert not left, f"{args}: its processes still ran after it ended: {errors[-2000:]!r}"
+        return subprocess.CompletedProcess([sys.executable, *args], status, output.decode(), errors.decode())
+
+
+def _read_at_start(env: dict[str, str]) -> dict[str, str]:
+    """The variables an interpreter, torch's thread pools or the locale read once, as they start."""
+    prefixes = ("PYTHON", "OMP_", "MKL_", "LC_", "LANG")
+    return {k: v for k, v in env.items() if k.startswith(prefixes)}
+
+
+def _group_ended(pgid: int, deadline: float) -> bool:
+    """Whether every process of the group ``pgid`` has ended, waiting until ``deadline``."""
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
 
 
 # what every command imports, loaded once in the server its children are forked from
 _FORK_SERVER = multiprocessing.get_context("forkserver")
 _FORK_SERVER.set_forkserver_preload(
-    ["torch", "torchvision", "lightning", "hydra", "pneumo.training.fit", "pneumo.serving.loading"]
+    [
+        "torch",
+        "torchvision",
+        "lightning",
+        "hydra",
+        "pneumo.training.fit",
+        "pneumo.serving.loading",
+        "tests.helpers",
+    ]
 )
 
 
 def _command(args: tuple[str, ...], cwd: str, env: dict[str, str], out: str, err: str) -> None:
-    """In the child: ``python ARGS`` run in ``cwd`` with ``env``, its output into two files;
-    its exit status is multiprocessing's (SystemExit's code, 1 for an uncaught exception)."""
+    """In the child, a process group of its own: ``python ARGS`` run in ``cwd`` with ``env``,
+    its output into two files; its exit status is multiprocessing's (SystemExit's code, 1 for an
+    uncaught exception)."""
+    os.setpgid(0, 0)
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
@@ -103,9 +137,11 @@ def _command(args: tuple[str, ...], cwd: str, env: dict[str, str], out: str, err
         opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(opened, fd)
         os.close(opened)
-    encoding = locale.getpreferredencoding(False)
-    sys.stdout = open(1, "w", encoding=encoding, closefd=False, buffering=1)  # noqa: SIM115
-    sys.stderr = open(2, "w", encoding=encoding, errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
+    # as a fresh interpreter under a UTF-8 locale sets them, unbuffered (PYTHONUNBUFFERED)
+    sys.stdout = open(1, "w", encoding="utf-8", errors="surrogateescape", closefd=False, buffering=1)  # noqa: SIM115
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
+    sys.stdout.reconfigure(write_through=True)
+    sys.stderr.reconfigure(write_through=True)
     try:
         if args[0] == "-m":
             sys.path.insert(0, cwd)
@@ -117,9 +153,7 @@ def _command(args: tuple[str, ...], cwd: str, env: dict[str, str], out: str, err
             runpy.run_path(args[0], run_name="__main__")
     finally:
         # what the interpreter does at its exit: wait for the command's threads, then atexit
-        for thread in threading.enumerate():
-            if thread is not threading.current_thread() and not thread.daemon:
-                thread.join()
+        threading._shutdown()  # type: ignore[attr-defined]
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -3,7 +3,6 @@ and renaming leaves the earlier file whole and nothing partial under the final n
 
 from __future__ import annotations
 
-import collections
 import os
 import signal
 import subprocess
@@ -14,8 +13,9 @@ import pytest
 import torch
 
 from pneumo.artifacts import output
-from pneumo.artifacts.checkpoint import AtomicCheckpointIO
+from pneumo.artifacts.checkpoint import AtomicCheckpointIO, ctrl_c_after
 from pneumo.artifacts.output import write_text_atomically
+from pneumo.errors import PneumoError
 from tests.helpers.data import REPO
 
 # Writes the new version of FILE as pneumo does, but stops between the write and the rename
@@ -25,7 +25,7 @@ import sys, time
 from pathlib import Path
 import torch
 from pneumo.artifacts import output
-from pneumo.artifacts.checkpoint import AtomicCheckpointIO
+from pneumo.artifacts.checkpoint import AtomicCheckpointIO, ctrl_c_after
 
 def stop_before_rename(source, destination):
     print("written", flush=True)
@@ -90,20 +90,66 @@ def test_the_file_reaches_the_disk_before_the_rename_and_the_folder_after(tmp_pa
     assert synced == [(".preds.csv.partial", [".preds.csv.partial"]), (tmp_path.name, ["preds.csv"])]
 
 
-class _CtrlCWhileSaved:
-    """Pickled inside torch.save, as its writes go on: Ctrl-C comes at that moment."""
+class _CtrlCOnWrite:
+    """The file torch.save writes to, on which Ctrl-C comes at the third write."""
 
-    def __reduce__(self):
-        signal.raise_signal(signal.SIGINT)
-        return (collections.OrderedDict, ([("epoch", 7)],))
+    def __init__(self, file) -> None:
+        self.file, self.writes = file, 0
+
+    def write(self, data) -> int:
+        self.writes += 1
+        if self.writes == 3:
+            signal.raise_signal(signal.SIGINT)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
-def test_ctrl_c_during_a_checkpoint_save_stops_once_the_file_is_whole(tmp_path):
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal (a background job ignores it)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def _save_hit_by_ctrl_c(monkeypatch, path, checkpoint, then: Exception | None = None) -> None:
+    """Save as a run does, Ctrl-C coming during the writes (``then``: the save fails after them,
+    as a full disk does when the file is flushed)."""
+    real_save = torch.save
+
+    def save(obj, file) -> None:
+        real_save(obj, _CtrlCOnWrite(file))
+        if then is not None:
+            raise then
+
+    monkeypatch.setattr(torch, "save", save)
+    AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+
+
+def test_ctrl_c_during_a_checkpoint_write_stops_once_the_file_is_whole(tmp_path, monkeypatch, ctrl_c_raises):
     path = tmp_path / "last.ckpt"
-    weights = torch.arange(200_000, dtype=torch.float32)
+    checkpoint = {"weights": torch.arange(200_000, dtype=torch.float32), "epoch": 7}
+    # before: KeyboardInterrupt inside the write left torch's zip writer mid-record (RuntimeError)
     with pytest.raises(KeyboardInterrupt):  # still a Ctrl-C: the run stops (Lightning saves, exits)
-        AtomicCheckpointIO().save_checkpoint({"weights": weights, "mark": _CtrlCWhileSaved()}, path)
-    saved = torch.load(path, weights_only=True)  # whole, not a torch.save cut off mid-record
-    assert saved["mark"] == {"epoch": 7} and torch.equal(saved["weights"], weights)
+        _save_hit_by_ctrl_c(monkeypatch, path, checkpoint)
+    saved = torch.load(path, weights_only=True)  # whole
+    assert saved["epoch"] == 7 and torch.equal(saved["weights"], checkpoint["weights"])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C acts again at once
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_save_that_fails_says_why_even_with_a_ctrl_c_held(tmp_path, monkeypatch, ctrl_c_raises):
+    full = OSError(28, "No space left on device")
+    with pytest.raises(PneumoError, match="no space left"):  # the save's own error, not the Ctrl-C
+        _save_hit_by_ctrl_c(monkeypatch, tmp_path / "last.ckpt", {"epoch": 7, "w": torch.ones(9)}, full)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_ctrl_c_during_a_save_made_while_the_run_stops_is_dropped(tmp_path, monkeypatch, ctrl_c_raises):
+    with ctrl_c_after(deliver=False):  # as SaveOnInterrupt saves interrupted.ckpt
+        _save_hit_by_ctrl_c(monkeypatch, tmp_path / "interrupted.ckpt", {"epoch": 7, "w": torch.ones(9)})
+    assert torch.load(tmp_path / "interrupted.ckpt", weights_only=True)["epoch"] == 7
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

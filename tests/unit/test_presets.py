@@ -50,8 +50,8 @@ NOT_PRESETS = {
 # with it when the entry starts with one.
 NOT_ON_AN_OBJECT = {
     # read by Hydra before any object exists: run and sweep folders, the sweep's mode and
-    # parameters, launchers and their callbacks (tests/cli/test_ensemble_sweep.py and
-    # tests/cli/test_launcher.py run them)
+    # parameters, launchers and their callbacks (tests/cli/test_ensemble_sweep.py,
+    # tests/cli/test_launcher.py and tests/run/test_tracking.py run them)
     "hydra.": "Hydra's own settings",
     # names the run folders through hydra.run.dir; the trackers take it through interpolation
     # (logger.mlflow.experiment_name, logger.wandb.group), checked as those keys

@@ -8,8 +8,8 @@ import pickle
 import signal
 import threading
 import warnings
-from collections.abc import Iterator
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,23 +241,28 @@ def _tensor_bytes(value: Any) -> int:
 
 
 @contextlib.contextmanager
-def ctrl_c_after() -> Iterator[None]:
+def ctrl_c_after(deliver: bool = True) -> Iterator[None]:
     """Hold a Ctrl-C (SIGINT) that comes inside the block until the block has ended, then
-    deliver it. KeyboardInterrupt raised inside torch.save's writes leaves its zip writer
-    mid-record: the run ended in a RuntimeError ("unexpected pos") and exit status 1, with no
-    interrupted.ckpt, instead of Lightning's save and stop. Only the main thread receives signals."""
+    deliver it (``deliver=False``: drop it, for a save made while the run already stops).
+    KeyboardInterrupt raised inside torch.save's writes leaves its zip writer mid-record: the
+    run ended in a RuntimeError ("unexpected pos") and exit status 1, without interrupted.ckpt,
+    instead of Lightning's save and stop. A block that fails keeps its own error. Only the main
+    thread receives signals; a Ctrl-C ignored (nohup, a background job) stays ignored."""
     before = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or before is None:  # None: set in C
+    # None: a handler set in C, which Python cannot set back
+    if threading.current_thread() is not threading.main_thread() or before in (None, signal.SIG_IGN):
         yield
         return
     came: list[int] = []
     signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
     try:
         yield
-    finally:
+    except BaseException:
         signal.signal(signal.SIGINT, before)
-        if came:
-            signal.raise_signal(signal.SIGINT)  # to the handler before: KeyboardInterrupt, as a rule
+        raise
+    signal.signal(signal.SIGINT, before)
+    if came and deliver:
+        signal.raise_signal(signal.SIGINT)  # to the handler before: KeyboardInterrupt, as a rule
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

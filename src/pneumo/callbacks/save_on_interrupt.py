@@ -9,6 +9,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import WeightAveraging
 
+from pneumo.artifacts.checkpoint import ctrl_c_after
+
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +55,10 @@ class SaveOnInterrupt(L.Callback):
         # Trainer.save_checkpoint without its barrier; Lightning offers no public way to skip it
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         _set_validation_progress(checkpoint, rerun)
-        trainer.strategy.save_checkpoint(checkpoint, path)
+        # the run stops already: a second Ctrl-C must not cut this save short (Lightning's own
+        # Ctrl-C path ignores it; after SIGTERM it would end the run without its stop line)
+        with ctrl_c_after(deliver=False):
+            trainer.strategy.save_checkpoint(checkpoint, path)
         self.saved = path
         # the command's last line says how to resume (pneumo-train: RunOutcome)
         log.info("interrupted: saved %s", path)
