@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -66,44 +67,60 @@ def run_cli(
     what a command imports, or of what it prints while importing, asks for ``fresh``."""
     env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     forked = args[0] == "-m" or args[0].endswith(".py")
-    if fresh or not forked or _read_at_start(env) != _read_at_start({**os.environ, "PYTHONUNBUFFERED": "1"}):
+    here = _read_at_start({**os.environ, "PYTHONUNBUFFERED": "1"})
+    if fresh or not forked or not _read_at_start(env) == here == _SERVER_STARTS_WITH:
         return subprocess.run(
             [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
         )
     with tempfile.TemporaryDirectory() as scratch:
         out, err = Path(scratch) / "stdout", Path(scratch) / "stderr"
         child = _FORK_SERVER.Process(target=_command, args=(args, str(cwd), env, str(out), str(err)))
-        child.start()
+        timed_out = left = True
         try:
+            child.start()
             child.join(timeout)
             timed_out = child.is_alive()
             # as subprocess.run waits for the end of the output, a command's own children must end
             left = timed_out or not _group_ended(child.pid, deadline=time.monotonic() + 30)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
-            child.join()
-            status = child.exitcode
-            child.close()
+            if timed_out or left:  # or this test was stopped: nothing of the command outlives it
+                with contextlib.suppress(ProcessLookupError, TypeError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                with contextlib.suppress(ValueError, AttributeError):
+                    child.kill()  # not yet its group's leader
+            with contextlib.suppress(ValueError, AssertionError):
+                child.join(60)
         output, errors = out.read_bytes(), err.read_bytes()
         if timed_out:
             raise subprocess.TimeoutExpired([sys.executable, *args], timeout, output, errors)
         assert not left, f"{args}: its processes still ran after it ended: {errors[-2000:]!r}"
-        return subprocess.CompletedProcess([sys.executable, *args], status, output.decode(), errors.decode())
+        return subprocess.CompletedProcess(
+            [sys.executable, *args], child.exitcode, _text(output), _text(errors)
+        )
 
 
-def _read_at_start(env: dict[str, str]) -> dict[str, str]:
-    """The variables an interpreter, torch's thread pools or the locale read once, as they start."""
-    prefixes = ("PYTHON", "OMP_", "MKL_", "LC_", "LANG")
-    return {k: v for k, v in env.items() if k.startswith(prefixes)}
+def _text(output: bytes) -> str:
+    """Output as ``subprocess.run(text=True)`` gives it: decoded, newlines translated."""
+    return output.decode().replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _read_at_start(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables an interpreter, torch, its thread pools or the locale read once, at start."""
+    prefixes = ("PYTHON", "OMP_", "MKL_", "KMP_", "OPENBLAS_", "TORCH", "PYTORCH_", "LC_", "LANG")
+    named = ("TMPDIR", "TZ", "MPLBACKEND")
+    return {k: v for k, v in env.items() if k.startswith(prefixes) or k in named}
 
 
 def _group_ended(pgid: int, deadline: float) -> bool:
-    """Whether every process of the group ``pgid`` has ended, waiting until ``deadline``."""
+    """Whether every process of the group ``pgid`` has ended (a zombie, awaiting its parent's
+    wait, has), waiting until ``deadline``."""
     while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
+        running = False
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                running = running or (int(fields[2]) == pgid and fields[0] != "Z")
+        if not running:
             return True
         if time.monotonic() > deadline:
             return False
@@ -112,6 +129,7 @@ def _group_ended(pgid: int, deadline: float) -> bool:
 
 # what every command imports, loaded once in the server its children are forked from
 _FORK_SERVER = multiprocessing.get_context("forkserver")
+_SERVER_STARTS_WITH = _read_at_start({**os.environ, "PYTHONUNBUFFERED": "1"})  # before any test's changes
 _FORK_SERVER.set_forkserver_preload(
     [
         "torch",
@@ -128,8 +146,11 @@ _FORK_SERVER.set_forkserver_preload(
 def _command(args: tuple[str, ...], cwd: str, env: dict[str, str], out: str, err: str) -> None:
     """In the child, a process group of its own: ``python ARGS`` run in ``cwd`` with ``env``,
     its output into two files; its exit status is multiprocessing's (SystemExit's code, 1 for an
-    uncaught exception)."""
+    uncaught exception). Processes that start a session of their own (W&B's service) are not
+    waited for."""
     os.setpgid(0, 0)
+    # the command's own processes (DataLoader workers) start as in production: forked
+    multiprocessing.set_start_method(None, force=True)
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)

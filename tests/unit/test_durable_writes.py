@@ -25,7 +25,7 @@ import sys, time
 from pathlib import Path
 import torch
 from pneumo.artifacts import output
-from pneumo.artifacts.checkpoint import AtomicCheckpointIO, ctrl_c_after
+from pneumo.artifacts.checkpoint import AtomicCheckpointIO
 
 def stop_before_rename(source, destination):
     print("written", flush=True)
@@ -91,14 +91,15 @@ def test_the_file_reaches_the_disk_before_the_rename_and_the_folder_after(tmp_pa
 
 
 class _CtrlCOnWrite:
-    """The file torch.save writes to, on which Ctrl-C comes at the third write."""
+    """The file torch.save writes to, on which Ctrl-C comes at the writes numbered ``at``."""
 
-    def __init__(self, file) -> None:
-        self.file, self.writes = file, 0
+    def __init__(self, file, at: tuple[int, ...], hits: list[int]) -> None:
+        self.file, self.at, self.hits, self.writes = file, at, hits, 0
 
     def write(self, data) -> int:
         self.writes += 1
-        if self.writes == 3:
+        if self.writes in self.at:
+            self.hits.append(self.writes)
             signal.raise_signal(signal.SIGINT)
         return self.file.write(data)
 
@@ -114,42 +115,63 @@ def ctrl_c_raises():
     signal.signal(signal.SIGINT, before)
 
 
-def _save_hit_by_ctrl_c(monkeypatch, path, checkpoint, then: Exception | None = None) -> None:
-    """Save as a run does, Ctrl-C coming during the writes (``then``: the save fails after them,
-    as a full disk does when the file is flushed)."""
-    real_save = torch.save
+def _save_hit_by_ctrl_c(
+    monkeypatch, path, checkpoint, at=(3,), then: Exception | None = None
+) -> BaseException | None:
+    """Save as a run does, Ctrl-C coming at the writes ``at`` (``then``: the save fails after
+    them, as a full disk does when the file is flushed); what the save raised, if anything
+    (caught here: a KeyboardInterrupt let out would stop pytest itself)."""
+    real_save, hits = torch.save, []
 
     def save(obj, file) -> None:
-        real_save(obj, _CtrlCOnWrite(file))
+        real_save(obj, _CtrlCOnWrite(file, at, hits))
         if then is not None:
             raise then
 
     monkeypatch.setattr(torch, "save", save)
-    AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+    try:
+        AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+    except BaseException as raised:  # noqa: BLE001
+        return raised
+    finally:
+        assert hits, "no Ctrl-C came: torch.save wrote fewer times than the test expects"
+    return None
 
 
 def test_ctrl_c_during_a_checkpoint_write_stops_once_the_file_is_whole(tmp_path, monkeypatch, ctrl_c_raises):
     path = tmp_path / "last.ckpt"
     checkpoint = {"weights": torch.arange(200_000, dtype=torch.float32), "epoch": 7}
     # before: KeyboardInterrupt inside the write left torch's zip writer mid-record (RuntimeError)
-    with pytest.raises(KeyboardInterrupt):  # still a Ctrl-C: the run stops (Lightning saves, exits)
-        _save_hit_by_ctrl_c(monkeypatch, path, checkpoint)
+    raised = _save_hit_by_ctrl_c(monkeypatch, path, checkpoint)
+    assert type(raised) is KeyboardInterrupt  # still a Ctrl-C: the run stops (Lightning saves, exits)
     saved = torch.load(path, weights_only=True)  # whole
     assert saved["epoch"] == 7 and torch.equal(saved["weights"], checkpoint["weights"])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C acts again at once
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
-def test_a_save_that_fails_says_why_even_with_a_ctrl_c_held(tmp_path, monkeypatch, ctrl_c_raises):
+def test_a_second_ctrl_c_stops_a_save_at_once(tmp_path, monkeypatch, ctrl_c_raises):
+    raised = _save_hit_by_ctrl_c(monkeypatch, tmp_path / "last.ckpt", {"w": torch.ones(200_000)}, at=(3, 4))
+    assert type(raised) is KeyboardInterrupt  # a stuck disk cannot hold the user
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert list(tmp_path.iterdir()) == []  # the save did not finish: nothing partial left
+
+
+def test_a_save_that_fails_with_a_ctrl_c_held_says_why_and_stops(
+    tmp_path, monkeypatch, ctrl_c_raises, caplog
+):
     full = OSError(28, "No space left on device")
-    with pytest.raises(PneumoError, match="no space left"):  # the save's own error, not the Ctrl-C
-        _save_hit_by_ctrl_c(monkeypatch, tmp_path / "last.ckpt", {"epoch": 7, "w": torch.ones(9)}, full)
+    raised = _save_hit_by_ctrl_c(monkeypatch, tmp_path / "last.ckpt", {"w": torch.ones(9)}, then=full)
+    # the Ctrl-C stops the run (pneumo-search would go on to its next trial after a failed one)
+    assert type(raised) is KeyboardInterrupt and isinstance(raised.__cause__, PneumoError)
+    assert "no space left on device writing" in caplog.text  # and the failure is said
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_ctrl_c_during_a_save_made_while_the_run_stops_is_dropped(tmp_path, monkeypatch, ctrl_c_raises):
     with ctrl_c_after(deliver=False):  # as SaveOnInterrupt saves interrupted.ckpt
-        _save_hit_by_ctrl_c(monkeypatch, tmp_path / "interrupted.ckpt", {"epoch": 7, "w": torch.ones(9)})
+        raised = _save_hit_by_ctrl_c(monkeypatch, tmp_path / "interrupted.ckpt", {"epoch": 7})
+    assert raised is None
     assert torch.load(tmp_path / "interrupted.ckpt", weights_only=True)["epoch"] == 7
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

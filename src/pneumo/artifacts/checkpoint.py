@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import pickle
 import signal
@@ -12,6 +13,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -19,6 +21,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from pneumo.artifacts.output import atomic_path
 from pneumo.errors import PneumoError, printable
+
+log = logging.getLogger(__name__)
 
 # A binary classifier: the positive class and the other one.
 NUM_CLASSES = 2
@@ -243,26 +247,46 @@ def _tensor_bytes(value: Any) -> int:
 @contextlib.contextmanager
 def ctrl_c_after(deliver: bool = True) -> Iterator[None]:
     """Hold a Ctrl-C (SIGINT) that comes inside the block until the block has ended, then
-    deliver it (``deliver=False``: drop it, for a save made while the run already stops).
-    KeyboardInterrupt raised inside torch.save's writes leaves its zip writer mid-record: the
-    run ended in a RuntimeError ("unexpected pos") and exit status 1, without interrupted.ckpt,
-    instead of Lightning's save and stop. A block that fails keeps its own error. Only the main
-    thread receives signals; a Ctrl-C ignored (nohup, a background job) stays ignored."""
+    deliver it (``deliver=False``: drop it, for a save made while the run already stops); a
+    second Ctrl-C acts at once. KeyboardInterrupt raised inside torch.save's writes leaves its
+    zip writer mid-record: the run ended in a RuntimeError ("unexpected pos") and exit status
+    1, without interrupted.ckpt, instead of Lightning's save and stop. A block that fails with
+    a Ctrl-C held says why in the log, then stops as Ctrl-C. Only the main thread receives
+    signals; a Ctrl-C ignored (nohup, a background job) stays ignored."""
     before = signal.getsignal(signal.SIGINT)
     # None: a handler set in C, which Python cannot set back
     if threading.current_thread() is not threading.main_thread() or before in (None, signal.SIG_IGN):
         yield
         return
     came: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        came.append(signum)
+        signal.signal(signal.SIGINT, before)  # the next Ctrl-C acts at once (a save that hangs)
+
+    signal.signal(signal.SIGINT, hold)
     try:
         yield
+    except Exception as error:
+        _restore_ctrl_c(before)
+        if not (came and deliver):
+            raise
+        log.error("%s", error)
+        raise KeyboardInterrupt from error  # the user's Ctrl-C still stops the run
     except BaseException:
-        signal.signal(signal.SIGINT, before)
+        _restore_ctrl_c(before)
         raise
-    signal.signal(signal.SIGINT, before)
+    _restore_ctrl_c(before)
     if came and deliver:
         signal.raise_signal(signal.SIGINT)  # to the handler before: KeyboardInterrupt, as a rule
+
+
+def _restore_ctrl_c(handler: Any) -> None:
+    """Set SIGINT's handler back, even when another signal's handler raises as it is set."""
+    try:
+        signal.signal(signal.SIGINT, handler)
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
