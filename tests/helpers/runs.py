@@ -65,10 +65,11 @@ def run_cli(
     interpreter reads as it starts, in a fresh interpreter. ``env``: the environment, this
     process's by default. A forked command finds those modules imported already: a test of
     what a command imports, or of what it prints while importing, asks for ``fresh``."""
-    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     forked = args[0] == "-m" or args[0].endswith(".py")
-    here = _read_at_start({**os.environ, "PYTHONUNBUFFERED": "1"})
-    if fresh or not forked or not _read_at_start(env) == here == _SERVER_STARTS_WITH:
+    # (torch itself adds TORCHINDUCTOR_CACHE_DIR and the like to this process's environment)
+    changed = env is not None and _read_at_start(env) != _read_at_start(os.environ)
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    if fresh or not forked or changed:
         return subprocess.run(
             [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
         )
@@ -129,7 +130,6 @@ def _group_ended(pgid: int, deadline: float) -> bool:
 
 # what every command imports, loaded once in the server its children are forked from
 _FORK_SERVER = multiprocessing.get_context("forkserver")
-_SERVER_STARTS_WITH = _read_at_start({**os.environ, "PYTHONUNBUFFERED": "1"})  # before any test's changes
 _FORK_SERVER.set_forkserver_preload(
     [
         "torch",
