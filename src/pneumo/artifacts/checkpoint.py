@@ -285,8 +285,9 @@ def _restore_ctrl_c(handler: Any) -> None:
     """Set SIGINT's handler back, even when another signal's handler raises as it is set."""
     try:
         signal.signal(signal.SIGINT, handler)
-    finally:
+    except BaseException:  # the other handler's exception, raised before SIGINT's was set
         signal.signal(signal.SIGINT, handler)
+        raise
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
